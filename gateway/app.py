@@ -1,0 +1,151 @@
+"""The application factory and the process lifecycle.
+
+`create_app(settings, role)` builds the aiohttp app. Start-up (in order): the
+embedded Redis when no ALLY_REDIS_URL, the Redis client, the vault, registry,
+hand-off and delivery worker (`Services`), then each channel's own start-up, then
+the background loops (worker role). Clean-up runs in reverse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from gateway import admin, ops, server_api
+from gateway.config import Settings
+from gateway.embedded import EmbeddedRedis
+from gateway.http import errors_middleware
+from gateway.keys import ROLE, SERVICES, SETTINGS
+from gateway.services import Services
+from gateway.storage import connect
+from oauth.vault import Vault
+from routing.delivery import DeliveryWorker
+from routing.erasure import Eraser
+from routing.keys import Keys
+from routing.queue import Handoff
+from routing.registry import Registry
+from routing.urls import PublicOnlyResolver
+
+log = logging.getLogger(__name__)
+
+# Each module has `setup(app)`: it adds routes and its own cleanup context (run after the core's).
+CHANNELS: tuple[str, ...] = ()
+
+ROLES = ("all", "web", "worker")
+MAX_BODY = 1 << 20
+
+
+def create_app(settings: Settings, role: str = "all") -> web.Application:
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}")
+    app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
+    app[SETTINGS] = settings
+    app[ROLE] = role
+    app.cleanup_ctx.append(_core)
+    ops.setup(app)
+    admin.setup(app)
+    server_api.setup(app)
+    for name in CHANNELS:
+        importlib.import_module(name).setup(app)
+    app.cleanup_ctx.append(_background)
+    return app
+
+
+async def _core(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    embedded = None
+    url = settings.redis_url
+    if url is None:
+        embedded = EmbeddedRedis(settings.data_dir)
+        url = await asyncio.to_thread(embedded.start)
+    redis = connect(url, cluster=settings.redis_cluster)
+    keys = Keys(settings.key_prefix)
+    resolver = PublicOnlyResolver() if settings.production else None
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=1000, ttl_dns_cache=60, resolver=resolver),
+        trust_env=False,
+    )
+    vault = Vault(redis, keys, settings.master_keys)
+    registry = Registry(redis, keys, vault)
+    worker = DeliveryWorker(
+        redis,
+        keys,
+        registry,
+        session,
+        hold_ttl=settings.hold_ttl,
+        timeout=settings.delivery_timeout,
+        lease=settings.delivery_lease,
+    )
+    services = Services(
+        settings=settings,
+        redis=redis,
+        keys=keys,
+        vault=vault,
+        registry=registry,
+        handoff=Handoff(redis, keys, registry, worker.wake),
+        worker=worker,
+        session=session,
+        eraser=Eraser(redis, keys, {}),
+    )
+    services.eraser = Eraser(redis, keys, services.hooks.erase)
+    app[SERVICES] = services
+    try:
+        yield
+    finally:
+        await _close_all(
+            ("eraser", services.eraser.aclose()),
+            ("worker", worker.aclose()),
+            ("http session", session.close()),
+            ("redis", redis.aclose()),
+        )
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+
+
+async def _close_all(*steps: tuple[str, object]) -> None:
+    """Close everything; log a failing step with its name and go on with the rest."""
+    for name, awaitable in steps:
+        try:
+            await awaitable  # type: ignore[misc]
+        except Exception:
+            log.exception("clean-up step failed", extra={"step": name})
+
+
+async def _background(app: web.Application) -> AsyncIterator[None]:
+    if app[ROLE] == "web":
+        yield
+        return
+    services = app[SERVICES]
+    tasks = [asyncio.create_task(services.worker.run(), name="delivery")]
+    tasks += [asyncio.create_task(_forever(name, loop), name=name) for name, loop in services.loops.items()]
+    with contextlib.suppress(Exception):
+        resumed = await services.eraser.resume()
+        if resumed:
+            log.info("resumed interrupted erasures", extra={"count": resumed})
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+async def _forever(name: str, loop: object) -> None:
+    """Run a background loop; if it crashes, log it and start it again after a pause."""
+    while True:
+        try:
+            await loop()  # type: ignore[operator]
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background loop crashed; restarting", extra={"loop": name})
+            await asyncio.sleep(5.0)

@@ -1,0 +1,24 @@
+"""Who is calling: the platform (admin token) or a dedicated server (server token)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.errors import Unauthorized
+from gateway.http import bearer, constant_time_equal
+from gateway.keys import SERVICES
+from gateway.types import UserId
+
+
+def require_admin(request: web.Request) -> None:
+    expected = request.app[SERVICES].settings.admin_token
+    if expected is None or not constant_time_equal(bearer(request), expected):
+        raise Unauthorized("unauthorized", "admin token required")
+
+
+async def require_server(request: web.Request) -> UserId:
+    """The user whose dedicated server is calling; 401 for anything else."""
+    user_id = await request.app[SERVICES].registry.authenticate(bearer(request))
+    if user_id is None:
+        raise Unauthorized("unauthorized", "server token required")
+    return user_id

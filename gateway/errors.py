@@ -1,0 +1,100 @@
+"""The gateway's one exception root.
+
+    GatewayError
+    ├── ConfigError          a setting is missing or invalid (names the variable)
+    ├── StorageError         Redis did not answer or refused (translated from redis-py)
+    ├── SealingError         an event could not be sealed to a server's key
+    ├── VaultError           a ciphertext or wrapped key could not be opened
+    │   └── KeyShredded      the user's data key is gone (erased)
+    ├── ClosedError          an object was used after it was closed
+    └── ApiError             an answer to an HTTP caller: status, code, detail
+        ├── BadRequest       400
+        ├── Unauthorized     401
+        ├── Forbidden        403
+        ├── NotFound         404
+        ├── Conflict         409
+        ├── PayloadTooLarge  413
+        └── TooManyRequests  429 (with retry_after)
+
+Lower layers (redis, aiohttp, provider SDKs) are translated at the boundary with
+`raise X(...) from exc`, so callers handle one tree.
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    pass
+
+
+class ConfigError(GatewayError):
+    pass
+
+
+class StorageError(GatewayError):
+    pass
+
+
+class SealingError(GatewayError):
+    pass
+
+
+class VaultError(GatewayError):
+    pass
+
+
+class KeyShredded(VaultError):
+    pass
+
+
+class ClosedError(GatewayError):
+    pass
+
+
+class ApiError(GatewayError):
+    status = 400
+
+    def __init__(self, code: str, detail: str = "", *, status: int | None = None) -> None:
+        super().__init__(f"{code}: {detail}" if detail else code)
+        self.code = code
+        self.detail = detail
+        if status is not None:
+            self.status = status
+
+    def body(self) -> dict[str, object]:
+        return {"error": self.code, "detail": self.detail}
+
+
+class BadRequest(ApiError):
+    status = 400
+
+
+class Unauthorized(ApiError):
+    status = 401
+
+
+class Forbidden(ApiError):
+    status = 403
+
+
+class NotFound(ApiError):
+    status = 404
+
+
+class Conflict(ApiError):
+    status = 409
+
+
+class PayloadTooLarge(ApiError):
+    status = 413
+
+
+class TooManyRequests(ApiError):
+    status = 429
+
+    def __init__(self, code: str, detail: str = "", *, retry_after: float) -> None:
+        super().__init__(code, detail)
+        self.retry_after = retry_after
+
+    def body(self) -> dict[str, object]:
+        return {**super().body(), "retry_after": self.retry_after}

@@ -1,0 +1,105 @@
+"""HTTP plumbing shared by every route: request ids, JSON errors, bodies, bearer tokens."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway import metrics
+from gateway.errors import ApiError, BadRequest, PayloadTooLarge, StorageError, TooManyRequests, Unauthorized
+from gateway.logs import request_id
+
+log = logging.getLogger(__name__)
+
+MAX_JSON_BODY = 1 << 20
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json", headers=headers)
+
+
+def error_response(exc: ApiError) -> web.Response:
+    headers = {}
+    if isinstance(exc, TooManyRequests):
+        headers["Retry-After"] = str(max(1, int(exc.retry_after + 0.999)))
+    return json_response(exc.body(), status=exc.status, headers=headers)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure becomes a JSON error with a code; nothing internal reaches the caller."""
+    rid = request.headers.get("X-Request-Id", "")
+    if not (0 < len(rid) <= 64 and rid.replace("-", "").replace("_", "").isalnum()):
+        rid = "req_" + os.urandom(8).hex()
+    token = request_id.set(rid)
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    try:
+        try:
+            response = await handler(request)
+        except ApiError as exc:
+            response = error_response(exc)
+        except web.HTTPRequestEntityTooLarge:
+            response = error_response(PayloadTooLarge("payload_too_large", "request body is too large"))
+        except web.HTTPException as exc:
+            if exc.status >= 400:
+                code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
+                response = error_response(ApiError(code, exc.reason, status=exc.status))
+            else:
+                raise
+        except StorageError:
+            log.warning("storage unavailable", extra={"route": route})
+            response = error_response(ApiError("unavailable", "storage is unavailable; retry later", status=503))
+        except Exception:
+            log.exception("unhandled error", extra={"route": route})
+            response = error_response(
+                ApiError("internal_error", "the gateway failed to handle this request", status=500)
+            )
+        response.headers["X-Request-Id"] = rid
+        metrics.HTTP_REQUESTS.labels(route, str(response.status)).inc()
+        return response
+    finally:
+        request_id.reset(token)
+
+
+async def read_json(request: web.Request, *, limit: int = MAX_JSON_BODY) -> Any:
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge("payload_too_large", f"body over {limit} bytes")
+    try:
+        raw = await request.content.read(limit + 1)
+    except (OSError, ValueError) as exc:
+        raise BadRequest("bad_body", "could not read the request body") from exc
+    if len(raw) > limit:
+        raise PayloadTooLarge("payload_too_large", f"body over {limit} bytes")
+    if not raw.strip():
+        raise BadRequest("invalid_json", "a JSON body is required")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise BadRequest("invalid_json", "body is not valid JSON") from None
+
+
+async def read_json_object(request: web.Request, *, limit: int = MAX_JSON_BODY) -> dict[str, Any]:
+    value = await read_json(request, limit=limit)
+    if not isinstance(value, dict):
+        raise BadRequest("invalid_json", "body must be a JSON object")
+    return value
+
+
+def bearer(request: web.Request) -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        raise Unauthorized("unauthorized", "missing or malformed bearer token")
+    return value.strip()
+
+
+def constant_time_equal(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode(), b.encode())

@@ -1,0 +1,24 @@
+"""Prometheus metrics (contract §8). Label values are channels, reasons and outcomes, never ids."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS_IN = Counter("ally_events_in_total", "Events durably queued", ["channel"])
+EVENTS_OUT = Counter("ally_events_out_total", "Events acknowledged by dedicated servers", ["channel"])
+EVENTS_EXPIRED = Counter("ally_events_expired_total", "Events dropped after ALLY_HOLD_TTL")
+DELIVERIES = Counter("ally_deliveries_total", "Transaction attempts by outcome", ["outcome"])
+DELIVERY_LATENCY = Histogram(
+    "ally_delivery_latency_seconds",
+    "From acceptance to acknowledgement by the dedicated server",
+    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 86400),
+)
+QUEUE_USERS_DUE = Gauge("ally_queue_users_scheduled", "Users with events waiting or in flight")
+QUEUE_DEPTH = Gauge("ally_queue_depth", "Events queued for all users (sampled)")
+QUEUE_OLDEST_AGE = Gauge("ally_queue_oldest_event_age_seconds", "Age of the oldest queued event (sampled)")
+WEBHOOK_REJECTED = Counter("ally_webhook_rejected_total", "Inbound provider requests refused", ["channel", "reason"])
+DROPPED = Counter("ally_inbound_dropped_total", "Inbound items acknowledged but not queued", ["channel", "reason"])
+TOKEN_REFRESHES = Counter("ally_token_refreshes_total", "Access-token refreshes at providers", ["provider", "outcome"])
+RATE_LIMIT_WAITS = Counter("ally_rate_limit_waits_total", "Outbound calls that waited for a rate limit", ["scope"])
+RATE_LIMIT_WAIT_SECONDS = Histogram("ally_rate_limit_wait_seconds", "Time waited for outbound rate limits")
+HTTP_REQUESTS = Counter("ally_http_requests_total", "HTTP requests answered", ["route", "status"])

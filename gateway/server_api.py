@@ -1,0 +1,22 @@
+"""Server API basics (contract §3): what every dedicated server can call."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.auth import require_server
+from gateway.http import json_response
+from gateway.keys import SERVICES
+
+
+async def ping(request: web.Request) -> web.Response:
+    """Liveness from the server; releases its held events for immediate redelivery."""
+    user_id = await require_server(request)
+    services = request.app[SERVICES]
+    pending = int(await services.redis.xlen(services.keys.queue(user_id)))
+    await services.handoff.schedule(user_id, now=True)
+    return json_response({"ok": True, "user_id": user_id, "pending": pending})
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_post("/v1/ping", ping)

@@ -1,0 +1,52 @@
+"""What every part of the process shares, built once at start-up and closed once at the end.
+
+Channels receive `Services` in their `setup(app, services)` and register their
+routes, background loops and per-user hooks (status, export, erasure) here; the
+core never imports a channel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from redis.asyncio import Redis
+
+from gateway.config import Settings
+from oauth.vault import Vault
+from routing.delivery import DeliveryWorker
+from routing.erasure import Eraser
+from routing.keys import Keys
+from routing.queue import Handoff
+from routing.registry import Registry
+
+UserHook = Callable[[str], Awaitable[dict[str, Any]]]
+EraseHook = Callable[[str], Awaitable[None]]
+Loop = Callable[[], Awaitable[None]]
+
+
+@dataclass
+class Hooks:
+    """Per-user contributions of channels and providers to status, export and erasure."""
+
+    status: dict[str, UserHook] = field(default_factory=dict)
+    export: dict[str, UserHook] = field(default_factory=dict)
+    erase: dict[str, EraseHook] = field(default_factory=dict)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    redis: Redis
+    keys: Keys
+    vault: Vault
+    registry: Registry
+    handoff: Handoff
+    worker: DeliveryWorker
+    session: aiohttp.ClientSession
+    eraser: Eraser
+    hooks: Hooks = field(default_factory=Hooks)
+    loops: dict[str, Loop] = field(default_factory=dict)
+    """Background loops run by processes with the worker role, by name."""

@@ -1,0 +1,29 @@
+"""Storage setup: one Redis client (single node or cluster) for the process."""
+
+from __future__ import annotations
+
+from typing import cast
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+
+def connect(url: str, *, cluster: bool = False) -> Redis:
+    """A client that retries briefly on connection loss (Redis restarts are ridden through)."""
+    retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3)
+    errors = [RedisConnectionError, RedisTimeoutError, ConnectionResetError]
+    if cluster:
+        # RedisCluster speaks the same command API; callers treat both alike.
+        return cast(Redis, RedisCluster.from_url(url, retry=retry, retry_on_error=errors))
+    return Redis.from_url(
+        url,
+        retry=retry,
+        retry_on_error=errors,
+        health_check_interval=30,
+        socket_connect_timeout=5,
+        max_connections=512,
+    )

@@ -1,0 +1,355 @@
+"""The delivery worker (contract §4): one transaction in flight per user, in order, retried
+with the same txn_id and body until a 2xx, with backoff, `Retry-After` and hold expiry.
+
+Coordination across processes lives in Redis:
+- `due` (sorted set): users to look at, scored by the time to look;
+- `{u:<id>}:lease`: which worker owns the user right now (expires if that worker dies);
+- `{u:<id>}:txn`: the transaction in flight, its exact body, so a retry is byte-identical;
+- `{u:<id>}:q`: the stream of sealed events; entries leave it only when acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import functools
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from gateway import metrics
+from gateway.errors import ClosedError, GatewayError
+from gateway.types import SealedEvent
+from routing import signing
+from routing.keys import Keys
+from routing.queue import iso_now, new_id
+from routing.registry import Registry
+from routing.sealing import seal
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 100
+BACKOFF_START = 1.0
+BACKOFF_CAP = 300.0
+RETRY_AFTER_MIN = 1.0
+RETRY_AFTER_MAX = 3600.0
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+# KEYS: txn, queue, counters. ARGV: txn_id. Deletes the acknowledged entries and the txn.
+_ACK = """
+if redis.call('HGET', KEYS[1], 'txn_id') ~= ARGV[1] then return -1 end
+local trim = redis.call('HGET', KEYS[1], 'trim_to')
+if trim and trim ~= '' then redis.call('XTRIM', KEYS[2], 'MINID', trim) end
+local n = tonumber(redis.call('HGET', KEYS[1], 'count') or '0')
+redis.call('DEL', KEYS[1])
+redis.call('HINCRBY', KEYS[3], 'events_out', n)
+redis.call('HSET', KEYS[3], 'last_ok_at', ARGV[2])
+return n
+"""
+
+
+def backoff(attempts: int) -> float:
+    """Delay before retry number `attempts` (1 = first retry): 1 s doubling, cap 5 min, ±20 %."""
+    base = min(BACKOFF_CAP, BACKOFF_START * 2 ** max(0, attempts - 1))
+    return float(base * random.uniform(0.8, 1.2))
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - (now if now is not None else time.time())
+    if seconds != seconds:  # NaN
+        return None
+    return float(min(RETRY_AFTER_MAX, max(RETRY_AFTER_MIN, seconds)))
+
+
+def _next_id(stream_id: bytes) -> str:
+    ms, _, seq = stream_id.decode().partition("-")
+    return f"{ms}-{int(seq or 0) + 1}"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    ok: bool
+    status: int | None
+    retry_after: float | None = None
+
+
+class DeliveryWorker:
+    """Runs while the process runs; `wake()` makes it look at the due set at once."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        registry: Registry,
+        session: aiohttp.ClientSession,
+        *,
+        hold_ttl: float,
+        timeout: float = 10.0,
+        lease: float = 20.0,
+        concurrency: int = 1000,
+        poll: float = 1.0,
+    ) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._registry = registry
+        self._session = session
+        self._hold_ttl = hold_ttl
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._lease_ms = int(lease * 1000)
+        self._concurrency = concurrency
+        self._poll = poll
+        self._owner = f"{os.getpid()}-{os.urandom(6).hex()}"
+        self._active: dict[str, asyncio.Task[None]] = {}
+        self._skip_until: dict[str, float] = {}
+        self._wakeup = asyncio.Event()
+        self._closed = False
+        self._release = redis.register_script(_RELEASE)
+        self._renew = redis.register_script(_RENEW)
+        self._ack = redis.register_script(_ACK)
+
+    def wake(self, _user_id: str | None = None) -> None:
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        if self._closed:
+            raise ClosedError("delivery worker is closed")
+        listener = asyncio.create_task(self._listen(), name="delivery-wake-listener")
+        try:
+            while not self._closed:
+                self._wakeup.clear()
+                try:
+                    delay = await self._tick()
+                except RedisError as exc:
+                    log.warning("delivery loop: redis unavailable", extra={"error": type(exc).__name__})
+                    delay = 1.0
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), timeout=delay)
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, RedisError):
+                await listener
+
+    async def _listen(self) -> None:
+        """Wake on other processes' enqueues (pub/sub); reconnects when Redis comes back."""
+        while not self._closed:
+            pubsub = self._redis.pubsub()
+            try:
+                await pubsub.subscribe(self._keys.wake_channel)
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        self._wakeup.set()
+            except (RedisError, OSError):
+                await asyncio.sleep(1.0)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()
+
+    async def _tick(self) -> float:
+        now = time.time()
+        free = self._concurrency - len(self._active)
+        if free <= 0:
+            return self._poll
+        due = await self._redis.zrangebyscore(self._keys.due, "-inf", now, start=0, num=free + len(self._active) + 50)
+        for raw in due:
+            user_id = raw.decode()
+            if user_id in self._active or self._skip_until.get(user_id, 0) > now:
+                continue
+            if len(self._active) >= self._concurrency:
+                break
+            if not await self._redis.set(self._keys.lease(user_id), self._owner, nx=True, px=self._lease_ms):
+                # Another worker owns it; look again when its lease could have lapsed.
+                self._skip_until[user_id] = now + min(self._lease_ms / 1000, 1.0)
+                continue
+            self._skip_until.pop(user_id, None)
+            await self._redis.zadd(self._keys.due, {user_id: now + self._lease_ms / 1000}, xx=True)
+            task = asyncio.create_task(self._serve(user_id), name=f"deliver-{user_id}")
+            self._active[user_id] = task
+            task.add_done_callback(functools.partial(self._finished, user_id))
+        if len(self._skip_until) > 10_000:
+            self._skip_until = {u: t for u, t in self._skip_until.items() if t > now}
+        nxt = await self._redis.zrange(self._keys.due, 0, 0, withscores=True)
+        if not nxt:
+            return self._poll
+        return max(0.0, min(self._poll, float(nxt[0][1]) - time.time()))
+
+    def _finished(self, user_id: str, _task: asyncio.Task[None]) -> None:
+        self._active.pop(user_id, None)
+        self._wakeup.set()
+
+    async def _serve(self, user_id: str) -> None:
+        """Deliver this user's queue while we hold the lease; on failure, schedule the retry."""
+        try:
+            while not self._closed:
+                txn = await self._current_txn(user_id)
+                if txn is None:
+                    await self._redis.zrem(self._keys.due, user_id)
+                    if await self._redis.xlen(self._keys.queue(user_id)):
+                        await self._redis.zadd(self._keys.due, {user_id: time.time()})
+                        continue
+                    return
+                outcome = await self._send(user_id, txn)
+                if outcome.ok:
+                    await self._acknowledge(user_id, txn)
+                else:
+                    await self._schedule_retry(user_id, outcome)
+                    return
+                if not await self._renew(keys=[self._keys.lease(user_id)], args=[self._owner, self._lease_ms]):
+                    return  # lost the lease (paused too long); the new owner carries on
+        except (RedisError, GatewayError, OSError) as exc:
+            log.warning("delivery failed locally; will retry", extra={"error": type(exc).__name__})
+            with contextlib.suppress(RedisError):
+                await self._redis.zadd(self._keys.due, {user_id: time.time() + 1.0})
+        except Exception:
+            log.exception("unexpected delivery error; will retry")
+            with contextlib.suppress(RedisError):
+                await self._redis.zadd(self._keys.due, {user_id: time.time() + 5.0})
+        finally:
+            with contextlib.suppress(RedisError):
+                await self._release(keys=[self._keys.lease(user_id)], args=[self._owner])
+
+    async def _current_txn(self, user_id: str) -> dict[str, bytes] | None:
+        """The transaction in flight, or a new one from the head of the queue (None when empty)."""
+        txn_key = self._keys.txn(user_id)
+        txn: dict[bytes, bytes] = await self._redis.hgetall(txn_key)
+        cutoff_ms = int((time.time() - self._hold_ttl) * 1000)
+        carried = 0
+        if txn:
+            first_ms = int(txn.get(b"first_ms", b"0") or 0)
+            if first_ms and first_ms >= cutoff_ms:
+                return {k.decode(): v for k, v in txn.items()}
+            carried = int(txn.get(b"expired", b"0") or 0)
+            await self._redis.delete(txn_key)
+        queue = self._keys.queue(user_id)
+        expired = carried + int(await self._redis.xtrim(queue, minid=f"{cutoff_ms}-0"))
+        if expired - carried:
+            metrics.EVENTS_EXPIRED.inc(expired - carried)
+        entries = await self._redis.xrange(queue, "-", "+", count=MAX_BATCH - (1 if expired else 0))
+        if not entries and not expired:
+            return None
+        events: list[bytes] = []
+        first_ms = int(time.time() * 1000)
+        if expired:
+            events.append(await self._expired_event(user_id, expired))
+        for _stream_id, fields in entries:
+            events.append(fields[b"e"])
+        if entries:
+            first_ms = int(entries[0][0].decode().partition("-")[0])
+        txn_id = new_id("txn")
+        body = b'{"txn_id":' + orjson.dumps(txn_id) + b',"events":[' + b",".join(events) + b"]}"
+        record = {
+            "txn_id": txn_id.encode(),
+            "body": body,
+            "trim_to": _next_id(entries[-1][0]).encode() if entries else b"",
+            "count": str(len(events)).encode(),
+            "first_ms": str(first_ms).encode(),
+            "expired": str(expired).encode(),
+            "attempts": b"0",
+        }
+        await self._redis.hset(txn_key, mapping=record)
+        return {k: v for k, v in record.items()}
+
+    async def _expired_event(self, user_id: str, count: int) -> bytes:
+        event_id = new_id("evt")
+        public_key = await self._registry.public_key(user_id)
+        sealed = SealedEvent(
+            event_id, "gateway.expired", "gateway", iso_now(), seal(public_key, user_id, event_id, {"count": count})
+        )
+        return orjson.dumps(sealed.as_json())
+
+    async def _send(self, user_id: str, txn: dict[str, bytes]) -> Outcome:
+        target = await self._registry.target(user_id)
+        if target is None:
+            return Outcome(False, None)
+        if self._closed:
+            raise ClosedError("delivery worker is closed")
+        txn_id = txn["txn_id"].decode()
+        body = txn["body"].decode()
+        headers = signing.headers(target.secrets[0], txn_id, body)
+        if len(target.secrets) > 1:
+            extra = [signing.headers(s, txn_id, body)["webhook-signature"] for s in target.secrets[1:]]
+            headers["webhook-signature"] = " ".join([headers["webhook-signature"], *extra])
+        headers["content-type"] = "application/json"
+        url = f"{target.server_url}/ally/v1/transactions/{txn_id}"
+        started = time.monotonic()
+        try:
+            async with self._session.put(
+                url, data=txn["body"], headers=headers, timeout=self._timeout, allow_redirects=False
+            ) as resp:
+                await resp.read()
+                status = resp.status
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            metrics.DELIVERIES.labels("unreachable").inc()
+            log.info(
+                "delivery attempt failed",
+                extra={
+                    "txn_id": txn_id,
+                    "error": type(exc).__name__,
+                    "elapsed_ms": round((time.monotonic() - started) * 1000),
+                },
+            )
+            return Outcome(False, None)
+        if 200 <= status < 300:
+            metrics.DELIVERIES.labels("acknowledged").inc()
+            return Outcome(True, status)
+        metrics.DELIVERIES.labels("refused").inc()
+        log.info("delivery refused", extra={"txn_id": txn_id, "status": status})
+        return Outcome(False, status, retry_after)
+
+    async def _acknowledge(self, user_id: str, txn: dict[str, bytes]) -> None:
+        n = int(
+            await self._ack(
+                keys=[self._keys.txn(user_id), self._keys.queue(user_id), self._keys.counters(user_id)],
+                args=[txn["txn_id"], repr(time.time())],
+            )
+        )
+        if n > 0:
+            metrics.EVENTS_OUT.labels("all").inc(n)
+            first_ms = int(txn["first_ms"])
+            metrics.DELIVERY_LATENCY.observe(max(0.0, time.time() - first_ms / 1000))
+
+    async def _schedule_retry(self, user_id: str, outcome: Outcome) -> None:
+        attempts = int(await self._redis.hincrby(self._keys.txn(user_id), "attempts", 1))
+        reason = f"http_{outcome.status}" if outcome.status is not None else "unreachable"
+        await self._redis.hset(
+            self._keys.counters(user_id), mapping={"last_failure_at": repr(time.time()), "last_failure": reason}
+        )
+        delay = outcome.retry_after if outcome.retry_after is not None else backoff(attempts)
+        if await self._redis.getdel(self._keys.user_key(user_id, "ping")):
+            delay = 0.0
+        await self._redis.zadd(self._keys.due, {user_id: time.time() + delay})
+
+    async def aclose(self) -> None:
+        self._closed = True
+        self._wakeup.set()
+        tasks = list(self._active.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -1,0 +1,125 @@
+"""The one hand-over every channel uses: seal, then queue durably, in order, per user.
+
+`Handoff.__call__` returns only after the sealed events are in the user's Redis
+stream and the user is scheduled for delivery, so a channel may acknowledge its
+provider as soon as it returns. Plaintext never leaves this function.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from gateway import metrics
+from gateway.errors import StorageError
+from gateway.types import Event, SealedEvent
+from routing.keys import Keys
+from routing.registry import Registry
+from routing.sealing import seal
+
+SEEN_WINDOW_MS = 7 * 24 * 3600 * 1000
+
+# KEYS: stream, seen zset, counters. ARGV: now_ms, window_ms, then (dedup_id, envelope) pairs.
+_ENQUEUE = """
+local added = 0
+for i = 3, #ARGV, 2 do
+  local dedup = ARGV[i]
+  local fresh = true
+  if dedup ~= '' then
+    fresh = redis.call('ZADD', KEYS[2], 'NX', ARGV[1], dedup) == 1
+  end
+  if fresh then
+    redis.call('XADD', KEYS[1], '*', 'e', ARGV[i + 1])
+    added = added + 1
+  end
+end
+if #ARGV > 2 and redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', tonumber(ARGV[1]) - tonumber(ARGV[2]))
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+end
+if added > 0 then redis.call('HINCRBY', KEYS[3], 'events_in', added) end
+return added
+"""
+
+
+def new_id(prefix: str) -> str:
+    """Time-ordered, unguessable id: prefix + 10 hex of ms time + 14 hex random (under 32 chars)."""
+    return f"{prefix}_{int(time.time() * 1000):010x}{os.urandom(7).hex()}"
+
+
+def iso_now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    event: Event
+    dedup: str = ""
+    """Scope-unique id of the provider's message (update_id, Pub/Sub messageId...); '' for none."""
+
+
+class Handoff:
+    def __init__(self, redis: Redis, keys: Keys, registry: Registry, wake: Callable[[str], None]) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._registry = registry
+        self._wake = wake
+        self._enqueue = redis.register_script(_ENQUEUE)
+
+    async def __call__(self, user_id: str, items: Sequence[Item], *, dedup_scope: str = "default") -> int:
+        """Seal and durably queue `items` for `user_id`; return how many were new (not duplicates)."""
+        if not items:
+            return 0
+        try:
+            public_key = await self._registry.public_key(user_id)
+            received_at = iso_now()
+            args: list[str | bytes | int] = [int(time.time() * 1000), SEEN_WINDOW_MS]
+            for item in items:
+                event_id = new_id("evt")
+                sealed = SealedEvent(
+                    event_id,
+                    item.event.type,
+                    item.event.channel,
+                    received_at,
+                    seal(public_key, user_id, event_id, item.event.payload),
+                )
+                args += [item.dedup, orjson.dumps(sealed.as_json())]
+            added = int(
+                await self._enqueue(
+                    keys=[
+                        self._keys.queue(user_id),
+                        self._keys.seen(user_id, dedup_scope),
+                        self._keys.counters(user_id),
+                    ],
+                    args=args,
+                )
+            )
+            # Scheduled after queueing, also for duplicates: a retry after a crash between the
+            # two steps must still schedule what the first attempt queued.
+            await self.schedule(user_id)
+        except RedisError as exc:
+            raise StorageError("could not queue event") from exc
+        if added:
+            metrics.EVENTS_IN.labels(items[0].event.channel).inc(added)
+        return added
+
+    async def schedule(self, user_id: str, *, now: bool = False) -> None:
+        """Make sure a delivery worker will look at this user (at once when `now`)."""
+        score = time.time()
+        if now:
+            # A delivery in flight right now reads this flag and retries at once instead of backing off.
+            await self._redis.set(self._keys.user_key(user_id, "ping"), b"1", ex=60)
+            await self._redis.zadd(self._keys.due, {user_id: score})
+            added = 1
+        else:
+            added = int(await self._redis.zadd(self._keys.due, {user_id: score}, nx=True))
+        if added:
+            self._wake(user_id)
+            await self._redis.publish(self._keys.wake_channel, user_id)

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import asyncio
+
+from gateway.types import Event
+from routing.queue import Item
+from tests.conftest import Gateway
+from tests.support.dedicated import DedicatedServer
+
+
+def ev(n: int, channel: str = "telegram") -> Item:
+    return Item(Event("telegram.update", "telegram", {"update_id": n, "text": f"hello {n}"}), dedup=str(n))
+
+
+async def test_handed_over_events_arrive_sealed_signed_and_in_order(gateway: Gateway, dedicated: DedicatedServer):
+    await gateway.create_user(dedicated, "alice")
+    for n in range(5):
+        assert await gateway.services.handoff("alice", [ev(n)], dedup_scope="tg") == 1
+    await dedicated.wait_for(lambda: len(dedicated.events("alice")) == 5)
+    events = dedicated.events("alice")
+    assert [e["payload"]["update_id"] for e in events] == [0, 1, 2, 3, 4]
+    assert all(e["type"] == "telegram.update" and e["channel"] == "telegram" for e in events)
+    assert all(e["id"].startswith("evt_") and e["received_at"].endswith("Z") for e in events)
+
+
+async def test_repeated_dedup_id_is_queued_once(gateway: Gateway, dedicated: DedicatedServer):
+    await gateway.create_user(dedicated, "bob")
+    dedicated.mode["bob"] = "down"
+    assert await gateway.services.handoff("bob", [ev(7)], dedup_scope="tg") == 1
+    assert await gateway.services.handoff("bob", [ev(7)], dedup_scope="tg") == 0
+    assert await gateway.services.redis.xlen(gateway.services.keys.queue("bob")) == 1
+
+
+async def test_down_server_gets_same_txn_again_then_everything_after_ping(gateway: Gateway, dedicated: DedicatedServer):
+    body = await gateway.create_user(dedicated, "carol")
+    dedicated.mode["carol"] = "down"
+    await gateway.services.handoff("carol", [ev(1), ev(2)], dedup_scope="tg")
+    await dedicated.wait_for(lambda: len(dedicated.attempts) >= 1)
+    dedicated.mode["carol"] = "ok"
+    resp = await gateway.client.post("/v1/ping", headers={"Authorization": f"Bearer {body['server_token']}"})
+    assert resp.status == 200
+    await dedicated.wait_for(lambda: len(dedicated.received) == 1, timeout=5)
+    first_txn = dedicated.attempts[0][1]
+    assert dedicated.received[0].txn_id == first_txn
+    assert [e["payload"]["update_id"] for e in dedicated.events("carol")] == [1, 2]
+
+
+async def test_batches_hold_at_most_100_events(gateway: Gateway, dedicated: DedicatedServer):
+    await gateway.create_user(dedicated, "dave")
+    dedicated.mode["dave"] = "down"
+    await gateway.services.handoff("dave", [ev(n) for n in range(250)], dedup_scope="tg")
+    dedicated.mode["dave"] = "ok"
+    await gateway.services.handoff.schedule("dave", now=True)
+    await dedicated.wait_for(lambda: len(dedicated.events("dave")) == 250, timeout=10)
+    sizes = [len(r.body["events"]) for r in dedicated.received]
+    assert max(sizes) <= 100
+    assert [e["payload"]["update_id"] for e in dedicated.events("dave")] == list(range(250))
+
+
+async def test_hanging_server_does_not_delay_another_user(gateway: Gateway, dedicated: DedicatedServer):
+    await gateway.create_user(dedicated, "slow")
+    await gateway.create_user(dedicated, "fast")
+    dedicated.mode["slow"] = "hang"
+    await gateway.services.handoff("slow", [ev(1)], dedup_scope="tg")
+    await asyncio.sleep(0.2)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await gateway.services.handoff("fast", [ev(2)], dedup_scope="tg")
+    await dedicated.wait_for(lambda: len(dedicated.events("fast")) == 1, timeout=5)
+    assert loop.time() - started < 1.0

@@ -1,0 +1,117 @@
+"""A dedicated server for tests: verifies Standard Webhooks signatures, opens sealed events
+with its private key and records every transaction. Its behaviour can be switched to fail,
+hang or answer Retry-After, like a real server that is down or sick."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from routing import signing
+from routing.sealing import b64url, open_sealed
+
+
+@dataclass
+class Received:
+    txn_id: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+    opened: list[dict[str, Any]]
+    user_id: str
+
+
+@dataclass
+class DedicatedServer:
+    """One process can stand for many users' servers: the user is named in the URL path."""
+
+    private_keys: dict[str, X25519PrivateKey] = field(default_factory=dict)
+    secrets: dict[str, list[str]] = field(default_factory=dict)
+    received: list[Received] = field(default_factory=list)
+    attempts: list[tuple[str, str]] = field(default_factory=list)
+    mode: dict[str, str] = field(default_factory=dict)
+    retry_after: str | None = None
+    server: TestServer | None = None
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    closing: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def new_user(self, user_id: str) -> str:
+        key = X25519PrivateKey.generate()
+        self.private_keys[user_id] = key
+        return b64url(key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+
+    def url(self, user_id: str) -> str:
+        assert self.server is not None
+        return str(self.server.make_url(f"/u/{user_id}")).rstrip("/")
+
+    def events(self, user_id: str | None = None) -> list[dict[str, Any]]:
+        """Opened payloads with their envelope, in arrival order, retries of the same txn counted once."""
+        seen: set[str] = set()
+        out: list[dict[str, Any]] = []
+        for r in self.received:
+            if r.txn_id in seen or (user_id is not None and r.user_id != user_id):
+                continue
+            seen.add(r.txn_id)
+            out.extend(r.opened)
+        return out
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_put("/u/{user_id}/ally/v1/transactions/{txn_id}", self._handle)
+        self.server = TestServer(app, port=0)
+        await self.server.start_server()
+
+    async def close(self) -> None:
+        self.closing.set()
+        if self.server is not None:
+            await self.server.close()
+
+    async def wait_for(self, predicate: Any, timeout: float = 10.0) -> None:
+        async def loop() -> None:
+            while not predicate():
+                self.arrived.clear()
+                await self.arrived.wait()
+
+        await asyncio.wait_for(loop(), timeout)
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        user_id = request.match_info["user_id"]
+        txn_id = request.match_info["txn_id"]
+        mode = self.mode.get(user_id, "ok")
+        self.attempts.append((user_id, txn_id))
+        if mode == "hang":
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.closing.wait(), 3600)
+            return web.Response(status=503)
+        if mode == "down":
+            self.arrived.set()
+            headers = {"Retry-After": self.retry_after} if self.retry_after else None
+            return web.Response(status=503, headers=headers)
+        raw = await request.read()
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        last_error: Exception | None = None
+        for secret in self.secrets.get(user_id, []):
+            try:
+                signing.verify(secret, raw, headers)
+                break
+            except Exception as exc:
+                last_error = exc
+        else:
+            raise AssertionError(f"bad signature for {user_id}: {last_error}")
+        body = orjson.loads(raw)
+        assert body["txn_id"] == txn_id == headers["webhook-id"]
+        key = self.private_keys[user_id]
+        opened = [
+            {**{k: v for k, v in e.items() if k != "sealed"}, "payload": open_sealed(key, user_id, e["id"], e["sealed"])}
+            for e in body["events"]
+        ]
+        self.received.append(Received(txn_id, headers, body, opened, user_id))
+        self.arrived.set()
+        return web.json_response({"ok": True})
