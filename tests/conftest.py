@@ -65,8 +65,11 @@ class Gateway:
 
     async def create_user(self, server: DedicatedServer, user_id: str) -> dict[str, Any]:
         public_key = server.new_user(user_id)
-        resp = await self.admin("PUT", f"/admin/v1/users/{user_id}",
-                                json={"server_url": server.url(user_id), "server_public_key": public_key})
+        resp = await self.admin(
+            "PUT",
+            f"/admin/v1/users/{user_id}",
+            json={"server_url": server.url(user_id), "server_public_key": public_key},
+        )
         assert resp.status == 201, await resp.text()
         body: dict[str, Any] = await resp.json()
         server.secrets[user_id] = [body["webhook_secret"]]

@@ -8,14 +8,27 @@ from tests.conftest import Gateway, random_public_key
 @pytest.mark.parametrize(
     ("path", "body", "status", "code"),
     [
-        ("/admin/v1/users/bad%20id", {"server_url": "https://a.example", "server_public_key": "x"}, 400, "invalid_user_id"),
+        (
+            "/admin/v1/users/bad%20id",
+            {"server_url": "https://a.example", "server_public_key": "x"},
+            400,
+            "invalid_user_id",
+        ),
         ("/admin/v1/users/" + "a" * 65, {"server_url": "https://a.example"}, 400, "invalid_user_id"),
         ("/admin/v1/users/u1", {"server_url": "ftp://a.example", "server_public_key": "k"}, 400, "invalid_server_url"),
         ("/admin/v1/users/u1", {"server_url": "http://a.example", "server_public_key": "k"}, 400, "invalid_server_url"),
-        ("/admin/v1/users/u1", {"server_url": "https://a.example", "server_public_key": "AAAA"}, 400,
-         "invalid_server_public_key"),
-        ("/admin/v1/users/u1", {"server_url": "https://a.example", "server_public_key": 5}, 400,
-         "invalid_server_public_key"),
+        (
+            "/admin/v1/users/u1",
+            {"server_url": "https://a.example", "server_public_key": "AAAA"},
+            400,
+            "invalid_server_public_key",
+        ),
+        (
+            "/admin/v1/users/u1",
+            {"server_url": "https://a.example", "server_public_key": 5},
+            400,
+            "invalid_server_public_key",
+        ),
         ("/admin/v1/users/u1", [1, 2], 400, "invalid_json"),
     ],
 )

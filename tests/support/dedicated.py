@@ -109,7 +109,10 @@ class DedicatedServer:
         assert body["txn_id"] == txn_id == headers["webhook-id"]
         key = self.private_keys[user_id]
         opened = [
-            {**{k: v for k, v in e.items() if k != "sealed"}, "payload": open_sealed(key, user_id, e["id"], e["sealed"])}
+            {
+                **{k: v for k, v in e.items() if k != "sealed"},
+                "payload": open_sealed(key, user_id, e["id"], e["sealed"]),
+            }
             for e in body["events"]
         ]
         self.received.append(Received(txn_id, headers, body, opened, user_id))
