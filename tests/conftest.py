@@ -57,7 +57,9 @@ class Gateway:
 
     @property
     def services(self) -> Services:
-        return self.client.app[SERVICES]  # type: ignore[index]
+        app = self.client.app
+        assert app is not None
+        return app[SERVICES]
 
     async def admin(self, method: str, path: str, **kwargs: Any) -> Any:
         headers = {"Authorization": f"Bearer {self.settings.admin_token}", **kwargs.pop("headers", {})}
