@@ -59,7 +59,8 @@ class Gateway:
     def services(self) -> Services:
         app = self.client.app
         assert app is not None
-        return app[SERVICES]
+        services: Services = app[SERVICES]
+        return services
 
     async def admin(self, method: str, path: str, **kwargs: Any) -> Any:
         headers = {"Authorization": f"Bearer {self.settings.admin_token}", **kwargs.pop("headers", {})}
