@@ -20,7 +20,7 @@ from aiohttp import web
 from gateway import admin, ops, server_api
 from gateway.config import Settings
 from gateway.embedded import EmbeddedRedis
-from gateway.http import errors_middleware
+from gateway.http import errors_middleware, stamp_request_id
 from gateway.keys import ROLE, SERVICES, SETTINGS
 from gateway.services import Services
 from gateway.storage import connect
@@ -45,6 +45,7 @@ def create_app(settings: Settings, role: str = "all") -> web.Application:
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}")
     app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
+    app.on_response_prepare.append(stamp_request_id)
     app[SETTINGS] = settings
     app[ROLE] = role
     app.cleanup_ctx.append(_core)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -13,13 +12,21 @@ from aiohttp import web
 
 from gateway import metrics
 from gateway.errors import ApiError, BadRequest, PayloadTooLarge, StorageError, TooManyRequests, Unauthorized
-from gateway.logs import request_id
+from gateway.logs import accept_request_id, request_id
 
 log = logging.getLogger(__name__)
 
 MAX_JSON_BODY = 1 << 20
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+REQUEST_ID = web.RequestKey("request_id", str)
+
+
+async def stamp_request_id(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    """`on_response_prepare`: every answer names its request id, streamed files and redirects too."""
+    rid = request.get(REQUEST_ID)
+    if rid is not None:
+        response.headers["X-Request-Id"] = rid
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -36,10 +43,9 @@ def error_response(exc: ApiError) -> web.Response:
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every failure becomes a JSON error with a code; nothing internal reaches the caller."""
-    rid = request.headers.get("X-Request-Id", "")
-    if not (0 < len(rid) <= 64 and rid.replace("-", "").replace("_", "").isalnum()):
-        rid = "req_" + os.urandom(8).hex()
+    rid = accept_request_id(request.headers.get("X-Request-Id"))
     token = request_id.set(rid)
+    request[REQUEST_ID] = rid
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
     try:
         try:
@@ -62,7 +68,6 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             response = error_response(
                 ApiError("internal_error", "the gateway failed to handle this request", status=500)
             )
-        response.headers["X-Request-Id"] = rid
         metrics.HTTP_REQUESTS.labels(route, str(response.status)).inc()
         return response
     finally:
