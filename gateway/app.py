@@ -35,7 +35,7 @@ from routing.urls import PublicOnlyResolver
 log = logging.getLogger(__name__)
 
 # Each module has `setup(app)`: it adds routes and its own cleanup context (run after the core's).
-CHANNELS: tuple[str, ...] = ()
+CHANNELS: tuple[str, ...] = ("ai.relay",)
 
 ROLES = ("all", "web", "worker")
 MAX_BODY = 1 << 20

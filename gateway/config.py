@@ -63,6 +63,9 @@ class Settings:
     anthropic_base_url: str | None = None
     ai_fallbacks: tuple[str, ...] = ()
     ai_monthly_tokens: int | None = None
+    ai_attempts: int = 2
+    ai_backoff: float = 0.5
+    ai_timeout: float = 600.0
     delivery_timeout: float = 10.0
     delivery_lease: float = 20.0
     log_level: str = "INFO"
@@ -286,6 +289,9 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         anthropic_base_url=r.url("ALLY_ANTHROPIC_BASE_URL", None),
         ai_fallbacks=fallbacks,
         ai_monthly_tokens=r.whole("ALLY_AI_MONTHLY_TOKENS", None, low=1),
+        ai_attempts=r.whole("ALLY_AI_ATTEMPTS", 2, low=1, high=10) or 2,
+        ai_backoff=r.number("ALLY_AI_BACKOFF", 0.5, low=0.0),
+        ai_timeout=r.number("ALLY_AI_TIMEOUT", 600.0, low=0.1),
         delivery_timeout=r.number("ALLY_DELIVERY_TIMEOUT", 10.0, low=0.1),
         delivery_lease=r.number("ALLY_DELIVERY_LEASE", 20.0, low=1.0),
         log_level=log_level,

@@ -10,6 +10,7 @@
     └── ApiError             an answer to an HTTP caller: status, code, detail
         ├── BadRequest       400
         ├── Unauthorized     401
+        ├── PaymentRequired  402 (ai/errors.py: QuotaExceeded, the monthly AI token cap)
         ├── Forbidden        403
         ├── NotFound         404
         ├── Conflict         409
@@ -17,7 +18,8 @@
         └── TooManyRequests  429 (with retry_after)
 
 Lower layers (redis, aiohttp, provider SDKs) are translated at the boundary with
-`raise X(...) from exc`, so callers handle one tree.
+`raise X(...) from exc`, so callers handle one tree. The AI relay's provider
+failures (`ai/errors.py`: ProviderError, StreamBroken) hang under GatewayError too.
 """
 
 from __future__ import annotations
@@ -71,6 +73,10 @@ class BadRequest(ApiError):
 
 class Unauthorized(ApiError):
     status = 401
+
+
+class PaymentRequired(ApiError):
+    status = 402
 
 
 class Forbidden(ApiError):

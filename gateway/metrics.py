@@ -22,3 +22,7 @@ TOKEN_REFRESHES = Counter("ally_token_refreshes_total", "Access-token refreshes 
 RATE_LIMIT_WAITS = Counter("ally_rate_limit_waits_total", "Outbound calls that waited for a rate limit", ["scope"])
 RATE_LIMIT_WAIT_SECONDS = Histogram("ally_rate_limit_wait_seconds", "Time waited for outbound rate limits")
 HTTP_REQUESTS = Counter("ally_http_requests_total", "HTTP requests answered", ["route", "status"])
+AI_REQUESTS = Counter("ally_ai_requests_total", "AI relay requests by outcome", ["outcome"])
+AI_RETRIES = Counter("ally_ai_retries_total", "AI attempts retried on the same model", ["reason"])
+AI_FALLBACKS = Counter("ally_ai_fallbacks_total", "Moves down the AI fallback chain", ["reason"])
+AI_TOKENS = Counter("ally_ai_tokens_total", "AI tokens metered", ["kind"])

@@ -1,0 +1,189 @@
+"""Token metering: input and output tokens per user, model and calendar month (UTC).
+
+One Redis hash per user and month, `{prefix}{u:<user_id>}:ai:usage:<YYYY-MM>`, with
+fields `input:<model>`, `output:<model>`, `requests:<model>` and `total`
+(input + output, what the cap counts). Input tokens include cache writes and cache
+reads, which the provider bills as input. Hashes expire after `RETENTION` so that
+the export covers about a year. Only counts and model names are stored: nothing of
+a prompt or an answer.
+
+The counts come from the SDK's usage models: `Usage` of a whole message, and for a
+stream `message_start`'s usage updated by each `message_delta`'s (cumulative
+counts, the later value wins, as the SDK's own accumulator does).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from anthropic.types import MessageDeltaUsage, Usage
+from pydantic import ValidationError
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from ai.errors import QuotaExceeded
+from ai.sse import SseEvent
+from gateway.errors import StorageError
+from routing.keys import Keys
+
+log = logging.getLogger(__name__)
+
+RETENTION = 400 * 24 * 3600
+EXPORT_MONTHS = 13
+_USAGE_FIELDS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens")
+
+
+@dataclass(frozen=True, slots=True)
+class Tokens:
+    input: int = 0
+    output: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.input + self.output
+
+
+def _tokens(counts: dict[str, int]) -> Tokens:
+    return Tokens(
+        input=counts.get("input_tokens", 0)
+        + counts.get("cache_creation_input_tokens", 0)
+        + counts.get("cache_read_input_tokens", 0),
+        output=counts.get("output_tokens", 0),
+    )
+
+
+def _counts(usage: Usage | MessageDeltaUsage) -> dict[str, int]:
+    return {name: value for name in _USAGE_FIELDS if isinstance(value := getattr(usage, name), int)}
+
+
+def tokens_of_message(body: bytes) -> Tokens:
+    """Usage of a whole Messages answer; zero (and a warning) when it carries none."""
+    try:
+        message = orjson.loads(body)
+        return _tokens(_counts(Usage.model_validate(message["usage"])))
+    except (orjson.JSONDecodeError, TypeError, KeyError, ValidationError):
+        log.warning("answer without readable usage; nothing metered")
+        return Tokens()
+
+
+class StreamCounter:
+    """Follows a stream as its events pass: usage, and whether it ended properly."""
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+        self.stopped = False
+        """`message_stop` was seen."""
+        self.errored = False
+        """An `error` event was seen (the caller has been told)."""
+
+    @property
+    def tokens(self) -> Tokens:
+        return _tokens(self._counts)
+
+    def see(self, event: SseEvent) -> None:
+        if event.name == "message_stop":
+            self.stopped = True
+        elif event.name == "error":
+            self.errored = True
+        elif event.name in ("message_start", "message_delta"):
+            try:
+                data: Any = orjson.loads(event.data)
+                if event.name == "message_start":
+                    self._counts.update(_counts(Usage.model_validate(data["message"]["usage"])))
+                else:
+                    self._counts.update(_counts(MessageDeltaUsage.model_validate(data["usage"])))
+            except (orjson.JSONDecodeError, TypeError, KeyError, ValidationError):
+                log.warning("stream event without readable usage", extra={"event": event.name})
+
+
+def month_of(ts: float) -> str:
+    return time.strftime("%Y-%m", time.gmtime(ts))
+
+
+def next_month_start(ts: float) -> str:
+    year, month = time.gmtime(ts)[:2]
+    year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    return f"{year:04d}-{month:02d}-01T00:00:00Z"
+
+
+def _months_back(ts: float, count: int) -> list[str]:
+    year, month = time.gmtime(ts)[:2]
+    months = []
+    for _ in range(count):
+        months.append(f"{year:04d}-{month:02d}")
+        year, month = (year - 1, 12) if month == 1 else (year, month - 1)
+    return months
+
+
+class Meter:
+    def __init__(self, redis: Redis, keys: Keys, cap: int | None, clock: Callable[[], float] = time.time) -> None:
+        self._redis = redis
+        self._keys = keys
+        self.cap = cap
+        self._clock = clock
+
+    def _key(self, user_id: str, month: str) -> str:
+        return self._keys.user_key(user_id, f"ai:usage:{month}")
+
+    async def check(self, user_id: str) -> None:
+        """Raise `QuotaExceeded` once the user's tokens this month have reached the cap."""
+        if self.cap is None:
+            return
+        now = self._clock()
+        try:
+            used = int(await self._redis.hget(self._key(user_id, month_of(now)), "total") or 0)
+        except RedisError as exc:
+            raise StorageError("usage could not be read") from exc
+        if used >= self.cap:
+            raise QuotaExceeded(cap=self.cap, used=used, resets_at=next_month_start(now))
+
+    async def record(self, user_id: str, model: str, tokens: Tokens) -> None:
+        key = self._key(user_id, month_of(self._clock()))
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hincrby(key, f"input:{model}", tokens.input)
+                pipe.hincrby(key, f"output:{model}", tokens.output)
+                pipe.hincrby(key, f"requests:{model}", 1)
+                pipe.hincrby(key, "total", tokens.total)
+                pipe.expire(key, RETENTION)
+                await pipe.execute()
+        except RedisError as exc:
+            raise StorageError("usage could not be recorded") from exc
+
+    async def _month(self, user_id: str, month: str) -> dict[str, Any]:
+        raw = await self._redis.hgetall(self._key(user_id, month))
+        models: dict[str, dict[str, int]] = {}
+        total = 0
+        for field, value in raw.items():
+            name = field.decode()
+            if name == "total":
+                total = int(value)
+                continue
+            kind, _, model = name.partition(":")
+            if kind in ("input", "output", "requests"):
+                entry = models.setdefault(model, {"input_tokens": 0, "output_tokens": 0, "requests": 0})
+                entry[kind if kind == "requests" else f"{kind}_tokens"] = int(value)
+        return {"month": month, "total_tokens": total, "models": dict(sorted(models.items()))}
+
+    async def usage(self, user_id: str) -> dict[str, Any]:
+        """This month by model, with the cap (`null`: unlimited) and what is left of it."""
+        now = self._clock()
+        try:
+            month = await self._month(user_id, month_of(now))
+        except RedisError as exc:
+            raise StorageError("usage could not be read") from exc
+        remaining = None if self.cap is None else max(0, self.cap - month["total_tokens"])
+        return {**month, "cap": self.cap, "remaining": remaining, "resets_at": next_month_start(now)}
+
+    async def export(self, user_id: str) -> dict[str, Any]:
+        """Every month still kept, newest first (months without usage left out)."""
+        try:
+            months = [await self._month(user_id, m) for m in _months_back(self._clock(), EXPORT_MONTHS)]
+        except RedisError as exc:
+            raise StorageError("usage could not be read") from exc
+        return {"cap": self.cap, "months": [m for m in months if m["models"]]}
