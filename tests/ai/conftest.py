@@ -46,5 +46,13 @@ async def server_token(gateway: Gateway, user_id: str = "alice") -> dict[str, st
     return {"Authorization": f"Bearer {(await resp.json())['server_token']}"}
 
 
-def ask(text: str = "Hello, Claude", *, model: str = PRIMARY, stream: bool = False, **extra: object) -> dict[str, object]:
-    return {"model": model, "max_tokens": 1024, "messages": [{"role": "user", "content": text}], "stream": stream, **extra}
+def ask(
+    text: str = "Hello, Claude", *, model: str = PRIMARY, stream: bool = False, **extra: object
+) -> dict[str, object]:
+    return {
+        "model": model,
+        "max_tokens": 1024,
+        "messages": [{"role": "user", "content": text}],
+        "stream": stream,
+        **extra,
+    }

@@ -90,7 +90,7 @@ async def test_a_long_retry_after_moves_on_at_once(gateway: Gateway, anthropic_a
     ("status", "message_text"),
     [
         (400, "prompt is too long: 215000 tokens > 200000 maximum"),
-        (400, "messages: roles must alternate between \"user\" and \"assistant\""),
+        (400, 'messages: roles must alternate between "user" and "assistant"'),
         (404, "model: claude-nonexistent"),
     ],
 )

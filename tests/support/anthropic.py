@@ -88,19 +88,28 @@ def stream_events(model: str, parts: list[str], *, input_tokens: int, output_tok
     }
     events = [
         sse("message_start", start),
-        sse("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        sse(
+            "content_block_start",
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        ),
         sse("ping", {"type": "ping"}),
     ]
     events += [
-        sse("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}})
+        sse(
+            "content_block_delta",
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}},
+        )
         for p in parts
     ]
     events += [
         sse("content_block_stop", {"type": "content_block_stop", "index": 0}),
         sse(
             "message_delta",
-            {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-             "usage": {"output_tokens": output_tokens}},
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": output_tokens},
+            },
         ),
         sse("message_stop", {"type": "message_stop"}),
     ]
@@ -165,8 +174,9 @@ _ERROR_TYPES = {
 def error(status: int, message: str = "", *, retry_after: float | None = None, error_type: str | None = None) -> Step:
     async def step(request: web.Request, api: AnthropicStandIn) -> web.StreamResponse:
         kind = error_type or _ERROR_TYPES[status]
-        body = {"type": "error", "error": {"type": kind, "message": message or kind}, "request_id": _request_id()}
-        headers = {"request-id": body["request_id"]}
+        request_id = _request_id()
+        body = {"type": "error", "error": {"type": kind, "message": message or kind}, "request_id": request_id}
+        headers = {"request-id": request_id}
         if retry_after is not None:
             headers["retry-after"] = str(retry_after)
         raw = json.dumps(body).encode()

@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import anthropic
+import pytest
+
+from gateway.app import create_app
+from gateway.config import Settings
+from gateway.errors import ConfigError
+from tests.ai.conftest import PRIMARY, ask, server_token
+from tests.conftest import ADMIN_TOKEN, Gateway, make_settings
+from tests.support.anthropic import AnthropicStandIn, message, stream
+
+GOOD = ask()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"{not json",
+        b"",
+        b"[1, 2]",
+        b'"hello"',
+        {**GOOD, "model": ""},
+        {**GOOD, "model": 5},
+        {k: v for k, v in GOOD.items() if k != "model"},
+        {k: v for k, v in GOOD.items() if k != "max_tokens"},
+        {**GOOD, "max_tokens": "1024"},
+        {**GOOD, "max_tokens": -1},
+        {**GOOD, "max_tokens": True},
+        {**GOOD, "messages": []},
+        {**GOOD, "messages": "hello"},
+        {**GOOD, "messages": [{"role": "system", "content": "x"}]},
+        {**GOOD, "messages": [{"role": "user"}]},
+        {**GOOD, "messages": [{"role": "user", "content": [{"text": "no type"}]}]},
+        {**GOOD, "messages": [["user", "hi"]]},
+        {**GOOD, "stream": "yes"},
+        {**GOOD, "system": 5},
+        {**GOOD, "system": [{"text": "no type"}]},
+        {**GOOD, "temperature": "hot"},
+        {**GOOD, "stop_sequences": [1]},
+        {**GOOD, "tools": {"name": "x"}},
+        {**GOOD, "metadata": []},
+    ],
+)
+async def test_garbage_is_a_400_json_error_and_reaches_no_model(
+    gateway: Gateway, anthropic_api: AnthropicStandIn, body: object
+):
+    headers = await server_token(gateway)
+    kwargs = {"data": body} if isinstance(body, bytes) else {"json": body}
+    resp = await gateway.client.post("/v1/ai/messages", headers=headers, **kwargs)
+    assert resp.status == 400
+    assert (await resp.json())["error"] in ("invalid_request", "invalid_json")
+    assert anthropic_api.calls == []
+
+
+async def test_unknown_fields_and_the_beta_header_are_forwarded(gateway: Gateway, anthropic_api: AnthropicStandIn):
+    headers = await server_token(gateway)
+    anthropic_api.plan(PRIMARY, message())
+    body = ask(temperature=0.2, some_new_field={"x": [1, 2]}, system=[{"type": "text", "text": "Be brief."}])
+    resp = await gateway.client.post(
+        "/v1/ai/messages", json=body, headers={**headers, "anthropic-beta": "files-api-2025-04-14"}
+    )
+    assert resp.status == 200
+    call = anthropic_api.calls[-1]
+    assert call.body["some_new_field"] == {"x": [1, 2]} and call.body["temperature"] == 0.2
+    assert call.body["system"] == [{"type": "text", "text": "Be brief."}]
+    assert call.headers["anthropic-beta"] == "files-api-2025-04-14"
+
+
+async def test_only_a_server_token_may_call(gateway: Gateway, anthropic_api: AnthropicStandIn):
+    assert (await gateway.client.post("/v1/ai/messages", json=GOOD)).status == 401
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    assert (await gateway.client.post("/v1/ai/messages", json=GOOD, headers=admin)).status == 401
+    bad = {"Authorization": "Bearer ast.alice.not-the-secret"}
+    assert (await gateway.client.post("/v1/ai/messages", json=GOOD, headers=bad)).status == 401
+    assert anthropic_api.calls == []
+
+
+async def test_the_official_sdk_works_against_the_relay(gateway: Gateway, anthropic_api: AnthropicStandIn):
+    """A dedicated server can point Anthropic's SDK at `<gateway>/v1/ai` with its server token."""
+    headers = await server_token(gateway)
+    anthropic_api.plan(PRIMARY, stream(("Hello", " from", " the relay")), message("whole"))
+    client = anthropic.AsyncAnthropic(
+        api_key=headers["Authorization"].removeprefix("Bearer "),
+        base_url=str(gateway.client.make_url("/v1/ai")),
+        max_retries=0,
+    )
+    try:
+        async with client.messages.stream(
+            model=PRIMARY, max_tokens=100, messages=[{"role": "user", "content": "Hi"}]
+        ) as streamed:
+            final = await streamed.get_final_message()
+        assert final.content[0].type == "text" and final.content[0].text == "Hello from the relay"
+        assert final.usage.input_tokens == 25 and final.usage.output_tokens == 15
+        raw = await client.messages.with_raw_response.create(
+            model=PRIMARY, max_tokens=100, messages=[{"role": "user", "content": "Hi"}]
+        )
+        assert raw.headers["ally-ai-model"] == PRIMARY
+        whole = await raw.parse()
+        assert whole.content[0].type == "text" and whole.content[0].text == "whole"
+    finally:
+        await client.close()
+
+
+class TestRelayOff:
+    @pytest.fixture
+    def settings(self, settings: Settings) -> Settings:
+        return dataclasses.replace(settings, anthropic_api_key=None)
+
+    async def test_messages_answer_503_and_usage_still_answers(self, gateway: Gateway, anthropic_api: AnthropicStandIn):
+        headers = await server_token(gateway)
+        resp = await gateway.client.post("/v1/ai/messages", json=GOOD, headers=headers)
+        assert resp.status == 503 and (await resp.json())["error"] == "ai_disabled"
+        resp = await gateway.client.get("/v1/ai/usage", headers=headers)
+        assert resp.status == 200 and (await resp.json())["models"] == {}
+        assert anthropic_api.calls == []
+
+
+def test_a_fallback_naming_an_unknown_provider_stops_the_start(tmp_path: Path):
+    with pytest.raises(ConfigError, match="ALLY_AI_FALLBACKS"):
+        create_app(make_settings(tmp_path, ai_fallbacks=("claude-haiku-5-5", "openai:gpt-5")))
+    # Provider-qualified and dotted model ids are fine.
+    create_app(make_settings(tmp_path, ai_fallbacks=("anthropic:claude-haiku-5-5", "us.anthropic.claude-x-v1:0")))

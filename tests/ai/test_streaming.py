@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from gateway.config import Settings
+from tests.ai.conftest import FALLBACK, PRIMARY, ask, server_token
+from tests.conftest import Gateway
+from tests.support.anthropic import AnthropicStandIn, stream
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return dataclasses.replace(settings, ai_timeout=1.0)
+
+
+def events_of(body: bytes) -> list[tuple[str, dict[str, object]]]:
+    out = []
+    for block in body.decode().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        if "event" in lines:
+            out.append((lines["event"], json.loads(lines["data"])))
+    return out
+
+
+@pytest.mark.parametrize("failure", ["break", "stall", "end"])
+async def test_failure_after_the_stream_began_ends_with_an_error_event(
+    gateway: Gateway, anthropic_api: AnthropicStandIn, failure: str
+):
+    headers = await server_token(gateway)
+    anthropic_api.plan(PRIMARY, stream(("Hello", " wor", "ld"), fail_after=4, failure=failure))
+    anthropic_api.plan(FALLBACK, stream(("never",)))
+    resp = await gateway.client.post("/v1/ai/messages", json=ask(stream=True), headers=headers)
+    assert resp.status == 200
+    body = await resp.read()
+    # What the model sent arrives unchanged; then the failure is explicit, never a clean end.
+    assert body.startswith(b"".join(anthropic_api.sent))
+    names = [name for name, _ in events_of(body)]
+    assert names == ["message_start", "content_block_start", "ping", "content_block_delta", "error"]
+    error = events_of(body)[-1][1]
+    assert error == {"type": "error", "error": {"type": "api_error", "message": error["error"]["message"]}}  # type: ignore[index]
+    assert b"event: message_stop" not in body
+    assert anthropic_api.calls_for(FALLBACK) == []
+
+
+async def test_an_error_event_from_the_model_mid_stream_is_passed_on_as_is(
+    gateway: Gateway, anthropic_api: AnthropicStandIn
+):
+    headers = await server_token(gateway)
+    anthropic_api.plan(PRIMARY, stream(("Hello",), fail_after=4, failure="error"))
+    resp = await gateway.client.post("/v1/ai/messages", json=ask(stream=True), headers=headers)
+    body = await resp.read()
+    assert body == b"".join(anthropic_api.sent)
+    assert [name for name, _ in events_of(body)][-1] == "error"
+    assert events_of(body)[-1][1]["error"] == {"type": "overloaded_error", "message": "Overloaded"}
+    assert body.count(b"event: error") == 1
