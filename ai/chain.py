@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 # In-stream error types worth another attempt, with the status they carry as plain answers.
 RETRYABLE_STREAM_ERRORS = {"overloaded_error": 529, "api_error": 500, "rate_limit_error": 429, "timeout_error": 504}
 _KEEPALIVE = ("ping", "")
+# No event of the Messages API comes near this; a stream that does is not one.
+MAX_EVENT_BYTES = 16 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +80,7 @@ class Opened:
             yield event
         if self._chunks is not None:
             async for chunk in self._chunks:
-                for event in self._splitter.feed(chunk):
+                for event in _feed(self._splitter, chunk):
                     yield event
 
     @property
@@ -171,7 +173,7 @@ async def _first_events(chunks: AsyncIterator[bytes], splitter: SseSplitter) -> 
     head: list[SseEvent] = []
     try:
         async for chunk in chunks:
-            head += splitter.feed(chunk)
+            head += _feed(splitter, chunk)
             first = next((e for e in head if e.name not in _KEEPALIVE), None)
             if first is None:
                 continue
@@ -188,3 +190,10 @@ async def _first_events(chunks: AsyncIterator[bytes], splitter: SseSplitter) -> 
     except StreamBroken as exc:
         raise ProviderError(exc.reason, retryable=True) from None
     raise ProviderError("broken", retryable=True)
+
+
+def _feed(splitter: SseSplitter, chunk: bytes) -> list[SseEvent]:
+    events = splitter.feed(chunk)
+    if len(splitter.pending) > MAX_EVENT_BYTES:
+        raise StreamBroken("oversized")
+    return events

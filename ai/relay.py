@@ -178,6 +178,7 @@ _BROKEN = {
     "timeout": "the model's stream stalled and was cut off before its end",
     "broken": "the connection to the model broke before the stream's end",
     "ended": "the model's stream ended without message_stop",
+    "oversized": "the model's stream sent an event too large to relay",
 }
 
 

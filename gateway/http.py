@@ -78,7 +78,7 @@ async def read_json(request: web.Request, *, limit: int = MAX_JSON_BODY) -> Any:
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge("payload_too_large", f"body over {limit} bytes")
     try:
-        raw = await request.content.read(limit + 1)
+        raw = await _read_up_to(request, limit + 1)
     except (OSError, ValueError) as exc:
         raise BadRequest("bad_body", "could not read the request body") from exc
     if len(raw) > limit:
@@ -89,6 +89,17 @@ async def read_json(request: web.Request, *, limit: int = MAX_JSON_BODY) -> Any:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise BadRequest("invalid_json", "body is not valid JSON") from None
+
+
+async def _read_up_to(request: web.Request, size: int) -> bytes:
+    # StreamReader.read(n) returns what has arrived so far, not n bytes: collect until EOF or size.
+    raw = bytearray()
+    while len(raw) < size:
+        chunk = await request.content.read(size - len(raw))
+        if not chunk:
+            break
+        raw += chunk
+    return bytes(raw)
 
 
 async def read_json_object(request: web.Request, *, limit: int = MAX_JSON_BODY) -> dict[str, Any]:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import dataclasses
+import io
+import json
 from pathlib import Path
 
 import anthropic
@@ -124,3 +126,29 @@ def test_a_fallback_naming_an_unknown_provider_stops_the_start(tmp_path: Path):
         create_app(make_settings(tmp_path, ai_fallbacks=("claude-haiku-5-5", "openai:gpt-5")))
     # Provider-qualified and dotted model ids are fine.
     create_app(make_settings(tmp_path, ai_fallbacks=("anthropic:claude-haiku-5-5", "us.anthropic.claude-x-v1:0")))
+
+
+async def test_bodies_larger_than_the_admin_limit_are_accepted(gateway: Gateway, anthropic_api: AnthropicStandIn):
+    """Images and documents travel inline; the Messages API takes up to 32 MB."""
+    headers = await server_token(gateway)
+    anthropic_api.plan(PRIMARY, message())
+    resp = await gateway.client.post(
+        "/v1/ai/messages", data=io.BytesIO(json.dumps(ask("x" * (3 << 20))).encode()), headers=headers
+    )
+    assert resp.status == 200
+    too_big = await gateway.client.post(
+        "/v1/ai/messages", data=io.BytesIO(json.dumps(ask("x" * (33 << 20))).encode()), headers=headers
+    )
+    assert too_big.status == 413
+    assert len(anthropic_api.calls) == 1
+
+
+async def test_erasing_the_user_erases_its_usage(gateway: Gateway, anthropic_api: AnthropicStandIn):
+    headers = await server_token(gateway)
+    anthropic_api.plan(PRIMARY, message())
+    await gateway.client.post("/v1/ai/messages", json=ask(), headers=headers)
+    pattern = gateway.services.keys.user_key("alice", "ai:usage:*")
+    assert [k async for k in gateway.services.redis.scan_iter(match=pattern)]
+    assert (await gateway.admin("DELETE", "/admin/v1/users/alice")).status == 202
+    await gateway.services.eraser.wait("alice")
+    assert [k async for k in gateway.services.redis.scan_iter(match=pattern)] == []

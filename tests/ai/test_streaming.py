@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 
@@ -56,3 +57,26 @@ async def test_an_error_event_from_the_model_mid_stream_is_passed_on_as_is(
     assert [name for name, _ in events_of(body)][-1] == "error"
     assert events_of(body)[-1][1]["error"] == {"type": "overloaded_error", "message": "Overloaded"}
     assert body.count(b"event: error") == 1
+
+
+async def test_a_caller_that_goes_away_mid_stream_still_has_its_usage_metered(
+    gateway: Gateway, anthropic_api: AnthropicStandIn
+):
+    headers = await server_token(gateway)
+    gate = asyncio.Event()
+    anthropic_api.plan(PRIMARY, stream(("a",) * 50, gate=gate, gate_before=1))
+    resp = await gateway.client.post("/v1/ai/messages", json=ask(stream=True), headers=headers)
+    await asyncio.wait_for(resp.content.readuntil(b"\n\n"), timeout=5)
+    resp.close()
+    gate.set()
+
+    async def metered() -> dict[str, int]:
+        redis, keys = gateway.services.redis, gateway.services.keys
+        while True:
+            found = [k async for k in redis.scan_iter(match=keys.user_key("alice", "ai:usage:*"))]
+            if found:
+                return {k.decode(): int(v) for k, v in (await redis.hgetall(found[0])).items()}
+            await asyncio.sleep(0.05)
+
+    usage = await asyncio.wait_for(metered(), timeout=5)
+    assert usage[f"input:{PRIMARY}"] == 25 and usage[f"requests:{PRIMARY}"] == 1

@@ -235,7 +235,7 @@ class AnthropicStandIn:
         return await step(request, self)
 
     async def start(self) -> None:
-        app = web.Application()
+        app = web.Application(client_max_size=32 << 20)  # the API's own request limit
         app.router.add_post("/v1/messages", self._messages)
         self.server = TestServer(app, port=0)
         await self.server.start_server()
