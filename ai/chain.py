@@ -73,15 +73,16 @@ class Opened:
         self._splitter = splitter or SseSplitter()
         self._head = list(head)
 
-    async def events(self) -> AsyncIterator[SseEvent]:
-        """Every event of the stream, the ones read before committing first. Raises `StreamBroken`."""
+    async def events(self) -> AsyncIterator[list[SseEvent]]:
+        """Every event of the stream, in batches as they completed (the ones read before committing
+        first). A batch is never held back for a later one. Raises `StreamBroken`."""
         head, self._head = self._head, []
-        for event in head:
-            yield event
+        if head:
+            yield head
         if self._chunks is not None:
             async for chunk in self._chunks:
-                for event in _feed(self._splitter, chunk):
-                    yield event
+                if batch := _feed(self._splitter, chunk):
+                    yield batch
 
     @property
     def leftover(self) -> bytes:

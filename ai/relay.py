@@ -26,9 +26,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from ai.anthropic_provider import AnthropicProvider
 from ai.chain import Chain, Link, Opened, RetryPolicy
@@ -126,7 +127,7 @@ async def _whole(meter: Meter, user_id: str, opened: Opened) -> web.Response:
     await opened.aclose()
     tokens = tokens_of_message(opened.body)
     await _record(meter, user_id, opened, tokens, outcome="ok")
-    headers = {"Content-Type": "application/json", **opened.reply.headers, MODEL_HEADER: opened.link.model}
+    headers = _headers(opened.reply.headers, {MODEL_HEADER: opened.link.model})
     return web.Response(body=opened.body, headers=headers)
 
 
@@ -157,9 +158,11 @@ async def _stream(request: web.Request, meter: Meter, user_id: str, opened: Open
 
 async def _pass_events(response: web.StreamResponse, opened: Opened, counter: StreamCounter) -> str:
     try:
-        async for event in opened.events():
-            counter.see(event)
-            await response.write(event.raw)
+        async for batch in opened.events():
+            for event in batch:
+                counter.see(event)
+            # Events that arrived together leave together: one write, not one per event.
+            await response.write(b"".join(event.raw for event in batch))
     except StreamBroken as exc:
         if not counter.stopped:
             await response.write(error_event("api_error", _BROKEN[exc.reason]))
@@ -219,10 +222,16 @@ def _failure(exc: ProviderError) -> web.Response:
     if exc.status is None or exc.body is None:
         status = 504 if exc.reason == "timeout" else 502
         raise ApiError("ai_unavailable", f"no model in the chain answered (last: {exc.reason})", status=status)
-    headers = {"Content-Type": "application/json", **exc.headers}
-    if exc.model:
-        headers[MODEL_HEADER] = exc.model
+    headers = _headers(exc.headers, {MODEL_HEADER: exc.model} if exc.model else {})
     return web.Response(status=exc.status, body=exc.body, headers=headers)
+
+
+def _headers(*parts: Mapping[str, str]) -> CIMultiDict[str]:
+    """JSON by default; the provider's own headers replace ours case-insensitively, never duplicate them."""
+    headers = CIMultiDict({"Content-Type": "application/json"})
+    for part in parts:
+        headers.update(part)
+    return headers
 
 
 async def usage(request: web.Request) -> web.Response:

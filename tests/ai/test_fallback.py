@@ -117,6 +117,7 @@ async def test_an_exhausted_chain_answers_with_the_last_providers_error(
     anthropic_api.plan(FALLBACK, error(529, "Overloaded"))
     resp = await gateway.client.post("/v1/ai/messages", json=ask(), headers=headers)
     assert resp.status == 529
+    assert resp.headers.getall("Content-Type") == ["application/json"]
     assert (await resp.json())["error"]["type"] == "overloaded_error"
     assert resp.headers[MODEL_HEADER] == FALLBACK
     assert [c.model for c in anthropic_api.calls] == [PRIMARY, PRIMARY, FALLBACK, FALLBACK]

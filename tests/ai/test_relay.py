@@ -16,7 +16,8 @@ async def test_whole_answer_is_the_providers_json_byte_for_byte(gateway: Gateway
     resp = await gateway.client.post("/v1/ai/messages", json=ask(), headers=headers)
     assert resp.status == 200
     assert resp.headers[MODEL_HEADER] == PRIMARY
-    assert resp.headers["Content-Type"].startswith("application/json")
+    assert resp.headers.getall("Content-Type") == ["application/json"]
+    assert resp.headers["request-id"].startswith("req_")
     assert await resp.read() == anthropic_api.sent[-1]
     call = anthropic_api.calls[-1]
     assert call.body["messages"] == [{"role": "user", "content": "Hello, Claude"}]

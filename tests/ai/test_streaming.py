@@ -9,7 +9,7 @@ import pytest
 from gateway.config import Settings
 from tests.ai.conftest import FALLBACK, PRIMARY, ask, server_token
 from tests.conftest import Gateway
-from tests.support.anthropic import AnthropicStandIn, stream
+from tests.support.anthropic import AnthropicStandIn, message, stream
 
 
 @pytest.fixture
@@ -80,3 +80,17 @@ async def test_a_caller_that_goes_away_mid_stream_still_has_its_usage_metered(
 
     usage = await asyncio.wait_for(metered(), timeout=5)
     assert usage[f"input:{PRIMARY}"] == 25 and usage[f"requests:{PRIMARY}"] == 1
+
+
+async def test_a_slow_stream_does_not_hold_up_another_users_request(gateway: Gateway, anthropic_api: AnthropicStandIn):
+    alice = await server_token(gateway, "alice")
+    bob = await server_token(gateway, "bob")
+    gate = asyncio.Event()
+    anthropic_api.plan(PRIMARY, stream(("slow",), gate=gate, gate_before=1), message("quick"))
+    slow = await gateway.client.post("/v1/ai/messages", json=ask(stream=True), headers=alice)
+    await asyncio.wait_for(slow.content.readuntil(b"\n\n"), timeout=5)
+    quick = await asyncio.wait_for(gateway.client.post("/v1/ai/messages", json=ask(), headers=bob), timeout=5)
+    assert quick.status == 200 and b"quick" in await quick.read()
+    assert not gate.is_set()
+    gate.set()
+    assert (await slow.read()).endswith(b'event: message_stop\ndata: {"type": "message_stop"}\n\n')
