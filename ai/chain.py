@@ -152,8 +152,12 @@ class Chain:
     def _note_retry(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         reason = exc.reason if isinstance(exc, ProviderError) else "unknown"
+        link = state.args[0] if state.args else None
         metrics.AI_RETRIES.labels(reason).inc()
-        log.info("retrying the model", extra={"attempt": state.attempt_number, "reason": reason})
+        log.info(
+            "retrying the model",
+            extra={"model": getattr(link, "model", None), "attempt": state.attempt_number, "reason": reason},
+        )
 
     async def _attempt(self, link: Link, request: MessagesRequest) -> Opened:
         reply = await link.provider.open(link.model, request)

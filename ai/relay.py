@@ -24,6 +24,7 @@ What the caller sees:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 from collections.abc import AsyncIterator, Mapping
@@ -148,11 +149,18 @@ async def _stream(request: web.Request, meter: Meter, user_id: str, opened: Open
         outcome = await _pass_events(response, opened, counter)
     except ConnectionError:
         outcome = "caller_gone"
+    except Exception:
+        # Headers are gone already, so no JSON error can follow: end the stream with an error event.
+        log.exception("relaying the stream failed")
+        outcome = "relay_error"
+        with contextlib.suppress(Exception):
+            await response.write(error_event("api_error", "the gateway failed while relaying the stream"))
     finally:
         # Shielded: a caller that went away must not cost the usage its request incurred.
         await asyncio.shield(_finish(meter, user_id, opened, counter.tokens, outcome))
-    if outcome != "caller_gone":
-        await response.write_eof()
+    if outcome != "caller_gone" and response.prepared:
+        with contextlib.suppress(ConnectionError):
+            await response.write_eof()
     return response
 
 

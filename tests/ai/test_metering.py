@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from typing import Any
 
 import pytest
 
-from ai.metering import month_of
+from ai.metering import StreamCounter, Tokens, month_of
+from ai.sse import SseEvent
 from gateway.config import Settings
 from tests.ai.conftest import FALLBACK, PRIMARY, ask, server_token
 from tests.conftest import ADMIN_TOKEN, Gateway
@@ -133,3 +135,17 @@ async def test_usage_needs_the_server_token(gateway: Gateway):
     assert (await gateway.client.get("/v1/ai/usage")).status == 401
     resp = await gateway.client.get("/v1/ai/usage", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
     assert resp.status == 401
+
+
+def test_later_cumulative_counts_replace_earlier_ones():
+    counter = StreamCounter()
+    start = {"type": "message_start", "message": {"usage": {"input_tokens": 10, "output_tokens": 1}}}
+    counter.see(SseEvent(b"", "message_start", json.dumps(start).encode()))
+    for output, extra in ((5, {}), (9, {"input_tokens": 12, "cache_read_input_tokens": 4})):
+        delta = {"type": "message_delta", "delta": {}, "usage": {"output_tokens": output, **extra}}
+        counter.see(SseEvent(b"", "message_delta", json.dumps(delta).encode()))
+    assert counter.tokens == Tokens(input=16, output=9)
+    counter.see(SseEvent(b"", "message_delta", b"{not json"))
+    assert counter.tokens == Tokens(input=16, output=9) and not counter.stopped
+    counter.see(SseEvent(b"", "message_stop", b'{"type": "message_stop"}'))
+    assert counter.stopped

@@ -48,7 +48,11 @@ def _message_id() -> str:
 def message(text: str = "Hello!", *, input_tokens: int = 12, output_tokens: int = 6, cache_read: int = 0) -> Step:
     async def step(request: web.Request, api: AnthropicStandIn) -> web.StreamResponse:
         body = await request.json()
-        usage: dict[str, Any] = {"input_tokens": input_tokens, "output_tokens": output_tokens}
+        usage: dict[str, Any] = {
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "service_tier": "standard",
+        }
         if cache_read:
             usage |= {"cache_creation_input_tokens": 0, "cache_read_input_tokens": cache_read}
         answer = {
@@ -83,7 +87,7 @@ def stream_events(model: str, parts: list[str], *, input_tokens: int, output_tok
             "model": model,
             "stop_reason": None,
             "stop_sequence": None,
-            "usage": {"input_tokens": input_tokens, "output_tokens": 1},
+            "usage": {"input_tokens": input_tokens, "output_tokens": 1, "service_tier": "standard"},
         },
     }
     events = [
