@@ -1,0 +1,181 @@
+"""The example dedicated server, run as a real process, receives, verifies and opens real deliveries."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from gateway.types import Event
+from routing import signing
+from routing.queue import Item
+from tests.conftest import Gateway
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "dedicated_server.py"
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class ExampleProcess:
+    proc: asyncio.subprocess.Process
+    lines: list[str] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def pump(self) -> None:
+        assert self.proc.stdout is not None
+        async for raw in self.proc.stdout:
+            self.lines.append(raw.decode().rstrip("\n"))
+            self.changed.set()
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    async def wait_for(self, predicate: Callable[[str], bool], timeout: float = 20.0) -> None:
+        async def loop() -> None:
+            while not predicate(self.output):
+                if self.proc.returncode is not None:
+                    raise AssertionError(f"example server exited:\n{self.output}")
+                self.changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.changed.wait(), 0.5)
+
+        try:
+            await asyncio.wait_for(loop(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"not seen in the example's output:\n{self.output}") from None
+
+    def url(self) -> str:
+        line = next(x for x in self.lines if x.startswith("listening on "))
+        return line.removeprefix("listening on ")
+
+
+async def print_key(key_file: Path) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(EXAMPLE), "--print-key", "--key-file", str(key_file), stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0
+    return out.decode().strip()
+
+
+@contextlib.asynccontextmanager
+async def example_server(key_file: Path, user_id: str, secret: str, **env: str) -> AsyncIterator[ExampleProcess]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(EXAMPLE),
+        "--port",
+        "0",
+        "--user-id",
+        user_id,
+        "--key-file",
+        str(key_file),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "ALLY_WEBHOOK_SECRET": secret, **env},
+    )
+    example = ExampleProcess(proc)
+    pump = asyncio.create_task(example.pump())
+    try:
+        await example.wait_for(lambda out: "listening on " in out)
+        yield example
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        await pump
+
+
+def update(marker: str, update_id: int) -> Item:
+    payload = {
+        "update_id": update_id,
+        "message": {
+            "message_id": 7,
+            "date": 1795773600,
+            "chat": {"id": 4242, "type": "private", "first_name": "Alice"},
+            "from": {"id": 4242, "is_bot": False, "first_name": "Alice"},
+            "text": marker,
+        },
+    }
+    return Item(Event("telegram.update", "telegram", payload), dedup=str(update_id))
+
+
+async def register(gateway: Gateway, user_id: str, server_url: str, public_key: str, status: int) -> dict[str, str]:
+    resp = await gateway.admin(
+        "PUT", f"/admin/v1/users/{user_id}", json={"server_url": server_url, "server_public_key": public_key}
+    )
+    assert resp.status == status, await resp.text()
+    body: dict[str, str] = await resp.json()
+    return body
+
+
+async def test_example_server_opens_a_delivered_event_and_the_gateway_sees_it_acknowledged(
+    gateway: Gateway, tmp_path: Path
+):
+    key_file = tmp_path / "server.key"
+    public_key = await print_key(key_file)
+    assert public_key == await print_key(key_file), "the key is made once, then loaded"
+    # The secret exists only once the user is registered, and the port only once the server runs:
+    # register first, start the server, then point the user at it (an update, answered 200).
+    created = await register(gateway, "demo", "http://127.0.0.1:9", public_key, 201)
+    gateway_url = str(gateway.client.make_url("")).rstrip("/")
+    async with example_server(
+        key_file,
+        "demo",
+        created["webhook_secret"],
+        ALLY_GATEWAY_URL=gateway_url,
+        ALLY_SERVER_TOKEN=created["server_token"],
+    ) as example:
+        await example.wait_for(lambda out: "pinged the gateway: 0 event(s) pending" in out)
+        await register(gateway, "demo", example.url(), public_key, 200)
+        marker = f"marker-{uuid.uuid4().hex}"
+        assert await gateway.services.handoff("demo", [update(marker, 1)], dedup_scope="tg") == 1
+        await example.wait_for(lambda out: marker in out)
+        assert "telegram.update evt_" in example.output
+        assert "could not be opened" not in example.output
+        status = await (await gateway.admin("GET", "/admin/v1/users/demo")).json()
+        for _ in range(50):
+            if status["counters"]["events_out"] == 1:
+                break
+            await asyncio.sleep(0.1)
+            status = await (await gateway.admin("GET", "/admin/v1/users/demo")).json()
+        assert status["counters"]["events_out"] == 1
+        assert status["server"]["health"] == "ok"
+
+
+async def test_example_server_refuses_a_bad_signature_and_accepts_both_secrets_during_rotation(
+    gateway: Gateway, tmp_path: Path
+):
+    key_file = tmp_path / "server.key"
+    public_key = await print_key(key_file)
+    created = await register(gateway, "rot", "http://127.0.0.1:9", public_key, 201)
+    async with example_server(key_file, "rot", created["webhook_secret"]) as example:
+        await register(gateway, "rot", example.url(), public_key, 200)
+        body = '{"txn_id":"txn_forged","events":[]}'
+        forged = signing.headers(signing.new_secret(), "txn_forged", body)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.put(f"{example.url()}/ally/v1/transactions/txn_forged", data=body, headers=forged) as resp,
+        ):
+            assert resp.status == 401
+        await example.wait_for(lambda out: "refused txn_forged" in out)
+        # After a rotation the gateway signs with the new and the previous secret; the server,
+        # still holding only the previous one, keeps accepting deliveries during the overlap.
+        rotated = await (await gateway.admin("POST", "/admin/v1/users/rot/credentials/rotate")).json()
+        assert rotated["webhook_secret"] != created["webhook_secret"]
+        marker = f"rotated-{uuid.uuid4().hex}"
+        await gateway.services.handoff("rot", [update(marker, 2)], dedup_scope="tg")
+        await example.wait_for(lambda out: marker in out)
