@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from gateway import admin, ops, server_api
+from gateway import admin, logs, ops, server_api
 from gateway.config import Settings
 from gateway.embedded import EmbeddedRedis
 from gateway.http import errors_middleware, stamp_request_id
@@ -94,7 +94,11 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         session=session,
         eraser=Eraser(redis, keys, {}),
     )
-    services.eraser = Eraser(redis, keys, services.hooks.erase)
+    # The eraser reads the hooks dict live: channels register theirs after the core starts.
+    services.eraser = Eraser(
+        redis, keys, services.hooks.erase, delivery_wait=settings.delivery_timeout + settings.delivery_lease + 5
+    )
+    services.loops["erasure"] = services.eraser.watch
     app[SERVICES] = services
     try:
         yield
@@ -123,20 +127,27 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
         yield
         return
     services = app[SERVICES]
-    tasks = [asyncio.create_task(services.worker.run(), name="delivery")]
-    tasks += [asyncio.create_task(_forever(name, loop), name=name) for name, loop in services.loops.items()]
-    with contextlib.suppress(Exception):
-        resumed = await services.eraser.resume()
-        if resumed:
-            log.info("resumed interrupted erasures", extra={"count": resumed})
+    tasks: list[asyncio.Task[None]] = []
+    # Each background loop logs under its own id (every log line carries one).
+    with logs.bound_request_id(logs.new_request_id("delivery")):
+        tasks.append(asyncio.create_task(services.worker.run(), name="delivery"))
+    for name, loop in services.loops.items():
+        with logs.bound_request_id(logs.new_request_id(name)):
+            tasks.append(asyncio.create_task(_forever(name, loop), name=name))
     try:
         yield
     finally:
-        for task in tasks:
-            task.cancel()
+        # Cancel until they stop: a cancellation that lands while a Redis command or an inner
+        # wait completes can be swallowed (redis-py, asyncio.wait_for on 3.11), and a loop
+        # would then run on forever.
+        pending = set(tasks)
+        while pending:
+            for task in pending:
+                task.cancel()
+            _done, pending = await asyncio.wait(pending, timeout=0.1)
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+                task.result()
 
 
 async def _forever(name: str, loop: object) -> None:

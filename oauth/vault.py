@@ -29,6 +29,14 @@ log = logging.getLogger(__name__)
 AAD_PREFIX = "ally-gateway/v1"
 _NONCE = 12
 
+# Store a new data key unless one exists, and only for a user that exists and is not being
+# erased: a late write must not bring a shredded user's key material back.
+_CREATE = """
+if redis.call('EXISTS', KEYS[2]) == 0 or redis.call('HEXISTS', KEYS[2], 'erasing') == 1 then return -1 end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX') then return 1 end
+return 0
+"""
+
 # Replace the stored data key only if it is still the one we read (rotation vs. shredding).
 _SWAP = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -53,6 +61,7 @@ class Vault:
         self._active = ring[0].kid
         self._cache: OrderedDict[bytes, AESGCM] = OrderedDict()
         self._swap = redis.register_script(_SWAP)
+        self._create = redis.register_script(_CREATE)
 
     @property
     def active_kid(self) -> str:
@@ -80,7 +89,10 @@ class Vault:
             if not create:
                 raise KeyShredded("no data key for this user")
             candidate = self._wrap(user_id, AESGCM.generate_key(256))
-            if not await self._redis.set(key, candidate, nx=True):
+            created = int(await self._create(keys=[key, self._keys.user(user_id)], args=[candidate]))
+            if created < 0:
+                raise KeyShredded("the user is gone or being erased")
+            if not created:
                 stored = await self._redis.get(key)
                 if stored is None:
                     raise KeyShredded("data key vanished while it was created")

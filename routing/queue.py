@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway import metrics
-from gateway.errors import StorageError
+from gateway.errors import NotFound, StorageError
 from gateway.types import Event, SealedEvent
 from routing.keys import Keys
 from routing.registry import Registry
@@ -26,8 +26,13 @@ from routing.sealing import seal
 
 SEEN_WINDOW_MS = 7 * 24 * 3600 * 1000
 
-# KEYS: stream, seen zset, counters. ARGV: now_ms, window_ms, then (dedup_id, envelope) pairs.
+# KEYS: stream, seen zset, counters, user record. ARGV: now_ms, window_ms, then (dedup_id, envelope) pairs.
+# A user that is gone or being erased gets nothing (-1): checked in the same atomic step as the
+# write, so an erasure never races a late event back into Redis.
 _ENQUEUE = """
+if redis.call('HEXISTS', KEYS[4], 'server_url') == 0 or redis.call('HEXISTS', KEYS[4], 'erasing') == 1 then
+  return -1
+end
 local added = 0
 for i = 3, #ARGV, 2 do
   local dedup = ARGV[i]
@@ -97,10 +102,13 @@ class Handoff:
                         self._keys.queue(user_id),
                         self._keys.seen(user_id, dedup_scope),
                         self._keys.counters(user_id),
+                        self._keys.user(user_id),
                     ],
                     args=args,
                 )
             )
+            if added < 0:
+                raise NotFound("user_not_found", "no such user")
             # Scheduled after queueing, also for duplicates: a retry after a crash between the
             # two steps must still schedule what the first attempt queued.
             await self.schedule(user_id)

@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from gateway.logs import scrub
+from gateway.types import Event
+from routing.queue import Item
+from tests.conftest import Gateway
+from tests.support.dedicated import DedicatedServer
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "docs" / "export.schema.json"
+
+
+def schema() -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(SCHEMA_PATH.read_text())
+    jsonschema.Draft202012Validator.check_schema(loaded)
+    return loaded
+
+
+def validate(document: dict[str, Any]) -> None:
+    jsonschema.Draft202012Validator(schema()).validate(document)
+
+
+def encodings(raw: bytes) -> list[str]:
+    """Forms a stored binary secret could take in a JSON document."""
+    return [
+        raw.hex(),
+        base64.b64encode(raw).decode().rstrip("="),
+        base64.urlsafe_b64encode(raw).decode().rstrip("="),
+    ]
+
+
+async def test_export_matches_its_schema_and_holds_no_secret(gateway: Gateway, dedicated: DedicatedServer):
+    services = gateway.services
+    created = await gateway.create_user(dedicated, "exported")
+    dedicated.mode["exported"] = "down"
+    items = [Item(Event("telegram.update", "telegram", {"update_id": n}), dedup=str(n)) for n in range(3)]
+    await services.handoff("exported", items, dedup_scope="tg")
+    await dedicated.wait_for(lambda: len(dedicated.attempts) >= 1)
+
+    resp = await gateway.admin("GET", "/admin/v1/users/exported/export")
+    assert resp.status == 200
+    document = await resp.json()
+    validate(document)
+    assert document["account"]["user_id"] == "exported"
+    assert document["server"]["url"] == dedicated.url("exported")
+    assert document["queue"]["pending"] == 3
+    assert document["queue"]["oldest_age_seconds"] >= 0
+    assert document["counters"] == {"events_in": 3, "events_out": 0}
+    assert document["server"]["health"] == "failing"
+    assert document["server"]["last_failure"] == "http_503"
+
+    text = json.dumps(document)
+    record = await services.redis.hgetall(services.keys.user("exported"))
+    secrets = [created["server_token"], created["webhook_secret"], created["webhook_secret"].removeprefix("whsec_")]
+    secrets.append(record[b"token_hash"].decode())
+    for raw in (record[b"secret"], await services.redis.get(services.keys.dek("exported"))):
+        secrets += encodings(raw)
+    for key in gateway.settings.master_keys:
+        secrets += encodings(key.key)
+    for secret in secrets:
+        assert secret not in text
+    # Nothing in it is even shaped like a token (the public key is public, and random by nature).
+    shown = json.dumps({**document, "server": {**document["server"], "public_key": None}})
+    assert scrub(shown) == shown
+
+
+async def test_export_of_unknown_or_erasing_user_is_404_and_needs_the_admin_token(gateway: Gateway):
+    assert (await gateway.admin("GET", "/admin/v1/users/ghost/export")).status == 404
+    assert (await gateway.client.get("/admin/v1/users/ghost/export")).status == 401
+    assert (await gateway.admin("GET", "/admin/v1/users/bad%20id/export")).status == 400
+
+
+def test_schema_rejects_a_document_with_an_undocumented_part():
+    document: dict[str, Any] = {
+        "schema": "ally-gateway/export/v1",
+        "exported_at": "2026-11-27T10:00:00.123Z",
+        "account": {
+            "user_id": "u1",
+            "created_at": "2026-11-27T10:00:00.123Z",
+            "updated_at": "2026-11-27T10:00:00.123Z",
+        },
+        "server": {
+            "url": "https://srv.example",
+            "public_key": "A" * 43,
+            "health": "unknown",
+            "last_success_at": None,
+            "last_failure_at": None,
+            "last_failure": None,
+        },
+        "queue": {"pending": 0, "oldest_received_at": None, "oldest_age_seconds": None, "in_flight_events": 0},
+        "counters": {"events_in": 0, "events_out": 0},
+    }
+    validate(document)
+    for bad in ({**document, "tokens": {}}, {**document, "server": {**document["server"], "secret": "x"}}):
+        try:
+            validate(bad)
+        except jsonschema.ValidationError:
+            continue
+        raise AssertionError("an undocumented field passed the schema")
