@@ -7,6 +7,8 @@ from typing import Any
 
 import jsonschema
 
+from ai.metering import Tokens
+from ai.relay import RELAY
 from gateway.logs import scrub
 from gateway.types import Event
 from routing.queue import Item
@@ -42,6 +44,8 @@ async def test_export_matches_its_schema_and_holds_no_secret(gateway: Gateway, d
     items = [Item(Event("telegram.update", "telegram", {"update_id": n}), dedup=str(n)) for n in range(3)]
     await services.handoff("exported", items, dedup_scope="tg")
     await dedicated.wait_for(lambda: len(dedicated.attempts) >= 1)
+    meter = gateway.client.app[RELAY].meter
+    await meter.record("exported", "claude-sonnet-4-5", Tokens(input=1200, output=340))
 
     resp = await gateway.admin("GET", "/admin/v1/users/exported/export")
     assert resp.status == 200
@@ -54,6 +58,8 @@ async def test_export_matches_its_schema_and_holds_no_secret(gateway: Gateway, d
     assert document["counters"] == {"events_in": 3, "events_out": 0}
     assert document["server"]["health"] == "failing"
     assert document["server"]["last_failure"] == "http_503"
+    [month] = document["ai"]["months"]
+    assert month["models"]["claude-sonnet-4-5"] == {"input_tokens": 1200, "output_tokens": 340, "requests": 1}
 
     text = json.dumps(document)
     record = await services.redis.hgetall(services.keys.user("exported"))
