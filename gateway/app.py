@@ -24,6 +24,7 @@ from gateway.http import errors_middleware, stamp_request_id
 from gateway.keys import ROLE, SERVICES, SETTINGS
 from gateway.services import Services
 from gateway.storage import connect
+from oauth.broker import Broker, providers_for
 from oauth.vault import Vault
 from routing.delivery import DeliveryWorker
 from routing.erasure import Eraser
@@ -35,7 +36,7 @@ from routing.urls import PublicOnlyResolver
 log = logging.getLogger(__name__)
 
 # Each module has `setup(app)`: it adds routes and its own cleanup context (run after the core's).
-CHANNELS: tuple[str, ...] = ("ai.relay",)
+CHANNELS: tuple[str, ...] = ("oauth.web", "ai.relay")
 
 ROLES = ("all", "web", "worker")
 MAX_BODY = 1 << 20
@@ -83,16 +84,18 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         timeout=settings.delivery_timeout,
         lease=settings.delivery_lease,
     )
+    handoff = Handoff(redis, keys, registry, worker.wake)
     services = Services(
         settings=settings,
         redis=redis,
         keys=keys,
         vault=vault,
         registry=registry,
-        handoff=Handoff(redis, keys, registry, worker.wake),
+        handoff=handoff,
         worker=worker,
         session=session,
         eraser=Eraser(redis, keys, {}),
+        broker=Broker(redis, keys, vault, handoff, providers_for(settings, session)),
     )
     # The eraser reads the hooks dict live: channels register theirs after the core starts.
     services.eraser = Eraser(
@@ -106,6 +109,7 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         await _close_all(
             ("eraser", services.eraser.aclose()),
             ("worker", worker.aclose()),
+            ("broker", services.broker.aclose()),
             ("http session", session.close()),
             ("redis", redis.aclose()),
         )

@@ -7,12 +7,16 @@
     ├── VaultError           a ciphertext or wrapped key could not be opened
     │   └── KeyShredded      the user's data key is gone (erased)
     ├── ClosedError          an object was used after it was closed
+    ├── ProviderError        an OAuth provider (Google, Microsoft) failed or refused
+    │   ├── ProviderUnavailable  transient: 5xx, timeout, network (retried; never marks a grant dead)
+    │   └── ReauthRequired       the grant is dead (invalid_grant...); the user must reconnect
     └── ApiError             an answer to an HTTP caller: status, code, detail
         ├── BadRequest       400
         ├── Unauthorized     401
         ├── PaymentRequired  402 (ai/errors.py: QuotaExceeded, the monthly AI token cap)
         ├── Forbidden        403
         ├── NotFound         404
+        │   └── NotConnected the user has no connection to that provider
         ├── Conflict         409
         ├── PayloadTooLarge  413
         └── TooManyRequests  429 (with retry_after)
@@ -53,6 +57,23 @@ class ClosedError(GatewayError):
     pass
 
 
+class ProviderError(GatewayError):
+    pass
+
+
+class ProviderUnavailable(ProviderError):
+    pass
+
+
+class ReauthRequired(ProviderError):
+    """The refresh token was refused for good; the connection is marked `reauth_required`."""
+
+    def __init__(self, provider: str, reason: str = "invalid_grant") -> None:
+        super().__init__(f"{provider} connection needs to be reconnected ({reason})")
+        self.provider = provider
+        self.reason = reason
+
+
 class ApiError(GatewayError):
     status = 400
 
@@ -85,6 +106,12 @@ class Forbidden(ApiError):
 
 class NotFound(ApiError):
     status = 404
+
+
+class NotConnected(NotFound):
+    def __init__(self, provider: str) -> None:
+        super().__init__("connection_not_found", f"no {provider} connection for this user")
+        self.provider = provider
 
 
 class Conflict(ApiError):

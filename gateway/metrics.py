@@ -26,3 +26,5 @@ AI_REQUESTS = Counter("ally_ai_requests_total", "AI relay requests by outcome", 
 AI_RETRIES = Counter("ally_ai_retries_total", "AI attempts retried on the same model", ["reason"])
 AI_FALLBACKS = Counter("ally_ai_fallbacks_total", "Moves down the AI fallback chain", ["reason"])
 AI_TOKENS = Counter("ally_ai_tokens_total", "AI tokens metered", ["kind"])
+REVOCATIONS = Counter("ally_oauth_revocations_total", "Grant revocations at providers", ["provider", "outcome"])
+CONNECT_FLOWS = Counter("ally_oauth_connect_flows_total", "OAuth connect callbacks by outcome", ["provider", "outcome"])

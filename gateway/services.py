@@ -15,6 +15,7 @@ import aiohttp
 from redis.asyncio import Redis
 
 from gateway.config import Settings
+from oauth.broker import Broker
 from oauth.vault import Vault
 from routing.delivery import DeliveryWorker
 from routing.erasure import Eraser
@@ -47,6 +48,8 @@ class Services:
     worker: DeliveryWorker
     session: aiohttp.ClientSession
     eraser: Eraser
+    broker: Broker
+    """OAuth connections and access-token leases (`oauth/broker.py`)."""
     hooks: Hooks = field(default_factory=Hooks)
     loops: dict[str, Loop] = field(default_factory=dict)
     """Background loops run by processes with the worker role, by name."""

@@ -120,6 +120,24 @@ class Vault:
         except InvalidTag as exc:
             raise VaultError("ciphertext does not open for this user and context") from exc
 
+    def seal_global(self, context: Sequence[str], plaintext: bytes) -> bytes:
+        """Encrypt under the active master key itself: for records that must outlive a user's data
+        key (a revocation still owed to a provider after erasure). Stored as `kid.nonce||ct`; the AAD
+        names `*` instead of a user id, which no user id can be."""
+        nonce = os.urandom(_NONCE)
+        sealed = self._ring[self._active].encrypt(nonce, plaintext, aad("*", *context))
+        return self._active.encode() + b"." + nonce + sealed
+
+    def open_global(self, context: Sequence[str], stored: bytes) -> bytes:
+        kid, _, blob = stored.partition(b".")
+        master = self._ring.get(kid.decode(errors="replace"))
+        if master is None:
+            raise VaultError(f"record sealed by unknown kid {kid.decode(errors='replace')!r}")
+        try:
+            return master.decrypt(blob[:_NONCE], blob[_NONCE:], aad("*", *context))
+        except InvalidTag as exc:
+            raise VaultError("record does not open under its master key") from exc
+
     async def shred(self, user_id: str) -> None:
         await self._redis.delete(self._keys.dek(user_id))
 

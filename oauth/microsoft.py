@@ -1,0 +1,163 @@
+"""Microsoft: msal's auth code flow (PKCE included) and silent refresh over a per-user token cache.
+
+The serialized msal cache is part of the connection's sealed tokens: Microsoft rotates refresh
+tokens on use, so the cache is written back after every refresh. The account address comes from
+the ID token (`preferred_username` / `email`) or, failing that, Graph `/me`. Microsoft offers no
+revocation endpoint for refresh tokens; disconnecting forgets them.
+
+`ALLY_MICROSOFT_OIDC_AUTHORITY` switches msal to a generic OpenID Connect issuer (`oidc_authority`).
+Blocking methods run in the broker's thread pool.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import msal
+import requests
+
+from gateway.config import Settings
+from gateway.errors import ProviderError, ProviderUnavailable, ReauthRequired
+from oauth.providers import Authorization, Grant, classify
+from oauth.store import Tokens
+
+SCOPES = (
+    "https://graph.microsoft.com/User.Read",
+    "https://graph.microsoft.com/Mail.ReadWrite",
+    "https://graph.microsoft.com/Mail.Send",
+    "https://graph.microsoft.com/Calendars.ReadWrite",
+)
+TIMEOUT = 15.0
+
+
+def _scopes(result: dict[str, Any], fallback: tuple[str, ...]) -> tuple[str, ...]:
+    scope = result.get("scope")
+    if isinstance(scope, str):
+        return tuple(scope.split())
+    if isinstance(scope, list):
+        return tuple(str(s) for s in scope)
+    return fallback
+
+
+class Microsoft:
+    name = "microsoft"
+
+    def __init__(self, settings: Settings) -> None:
+        assert settings.microsoft_client_id
+        assert settings.microsoft_client_secret
+        self._client_id = settings.microsoft_client_id
+        self._secret = settings.microsoft_client_secret
+        self._authority = settings.microsoft_authority
+        self._oidc_authority = settings.microsoft_oidc_authority
+        self._graph = settings.graph_api_url.rstrip("/")
+        self._redirect_uri = f"{settings.public_url}/oauth/callback/microsoft"
+        # Discovery answers are cached across the per-request apps (msal's own http cache).
+        self._http_cache: dict[Any, Any] = {}
+
+    def _verify(self) -> str | bool:
+        return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("SSL_CERT_FILE") or True
+
+    def _app(self, cache: msal.SerializableTokenCache | None = None) -> msal.ConfidentialClientApplication:
+        where: dict[str, Any] = (
+            {"oidc_authority": self._oidc_authority} if self._oidc_authority else {"authority": self._authority}
+        )
+        try:
+            return msal.ConfidentialClientApplication(
+                self._client_id,
+                client_credential=self._secret,
+                token_cache=cache,
+                http_cache=self._http_cache,
+                timeout=TIMEOUT,
+                verify=self._verify(),
+                **where,
+            )
+        except requests.RequestException as exc:
+            raise ProviderUnavailable(f"microsoft authority unreachable ({type(exc).__name__})") from None
+        except ValueError as exc:
+            raise ProviderError("microsoft authority refused its discovery") from exc
+
+    def authorize(self, state: str) -> Authorization:
+        flow: dict[str, Any] = self._app().initiate_auth_code_flow(
+            list(SCOPES), redirect_uri=self._redirect_uri, state=state, prompt="select_account"
+        )
+        return Authorization(url=flow["auth_uri"], pending={"flow": flow})
+
+    def exchange(self, pending: dict[str, Any], params: dict[str, str]) -> Grant:
+        cache = msal.SerializableTokenCache()
+        app = self._app(cache)
+        try:
+            result = app.acquire_token_by_auth_code_flow(pending["flow"], params)
+        except requests.RequestException as exc:
+            raise ProviderUnavailable(f"microsoft token endpoint unreachable ({type(exc).__name__})") from None
+        except ValueError:
+            # msal's own state / flow checks: the answer does not belong to this flow.
+            raise ProviderError("microsoft answer does not match the flow") from None
+        if "access_token" not in result:
+            raise classify(self.name, result.get("error"))
+        tokens = Tokens(
+            access_token=result["access_token"],
+            expires_at=time.time() + float(result.get("expires_in", 3600)),
+            refresh_token=result.get("refresh_token"),
+            scopes=_scopes(result, SCOPES),
+            msal_cache=cache.serialize(),
+        )
+        return Grant(account=self._account(result, tokens.access_token), tokens=tokens)
+
+    def _account(self, result: dict[str, Any], access_token: str) -> str:
+        claims = result.get("id_token_claims") or {}
+        for name in ("preferred_username", "email"):
+            value = claims.get(name)
+            if isinstance(value, str) and "@" in value:
+                return value
+        try:
+            resp = requests.get(
+                f"{self._graph}/me",
+                params={"$select": "mail,userPrincipalName"},
+                headers={"Authorization": f"Bearer {access_token}"},
+                timeout=TIMEOUT,
+                verify=self._verify(),
+            )
+        except requests.RequestException as exc:
+            raise ProviderUnavailable(f"graph unreachable ({type(exc).__name__})") from None
+        if resp.status_code != 200:
+            raise (ProviderUnavailable if resp.status_code >= 500 else ProviderError)(
+                f"graph /me answered {resp.status_code}"
+            )
+        me = resp.json()
+        for name in ("mail", "userPrincipalName"):
+            value = me.get(name)
+            if isinstance(value, str) and "@" in value:
+                return value
+        raise ProviderError("graph /me returned no address")
+
+    def refresh(self, tokens: Tokens) -> Tokens:
+        cache = msal.SerializableTokenCache()
+        if tokens.msal_cache:
+            cache.deserialize(tokens.msal_cache)
+        app = self._app(cache)
+        try:
+            accounts = app.get_accounts()
+            if accounts:
+                result = app.acquire_token_silent_with_error(list(SCOPES), accounts[0], force_refresh=True)
+            elif tokens.refresh_token:
+                result = app.acquire_token_by_refresh_token(tokens.refresh_token, list(SCOPES))
+            else:
+                raise ReauthRequired(self.name, "no_refresh_token")
+        except requests.RequestException as exc:
+            raise ProviderUnavailable(f"microsoft token endpoint unreachable ({type(exc).__name__})") from None
+        if not result:
+            raise ReauthRequired(self.name, "no_refresh_token")
+        if "access_token" not in result:
+            raise classify(self.name, result.get("error"))
+        return Tokens(
+            access_token=result["access_token"],
+            expires_at=time.time() + float(result.get("expires_in", 3600)),
+            refresh_token=result.get("refresh_token") or tokens.refresh_token,
+            scopes=_scopes(result, tokens.scopes),
+            msal_cache=cache.serialize() if cache.has_state_changed else tokens.msal_cache,
+        )
+
+    async def revoke(self, tokens: Tokens) -> None:
+        return None
