@@ -39,11 +39,13 @@ log = logging.getLogger(__name__)
 CHANNELS: tuple[str, ...] = ("oauth.web", "ai.relay")
 
 ROLES = ("all", "web", "worker")
+OPERATOR = "operator"
+"""The role of `ally-gateway` operator commands: every part and hook, no serving, no background loops."""
 MAX_BODY = 1 << 20
 
 
 def create_app(settings: Settings, role: str = "all") -> web.Application:
-    if role not in ROLES:
+    if role not in (*ROLES, OPERATOR):
         raise ValueError(f"role must be one of {ROLES}")
     app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
     app.on_response_prepare.append(stamp_request_id)
@@ -127,7 +129,7 @@ async def _close_all(*steps: tuple[str, object]) -> None:
 
 
 async def _background(app: web.Application) -> AsyncIterator[None]:
-    if app[ROLE] == "web":
+    if app[ROLE] not in ("all", "worker"):
         yield
         return
     services = app[SERVICES]

@@ -1,7 +1,9 @@
-"""`ally-gateway`: serve, and operator commands.
+"""`ally-gateway`: serve, and operator commands (`gateway/commands/`, one module per group).
 
 ally-gateway serve [--role all|web|worker]
+ally-gateway doctor
 ally-gateway keys status|rotate
+ally-gateway user create|show|link|export|delete <user_id>
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ from aiohttp import web
 
 from gateway import config, logs
 from gateway.app import ROLES, create_app
+from gateway.commands import doctor, keys, user
 from gateway.devsecrets import with_dev_secrets
 from gateway.errors import ConfigError, GatewayError
-from gateway.keys import SERVICES
 
 log = logging.getLogger("gateway")
 
@@ -30,19 +32,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the gateway (HTTP and background loops)")
     serve.add_argument("--role", choices=ROLES, default="all")
-    keys = sub.add_parser("keys", help="master key ring: status or rotate")
-    keys.add_argument("action", choices=("status", "rotate"))
+    for command in (doctor, keys, user):
+        command.add(sub)
     args = parser.parse_args(argv)
+    if args.command == "doctor":
+        return doctor.run_unconfigured(args)  # a bad configuration is one of the things it reports
     try:
         settings = with_dev_secrets(config.load())
     except ConfigError as exc:
         print(f"ally-gateway: configuration error: {exc}", file=sys.stderr)
         return 2
-    logs.configure(settings.log_level)
+    # Operator commands print their answer on stdout; only warnings and errors go to the log.
+    logs.configure(settings.log_level if args.command == "serve" else _at_least_warning(settings.log_level))
     try:
         if args.command == "serve":
             return _serve(settings, args.role)
-        return asyncio.run(_keys(settings, args.action))
+        status: int = args.run(settings, args)
+        return status
     except GatewayError as exc:
         print(f"ally-gateway: {logs.scrub(str(exc))}", file=sys.stderr)
         return 1
@@ -82,20 +88,5 @@ async def _run(settings: config.Settings, role: str) -> None:
         await runner.cleanup()
 
 
-async def _keys(settings: config.Settings, action: str) -> int:
-    app = create_app(settings, "web")
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
-    try:
-        services = app[SERVICES]
-        users = await services.registry.user_ids()
-        if action == "rotate":
-            changed = await services.vault.rotate(users)
-            print(f"re-wrapped {changed} data key(s) under {services.vault.active_kid}")
-        status = await services.vault.status(users)
-        print(f"active kid: {services.vault.active_kid}")
-        for kid, count in sorted(status.items()):
-            print(f"  {kid}: {count} data key(s)")
-        return 0
-    finally:
-        await runner.cleanup()
+def _at_least_warning(level: str) -> str:
+    return level if level in ("WARNING", "ERROR") else "WARNING"

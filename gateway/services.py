@@ -35,6 +35,8 @@ class Hooks:
     status: dict[str, UserHook] = field(default_factory=dict)
     export: dict[str, UserHook] = field(default_factory=dict)
     erase: dict[str, EraseHook] = field(default_factory=dict)
+    link: dict[str, UserHook] = field(default_factory=dict)
+    """Channels that link a chat to a user: a one-use link (`{"url", "code", "expires_at"}`)."""
 
 
 @dataclass

@@ -1,0 +1,31 @@
+"""The gateway's parts, started for one operator command and stopped after it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from aiohttp import web
+
+from gateway.app import create_app
+from gateway.config import Settings
+from gateway.keys import SERVICES
+from gateway.services import Services
+
+
+@asynccontextmanager
+async def operator_app(settings: Settings) -> AsyncIterator[web.Application]:
+    """The whole app (core and channels, so every hook is there), without serving or background loops."""
+    app = create_app(settings, "operator")
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    try:
+        yield app
+    finally:
+        await runner.cleanup()
+
+
+@asynccontextmanager
+async def operator_services(settings: Settings) -> AsyncIterator[Services]:
+    async with operator_app(settings) as app:
+        yield app[SERVICES]

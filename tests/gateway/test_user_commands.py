@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from gateway.config import Settings
+from routing.keys import Keys
+from tests.conftest import REDIS_URL, make_settings, random_public_key, wipe
+from tests.gateway.test_export import validate
+from tests.support.redisdump import containing, dump
+from tests.support.subprocess_gateway import ROOT, environment
+
+pytestmark = pytest.mark.slow
+
+
+async def cli(settings: Settings, *args: str) -> tuple[int, Any, str]:
+    proc = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "gateway", "user", *args],
+        env=environment(settings),
+        cwd=ROOT,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    out = proc.stdout.decode()
+    return proc.returncode, json.loads(out) if out.strip() else None, proc.stderr.decode()
+
+
+async def test_operator_commands_create_show_export_and_erase_a_user(tmp_path: Path):
+    settings = make_settings(tmp_path)
+    key = random_public_key()
+    try:
+        status, created, _ = await cli(
+            settings, "create", "op-user", "--server-url", "https://srv.example/ally", "--public-key", key
+        )
+        assert status == 0
+        assert created["created"] is True
+        assert created["server_token"].startswith("ast.op-user.")
+        assert created["webhook_secret"].startswith("whsec_")
+
+        status, updated, _ = await cli(
+            settings, "create", "op-user", "--server-url", "https://other.example", "--public-key", key
+        )
+        assert status == 0
+        assert updated == {"user_id": "op-user", "server_url": "https://other.example", "created": False}
+
+        status, shown, _ = await cli(settings, "show", "op-user")
+        assert status == 0
+        assert shown["server_url"] == "https://other.example"
+        assert shown["queue"]["pending"] == 0
+
+        status, exported, _ = await cli(settings, "export", "op-user")
+        assert status == 0
+        validate(exported)
+        assert created["server_token"] not in json.dumps(exported)
+
+        status, _, err = await cli(settings, "link", "op-user")
+        assert status == 1
+        assert "telegram_disabled" in err
+
+        status, erased, _ = await cli(settings, "delete", "op-user")
+        assert status == 0
+        assert erased == {"user_id": "op-user", "status": "erased"}
+        redis = Redis.from_url(REDIS_URL)
+        try:
+            assert containing(await dump(redis, settings.key_prefix), b"op-user") == []
+        finally:
+            await redis.aclose()
+
+        status, _, err = await cli(settings, "show", "op-user")
+        assert status == 1
+        assert "user_not_found" in err
+    finally:
+        await wipe(settings.key_prefix)
+
+
+async def test_operator_commands_refuse_bad_input_with_one_line(tmp_path: Path):
+    settings = make_settings(tmp_path)
+    status, _, err = await cli(settings, "show", "bad id")
+    assert status == 1
+    assert err.strip() == "ally-gateway: invalid_user_id: user_id must match ^[A-Za-z0-9_-]{1,64}$"
+    status, _, err = await cli(settings, "create", "u1", "--server-url", "ftp://x", "--public-key", "k")
+    assert status == 1
+    assert "invalid_server_url" in err
+    assert "Traceback" not in err
+    redis = Redis.from_url(REDIS_URL)
+    try:
+        assert await redis.exists(Keys(settings.key_prefix).user("u1")) == 0
+    finally:
+        await redis.aclose()
