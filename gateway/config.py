@@ -166,7 +166,9 @@ class _Reader:
         if value is None:
             return default
         parts = urlsplit(value)
-        if parts.scheme not in schemes or not parts.netloc:
+        # unix:///path/to/redis.sock names a socket path and has no host.
+        located = parts.netloc or (parts.scheme == "unix" and parts.path.startswith("/"))
+        if parts.scheme not in schemes or not located:
             allowed = " or ".join(f"{s}://" for s in schemes)
             raise ConfigError(f"{name} must be an absolute {allowed} URL, got {value!r}")
         return value
