@@ -27,6 +27,12 @@ log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
 
+# A user's record holds values (server URL, encrypted secret) longer than Redis's default
+# 64-byte limit for the compact hash encoding; one such value makes the whole hash a hash
+# table, about twice the memory. 256 bytes keeps every user record compact. (The option's
+# Redis 7 name is hash-max-listpack-value; this older name is its alias there.)
+COMPACT_HASHES = ("--hash-max-ziplist-value", "256")
+
 
 def redis_server_binary() -> str:
     try:
@@ -106,6 +112,7 @@ class EmbeddedRedis:
             str(self.dir / "redis.pid"),
             "--logfile",
             str(self.dir / "redis.log"),
+            *COMPACT_HASHES,
         ]
         self._proc = subprocess.Popen(
             args,
