@@ -1,0 +1,339 @@
+"""Benchmark 1 — routing throughput and added latency.
+
+Path: load generator → webhook → (gateway | baseline forwarder) → the servers' sink process.
+The gateway seals each update to its user's key, queues it durably in Redis (AOF everysec),
+and its delivery worker signs and PUTs it to that user's server. The baseline POSTs the body
+straight on. Both are measured against the same generator, sink and machine, interleaved
+round by round so that noise from other work on the machine hits both alike.
+
+Max sustained rate: the highest offered rate (open loop, `STEP` seconds) at which every
+webhook is answered 2xx, every event reaches the server within `DRAIN` seconds of the last
+send, and end-to-end p99 stays under `SUSTAINED_P99_MS` (a queue that grows does not). Then
+p50/p99 end-to-end latency (webhook sent → event at the server) at half that rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench import profile
+from bench.common import PYTHON, ROOT, Results, Row, log, median, percentile
+from bench.fleet import Fleet, User, make_users
+
+STEP = 3.0
+DRAIN = 1.5
+SUSTAINED_P99_MS = 250.0
+LATENCY_STEP = 8.0
+USERS = 1000
+
+
+@dataclass
+class Step:
+    system: str
+    rate: float
+    sent: int = 0
+    ok: int = 0
+    delivered: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    samples: list[tuple[float, float]] = field(default_factory=list)
+    """(sent at, end-to-end ms) per event, for looking at a time window."""
+    ack_ms: list[float] = field(default_factory=list)
+    gen_late_p99_ms: float = 0.0
+    verified: int = 0
+    mismatched: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def p50(self) -> float:
+        return percentile(self.latencies_ms, 50)
+
+    @property
+    def p99(self) -> float:
+        return percentile(self.latencies_ms, 99)
+
+    @property
+    def sustained(self) -> bool:
+        return (
+            self.ok == self.sent
+            and self.delivered >= self.sent
+            and self.p99 < SUSTAINED_P99_MS
+            and self.gen_late_p99_ms < 50
+            and not self.failures
+        )
+
+    def line(self) -> str:
+        verdict = "sustained" if self.sustained else "NOT sustained"
+        return (
+            f"{self.system:>8} @ {self.rate:7.0f}/s: ok {self.ok}/{self.sent}, delivered {self.delivered}, "
+            f"e2e p50 {self.p50:6.1f} ms p99 {self.p99:7.1f} ms, ack p99 {percentile(self.ack_ms, 99):6.1f} ms, "
+            f"gen late p99 {self.gen_late_p99_ms:5.1f} ms → {verdict}"
+        )
+
+
+async def load(spec: dict[str, Any], duration: float) -> dict[str, Any]:
+    """Run the load generator in its own process with `spec`; return what it recorded."""
+    with tempfile.TemporaryDirectory(prefix="ally-bench-step-") as tmp:
+        spec_path, out_path = Path(tmp, "spec.json"), Path(tmp, "out.json")
+        _write(spec_path, orjson.dumps(spec))
+        proc = await asyncio.create_subprocess_exec(
+            PYTHON, "-m", "bench.loadgen", str(spec_path), str(out_path), cwd=ROOT
+        )
+        try:
+            await asyncio.wait_for(proc.wait(), duration + 45)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise RuntimeError("the load generator did not finish") from None
+        result: dict[str, Any] = orjson.loads(_read(out_path))
+        return result
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
+
+
+def _read(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+class Routing:
+    def __init__(self, fleet: Fleet, users: list[User], *, ingress: str, others: list[User] | None = None) -> None:
+        """Load goes to `users`, round-robin; `others` may receive events too but get no load."""
+        self.fleet = fleet
+        self.users = users
+        self.ingress = ingress  # "core" (bench-only handoff route) or "telegram"
+        self.next_update = int(time.time()) * 1000
+        self.by_user = {u.user_id: i for i, u in enumerate([*users, *(others or [])])}
+
+    def spec(self, system: str, rate: float, duration: float) -> dict[str, Any]:
+        assert self.fleet.gateway is not None
+        first = self.next_update
+        self.next_update += int(rate * duration) + 10
+        headers: dict[str, str] = {}
+        if system == "baseline":
+            assert self.fleet.forwarder is not None
+            port = self.fleet.forwarder.port
+            users = [["/telegram/webhook/bench", u.chat_id] for u in self.users]
+        elif self.ingress == "core":
+            port = self.fleet.gateway.port
+            users = [[f"/bench/ingress/{u.user_id}", u.chat_id] for u in self.users]
+        else:
+            port = self.fleet.gateway.port
+            bot_id, secret = self.telegram
+            users = [[f"/telegram/webhook/{bot_id}", u.chat_id] for u in self.users]
+            headers = {"X-Telegram-Bot-Api-Secret-Token": secret}
+        return {
+            "port": port,
+            "rate": rate,
+            "duration": duration,
+            "first_update_id": first,
+            "users": users,
+            "headers": headers,
+        }
+
+    telegram: tuple[str, str] = ("", "")
+
+    async def step(self, system: str, rate: float, duration: float = STEP) -> Step:
+        await self.fleet.sink_call("POST", "/_reset")
+        spec = self.spec(system, rate, duration)
+        out = await load(spec, duration)
+        rows = out["rows"]
+        result = Step(system, rate, sent=len(rows), ok=sum(1 for r in rows if 200 <= r[4] < 300))
+        result.ack_ms = [(r[3] - r[2]) * 1000 for r in rows if r[3]]
+        result.gen_late_p99_ms = percentile(out["late_ms"], 99)
+        deadline = time.monotonic() + DRAIN
+        while time.monotonic() < deadline:
+            count = await self.fleet.sink_call("GET", "/_count")
+            if count["events"] >= result.ok:
+                break
+            await asyncio.sleep(0.05)
+        dump = await self.fleet.sink_call("GET", "/_dump")
+        result.failures = dump["failures"]
+        if system == "baseline":
+            self._match_raw(result, rows, dump)
+        else:
+            self._match_txns(result, rows, dump)
+        return result
+
+    @staticmethod
+    def _match_raw(result: Step, rows: list[list[Any]], dump: dict[str, Any]) -> None:
+        arrived = {uid: t for uid, t in dump["raw"]}
+        result.delivered = len(arrived)
+        result.samples = [(r[2], (arrived[r[1]] - r[2]) * 1000) for r in rows if r[1] in arrived]
+        result.latencies_ms = [ms for _sent, ms in result.samples]
+
+    def _match_txns(self, result: Step, rows: list[list[Any]], dump: dict[str, Any]) -> None:
+        """Pair user u's k-th update sent with the k-th event u's server received.
+
+        The gateway keeps each user's order, and one user's updates are len(users)/rate
+        seconds apart (far more than the latency), so arrival order is send order. The sink
+        opened one transaction in 50 and reported the update_id sealed inside: each must
+        equal the update_id of the webhook it was paired with.
+        """
+        sends: dict[int, list[tuple[int, float]]] = defaultdict(list)
+        for user_index, update_id, sent, _done, status in rows:
+            if 200 <= status < 300:
+                sends[user_index].append((update_id, sent))
+        arrivals: dict[int, list[float]] = defaultdict(list)
+        first_event: dict[str, tuple[int, int]] = {}
+        seen: set[str] = set()
+        for user, txn, n, t in dump["txns"]:
+            if txn in seen:
+                continue  # a retry of a transaction already counted
+            seen.add(txn)
+            index = self.by_user[user]
+            first_event[txn] = (index, len(arrivals[index]))
+            arrivals[index].extend([t] * n)
+        for index, user_sends in sends.items():
+            for (_update_id, sent), arrived in zip(user_sends, arrivals.get(index, []), strict=False):
+                result.samples.append((sent, (arrived - sent) * 1000))
+        result.latencies_ms = [ms for _sent, ms in result.samples]
+        result.delivered = sum(len(a) for a in arrivals.values())
+        for _user, txn, update_id in dump["checked"]:
+            index, k = first_event[txn]
+            result.verified += 1
+            if k >= len(sends[index]) or sends[index][k][0] != update_id:
+                result.mismatched += 1
+        if result.mismatched:
+            result.failures.append(f"{result.mismatched}/{result.verified} sampled events not in send order")
+
+    async def max_rate(self, system: str, hint: float | None) -> tuple[float, list[Step]]:
+        """Bisect the highest sustained rate; `hint` (the previous round's answer) narrows the search."""
+        steps: list[Step] = []
+
+        async def ok(rate: float) -> bool:
+            s = await self.step(system, rate)
+            steps.append(s)
+            log("  " + s.line())
+            return s.sustained
+
+        if hint is None:
+            lo, hi = 0.0, 300.0
+            while await ok(hi):
+                lo, hi = hi, hi * 1.6
+                if hi > 20_000:
+                    break
+            bisections = 3
+        else:
+            lo, hi = hint * 0.85, hint * 1.15
+            if not await ok(lo):
+                lo, hi = 0.0, lo
+            elif await ok(hi):
+                lo, hi = hi, hi * 1.3
+            bisections = 2
+        for _ in range(bisections):
+            mid = (lo + hi) / 2
+            if await ok(mid):
+                lo = mid
+            else:
+                hi = mid
+        return lo, steps
+
+
+async def run(results: Results, *, rounds: int, ingress: str = "core", profile_seconds: float = 6.0) -> None:
+    name = "routing"
+    fleet = Fleet()
+    await fleet.start(forwarder=True)
+    try:
+        users = make_users(USERS)
+        await fleet.register(users)
+        bench = Routing(fleet, users, ingress=ingress)
+        what = "POST /bench/ingress/{user} → services.handoff (core path; no channel in front)"
+        results.note(
+            name,
+            f"gateway ingress measured: {what}; {USERS} users, round-robin, dedicated redis-server "
+            f"(the embedded binary, AOF everysec, unix socket)",
+        )
+        # Warm both paths (connections, caches, JIT-free but allocator-warm) before measuring.
+        await bench.step("baseline", 200, 1.0)
+        await bench.step("gateway", 200, 1.0)
+        best: dict[str, list[float]] = {"baseline": [], "gateway": []}
+        hints: dict[str, float | None] = {"baseline": None, "gateway": None}
+        for r in range(rounds):
+            order = ("baseline", "gateway") if r % 2 == 0 else ("gateway", "baseline")
+            for system in order:
+                log(f"round {r + 1}/{rounds}: max sustained rate of {system}")
+                rate, _ = await bench.max_rate(system, hints[system])
+                hints[system] = rate
+                best[system].append(rate)
+        gw, base = median(best["gateway"]), median(best["baseline"])
+        results.add(
+            Row(
+                name,
+                "max sustained events/s, one gateway process",
+                gw,
+                "ev/s",
+                base,
+                "thin forwarder",
+                "≥ 0.7×",
+                gw / base >= 0.7,
+                best["gateway"],
+            )
+        )
+        results.add(Row(name, "max sustained events/s, baseline forwarder", base, "ev/s", rounds=best["baseline"]))
+        lat: dict[str, dict[str, list[float]]] = {s: {"p50": [], "p99": [], "ack99": []} for s in best}
+        for r in range(rounds):
+            for system in ("baseline", "gateway") if r % 2 == 0 else ("gateway", "baseline"):
+                half = median(best[system]) / 2
+                s = await bench.step(system, half, LATENCY_STEP)
+                log("  latency " + s.line() + f" (verified {s.verified}, mismatched {s.mismatched})")
+                lat[system]["p50"].append(s.p50)
+                lat[system]["p99"].append(s.p99)
+                lat[system]["ack99"].append(percentile(s.ack_ms, 99))
+        for q in ("p50", "p99"):
+            gw_q, base_q = median(lat["gateway"][q]), median(lat["baseline"][q])
+            target = "≤ 10 ms" if q == "p99" else ""
+            met = gw_q <= 10.0 if q == "p99" else None
+            results.add(
+                Row(
+                    name,
+                    f"end-to-end {q} at half of own max rate",
+                    gw_q,
+                    "ms",
+                    base_q,
+                    "thin forwarder at half its max",
+                    target,
+                    met,
+                    lat["gateway"][q],
+                )
+            )
+        results.add(
+            Row(
+                name,
+                "webhook answer p99 at half load (durably queued)",
+                median(lat["gateway"]["ack99"]),
+                "ms",
+                median(lat["baseline"]["ack99"]),
+                "thin forwarder",
+                rounds=lat["gateway"]["ack99"],
+            )
+        )
+        if profile_seconds > 0:
+            await profile_gateway(results, bench, fleet, 0.8 * gw, profile_seconds)
+    finally:
+        await fleet.stop()
+
+
+async def profile_gateway(results: Results, bench: Routing, fleet: Fleet, rate: float, seconds: float) -> None:
+    assert fleet.gateway is not None
+    if profile.py_spy() is None:
+        results.note("routing", "py-spy not installed: no profile")
+        return
+    log(f"profiling the gateway at {rate:.0f}/s for {seconds:.0f} s")
+    sampler = asyncio.create_task(profile.record(fleet.gateway.pid, seconds))
+    await asyncio.sleep(0.3)
+    await bench.step("gateway", rate, seconds)
+    summary = await sampler
+    if summary is None:
+        results.note("routing", "py-spy could not sample the gateway (ptrace not permitted?)")
+        return
+    for line in profile.report(summary):
+        results.note("routing-profile", line)
