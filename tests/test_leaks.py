@@ -1,0 +1,252 @@
+"""The leak test: every channel driven end to end with unique marker strings in message text,
+captions, file names, email addresses, tokens and secrets — the user's server down part of the
+time — and then none of them in Redis (every key and value), in Redis's AOF on disk, or in the
+logs at their most talkative level. Only sealed ciphertext may carry them, and it cannot be
+searched: the markers must reach the dedicated server, opened, to show they went through.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from redis.asyncio import Redis
+
+from gateway import logs
+from gateway.app import create_app
+from gateway.types import Event
+from oauth.providers import Grant
+from oauth.store import Tokens
+from routing.queue import Item
+from tests.conftest import Gateway, make_settings
+from tests.support.anthropic import API_KEY, AnthropicStandIn, error, message, stream
+from tests.support.dedicated import DedicatedServer
+from tests.support.redis_server import RedisServer
+from tests.support.redisdump import dump
+
+pytestmark = pytest.mark.slow
+
+USER = "leaky"
+
+
+class Markers:
+    """Unique strings, each standing for one kind of private data."""
+
+    def __init__(self) -> None:
+        self.all: dict[str, str] = {}
+
+    def __call__(self, kind: str) -> str:
+        value = f"Mk{kind.replace('_', '')}{os.urandom(6).hex()}"
+        self.all[value] = kind
+        return value
+
+    def secret(self, kind: str, value: str) -> str:
+        """A secret the gateway made or was given (not chosen by the test), searched for the same way."""
+        self.all[value] = kind
+        return value
+
+
+def forms(value: str) -> list[bytes]:
+    """The marker and the forms it could hide in: hex, and base64 at each of the three alignments."""
+    raw = value.encode()
+    found = [raw, raw.hex().encode()]
+    for shift in range(3):
+        chunk = b"\0" * shift + raw
+        for encoded in (base64.b64encode(chunk), base64.urlsafe_b64encode(chunk)):
+            # Drop the characters that depend on the padding or on the bytes around the marker.
+            found.append(encoded.rstrip(b"=")[4:-4])
+    return found
+
+
+def leaks(markers: Markers, haystack: bytes) -> list[str]:
+    return [f"{kind}: {value}" for value, kind in markers.all.items() if any(f in haystack for f in forms(value))]
+
+
+@pytest.fixture
+def log_output() -> Iterator[io.StringIO]:
+    """The gateway's own log configuration, at DEBUG, into a buffer."""
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    noisy = {name: logging.getLogger(name).level for name in logging.root.manager.loggerDict}
+    buffer = io.StringIO()
+    logs.configure("DEBUG", stream=buffer)
+    try:
+        yield buffer
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+        for name, lvl in noisy.items():
+            logging.getLogger(name).setLevel(lvl)
+
+
+@pytest.fixture
+async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def anthropic_api() -> AsyncIterator[AnthropicStandIn]:
+    api = AnthropicStandIn()
+    await api.start()
+    try:
+        yield api
+    finally:
+        await api.close()
+
+
+@pytest.fixture
+async def gateway(
+    tmp_path: Path, redis_server: RedisServer, anthropic_api: AnthropicStandIn, log_output: io.StringIO
+) -> AsyncIterator[Gateway]:
+    settings = make_settings(
+        tmp_path,
+        redis_url=redis_server.url,
+        anthropic_api_key=API_KEY,
+        anthropic_base_url=anthropic_api.url,
+        google_client_id="client-leak.apps.googleusercontent.com",
+        google_client_secret="GOCSPX-" + os.urandom(12).hex(),
+        google_revoke_uri="http://127.0.0.1:9/revoke",
+        ai_attempts=1,
+        ai_backoff=0.0,
+        ai_timeout=5.0,
+    )
+    client = TestClient(TestServer(create_app(settings), port=0))
+    await client.start_server()
+    try:
+        yield Gateway(client, settings)
+    finally:
+        await client.close()
+
+
+async def drive_core(gateway: Gateway, dedicated: DedicatedServer, m: Markers) -> dict[str, str]:
+    """Registration, hand-off of channel-shaped events while the server is down then up, bad requests."""
+    created = await gateway.create_user(dedicated, USER)
+    m.secret("server_token", created["server_token"])
+    m.secret("webhook_secret", created["webhook_secret"].removeprefix("whsec_"))
+    m.secret("admin_token", gateway.settings.admin_token or "")
+    for key in gateway.settings.master_keys:
+        m.secret("master_key", base64.urlsafe_b64encode(key.key).decode().rstrip("="))
+    m.secret("google_client_secret", gateway.settings.google_client_secret or "")
+    m.secret("anthropic_api_key", API_KEY)
+
+    dedicated.mode[USER] = "down"
+    payloads: list[dict[str, Any]] = [
+        {"update_id": 1, "message": {"message_id": 1, "text": f"hello {m('message_text')}"}},
+        {
+            "update_id": 2,
+            "message": {"message_id": 2, "caption": m("caption"), "document": {"file_name": m("file_name")}},
+        },
+        {"email_address": f"{m('email_local')}@example.com", "history_id": "9876"},
+    ]
+    items = [Item(Event("telegram.update", "telegram", p), dedup=str(i)) for i, p in enumerate(payloads)]
+    await gateway.services.handoff(USER, items, dedup_scope="leak")
+    await dedicated.wait_for(lambda: any(u == USER for u, _ in dedicated.attempts))
+
+    # Requests that carry secrets where they do not belong.
+    wrong = m("admin_bearer")
+    resp = await gateway.client.get(f"/admin/v1/users/{USER}", headers={"Authorization": f"Bearer {wrong}"})
+    assert resp.status == 401
+    resp = await gateway.client.post("/v1/ping", headers={"Authorization": f"Bearer ast.{USER}.{m('forged_token')}"})
+    assert resp.status == 401
+    resp = await gateway.admin("PUT", f"/admin/v1/users/{USER}", data=f'{{"note": "{m("json_body")}"'.encode())
+    assert resp.status == 400
+
+    dedicated.mode[USER] = "ok"
+    auth = {"Authorization": f"Bearer {created['server_token']}"}
+    assert (await gateway.client.post("/v1/ping", headers=auth)).status == 200
+    await dedicated.wait_for(lambda: len(dedicated.events(USER)) >= 3)
+    return auth
+
+
+async def drive_oauth(gateway: Gateway, m: Markers, auth: dict[str, str]) -> None:
+    """A stored Google grant (tokens and account address sealed by the vault), leased to the server."""
+    access = f"ya29.a0Af{m('access_token')}"
+    refresh = f"1//0g{m('refresh_token')}"
+    account = f"{m('account_email')}@gmail.com"
+    tokens = Tokens(access_token=access, expires_at=time.time() + 3600, refresh_token=refresh, scopes=("openid",))
+    await gateway.services.broker.connected(USER, "google", Grant(account=account, tokens=tokens))
+    resp = await gateway.client.post("/v1/connections/google/token", headers=auth, json={"min_ttl": 60})
+    assert resp.status == 200
+    assert (await resp.json())["access_token"] == access
+    resp = await gateway.client.get("/v1/connections", headers=auth)
+    assert (await resp.json())[0]["account"] == account
+
+
+async def drive_ai(gateway: Gateway, api: AnthropicStandIn, m: Markers, auth: dict[str, str]) -> None:
+    """Prompts and answers through the relay, whole and streamed, and a provider error that echoes the prompt."""
+    answer = m("ai_answer")
+    api.plan("claude-leak-1", message(f"answer {answer}"))
+    body = {"model": "claude-leak-1", "max_tokens": 64, "messages": [{"role": "user", "content": m("ai_prompt")}]}
+    resp = await gateway.client.post("/v1/ai/messages", headers=auth, json=body)
+    assert resp.status == 200
+    assert answer in await resp.text()
+    api.plan("claude-leak-2", stream(("part ", m("ai_stream"))))
+    body = {"model": "claude-leak-2", "max_tokens": 64, "stream": True, "messages": [{"role": "user", "content": "x"}]}
+    resp = await gateway.client.post("/v1/ai/messages", headers=auth, json=body)
+    assert resp.status == 200
+    await resp.read()
+    echoed = m("ai_error_echo")
+    api.plan("claude-leak-3", error(400, f"messages.0.content: prompt is too long: {echoed}"))
+    body = {"model": "claude-leak-3", "max_tokens": 64, "messages": [{"role": "user", "content": echoed}]}
+    resp = await gateway.client.post("/v1/ai/messages", headers=auth, json=body)
+    assert resp.status == 400
+
+
+async def test_no_marker_reaches_redis_the_aof_or_the_logs(
+    gateway: Gateway,
+    dedicated: DedicatedServer,
+    anthropic_api: AnthropicStandIn,
+    redis_server: RedisServer,
+    log_output: io.StringIO,
+):
+    m = Markers()
+    auth = await drive_core(gateway, dedicated, m)
+    await drive_oauth(gateway, m, auth)
+    await drive_ai(gateway, anthropic_api, m, auth)
+    # Channels not yet in the gateway add their drive_* here as they arrive.
+
+    # The markers did reach the user's own server, opened there: the test looked where the data went.
+    delivered = str([e["payload"] for e in dedicated.events(USER)]).encode()
+    for kind in ("message_text", "caption", "file_name", "email_local", "account_email"):
+        assert any(k == kind and v.encode() in delivered for v, k in m.all.items()), kind
+
+    redis = Redis.from_url(gateway.settings.redis_url or "")
+    try:
+        snapshot = await dump(redis, "")
+    finally:
+        await redis.aclose()
+    everything = b"\n".join(k + b"\n" + b"\n".join(parts) for k, parts in snapshot.items())
+    assert len(snapshot) > 5
+    assert leaks(m, everything) == [], "in Redis"
+    persisted = redis_server.persisted()
+    assert b"appendonly" in persisted.lower() or len(persisted) > 1000  # the AOF is there and written
+    assert leaks(m, persisted) == [], "in the AOF"
+    logged = log_output.getvalue().encode()
+    assert logged.count(b"\n") > 10  # the gateway did log, at DEBUG
+    assert leaks(m, logged) == [], "in the logs"
+
+
+def test_the_search_finds_a_marker_in_each_form_it_looks_for():
+    m = Markers()
+    value = m("probe")
+    for haystack in (
+        f"x{value}y".encode(),
+        base64.b64encode(b"pre" + value.encode() + b"post"),
+        base64.urlsafe_b64encode(b"p" + value.encode()),
+        value.encode().hex().encode(),
+    ):
+        assert leaks(m, haystack) == [f"probe: {value}"]
+    assert leaks(m, b"nothing to see") == []
