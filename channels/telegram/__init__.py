@@ -1,0 +1,71 @@
+"""The Telegram channel: one shared bot for every user (contract §3 and §6).
+
+identity   bot id from the token, webhook secrets
+wire       the Bot API on the wire (Telegram's JSON in and out, retries)
+ratelimit  shared, fair outbound limits in Redis
+chats      chat → user routing, link codes, what each user may name
+channel    the running channel: bot, limiter, sending, lifecycle
+ingress    the webhook, linking and routing of updates
+outbound   the server API: Bot API calls and the file proxy
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from gateway.keys import ROLE, SERVICES
+
+from . import ingress, outbound
+from .channel import TELEGRAM, Telegram
+from .identity import identity_of
+
+log = logging.getLogger(__name__)
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_post("/telegram/webhook/{bot_id}", ingress.webhook)
+    app.router.add_post("/admin/v1/users/{user_id}/telegram/link", ingress.create_link)
+    app.router.add_get("/v1/telegram/files/{file_id}", outbound.download)
+    app.router.add_post("/v1/telegram/{method}", outbound.call)
+    app.cleanup_ctx.append(_lifecycle)
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    services = app[SERVICES]
+    if not services.settings.telegram_enabled:
+        yield
+        return
+    identity = identity_of(services.settings)
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200, ttl_dns_cache=300), trust_env=False)
+    channel = Telegram(services, identity, session, register_webhook=app[ROLE] != "worker")
+    app[TELEGRAM] = channel
+    services.hooks.status["telegram"] = lambda uid: _summary(channel, uid)
+    services.hooks.export["telegram"] = lambda uid: _summary(channel, uid)
+    services.hooks.erase["telegram"] = lambda uid: _erase(channel, uid)
+    channel.start()
+    try:
+        yield
+    finally:
+        try:
+            await channel.aclose()
+        finally:
+            await session.close()
+
+
+async def _summary(channel: Telegram, user_id: str) -> dict[str, Any]:
+    chats = await channel.chats.of_user(user_id)
+    return {
+        "bot_id": channel.bot_id,
+        "private_chat_id": await channel.chats.private_chat(user_id),
+        "chats": [info.as_json() for _, info in sorted(chats.items())],
+    }
+
+
+async def _erase(channel: Telegram, user_id: str) -> None:
+    await channel.chats.forget_user(user_id)
+    await channel.limiter.forget_user(user_id)

@@ -1,0 +1,191 @@
+"""Which Telegram chat belongs to which user, link codes, and what a user's server may name.
+
+Keys:
+- `tg:chat:<chat_id>` (global) → the user id the chat routes to;
+- `{u:<id>}:tg:chats` hash chat_id → `{"type", "linked_at", "via"}`; `{u:<id>}:tg:private` → the
+  default private chat;
+- `tg:code:<sha256(code)>` (global, 15 min) → `{user, used_by}`; `{u:<id>}:tg:codes` the user's
+  outstanding code hashes (so erasure finds them);
+- `{u:<id>}:tg:files` / `{u:<id>}:tg:cbq`: SHA-256 prefixes of the file ids and callback query
+  ids this user's chats produced, the only ones its server may use. Hashes, not ids: the
+  gateway keeps no usable reference to anyone's content.
+A global key and a user key live in different cluster slots, so updates are ordered to be
+safe to repeat rather than atomic: the global mapping is the authority.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import secrets
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+from redis.asyncio import Redis
+
+from routing.keys import Keys
+
+CODE_TTL = 15 * 60
+FILES_KEPT = 30 * 24 * 3600
+FILES_MAX = 20_000
+CALLBACKS_KEPT = 24 * 3600
+
+Kind = Literal["files", "cbq"]
+
+# KEYS: code. ARGV: chat id. → {state, user}: 1 fresh, 2 replay by the same chat, 0 unknown, 3 used elsewhere.
+_REDEEM = """
+local user = redis.call('HGET', KEYS[1], 'user')
+if not user then return {0, ''} end
+local used = redis.call('HGET', KEYS[1], 'used_by')
+if not used then
+  redis.call('HSET', KEYS[1], 'used_by', ARGV[1])
+  return {1, user}
+end
+if used == ARGV[1] then return {2, user} end
+return {3, ''}
+"""
+# KEYS: chat mapping. ARGV: user. Deletes the mapping only if it still names that user.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def _h(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()[:32]
+
+
+def iso(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class ChatInfo:
+    chat_id: int
+    type: str
+    linked_at: str
+    via: str
+
+    @property
+    def is_group(self) -> bool:
+        return self.type != "private"
+
+    def as_json(self) -> dict[str, Any]:
+        return {"chat_id": self.chat_id, "type": self.type, "linked_at": self.linked_at, "via": self.via}
+
+
+@dataclass(frozen=True, slots=True)
+class Redemption:
+    state: Literal["fresh", "replay", "unknown", "used"]
+    user_id: str = ""
+
+
+class Chats:
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._redeem = redis.register_script(_REDEEM)
+        self._release = redis.register_script(_RELEASE)
+
+    def _chat(self, chat_id: int) -> str:
+        return self._keys.global_key(f"tg:chat:{chat_id}")
+
+    async def owner(self, chat_id: int) -> str | None:
+        raw = await self._redis.get(self._chat(chat_id))
+        return raw.decode() if raw is not None else None
+
+    async def link(self, user_id: str, chat_id: int, chat_type: str, via: str) -> str | None:
+        """Route `chat_id` to `user_id`; return the user it routed to before, if another."""
+        previous = await self._redis.set(self._chat(chat_id), user_id, get=True)
+        before = previous.decode() if previous is not None else None
+        if before is not None and before != user_id:
+            await self._drop_from_user(before, chat_id)
+        info = {"type": chat_type, "linked_at": iso(time.time()), "via": via}
+        existing = await self._redis.hget(self._keys.user_key(user_id, "tg:chats"), str(chat_id))
+        if existing is None or before != user_id:
+            await self._redis.hset(self._keys.user_key(user_id, "tg:chats"), str(chat_id), orjson.dumps(info))
+        if chat_type == "private":
+            await self._redis.set(self._keys.user_key(user_id, "tg:private"), str(chat_id))
+        return before if before != user_id else None
+
+    async def unlink(self, user_id: str, chat_id: int) -> bool:
+        released = bool(await self._release(keys=[self._chat(chat_id)], args=[user_id]))
+        await self._drop_from_user(user_id, chat_id)
+        return released
+
+    async def _drop_from_user(self, user_id: str, chat_id: int) -> None:
+        await self._redis.hdel(self._keys.user_key(user_id, "tg:chats"), str(chat_id))
+        private = self._keys.user_key(user_id, "tg:private")
+        if await self._redis.get(private) == str(chat_id).encode():
+            await self._redis.delete(private)
+            # Another linked private chat (a second Telegram account) becomes the default.
+            for info in (await self.of_user(user_id)).values():
+                if info.type == "private":
+                    await self._redis.set(private, str(info.chat_id))
+                    break
+
+    async def of_user(self, user_id: str) -> dict[int, ChatInfo]:
+        raw = await self._redis.hgetall(self._keys.user_key(user_id, "tg:chats"))
+        out: dict[int, ChatInfo] = {}
+        for key, value in raw.items():
+            data = orjson.loads(value)
+            chat_id = int(key)
+            out[chat_id] = ChatInfo(chat_id, data["type"], data["linked_at"], data["via"])
+        return out
+
+    async def chat_of(self, user_id: str, chat_id: int) -> ChatInfo | None:
+        """The chat's record if it is linked to this user now (the global mapping decides)."""
+        if await self.owner(chat_id) != user_id:
+            return None
+        raw = await self._redis.hget(self._keys.user_key(user_id, "tg:chats"), str(chat_id))
+        if raw is None:
+            return None
+        data = orjson.loads(raw)
+        return ChatInfo(chat_id, data["type"], data["linked_at"], data["via"])
+
+    async def private_chat(self, user_id: str) -> int | None:
+        raw = await self._redis.get(self._keys.user_key(user_id, "tg:private"))
+        return int(raw) if raw is not None else None
+
+    async def new_code(self, user_id: str) -> tuple[str, float]:
+        code = secrets.token_urlsafe(24)  # 32 characters of A-Za-z0-9_-, as deep links allow
+        hashed = _h(code)
+        await self._redis.hset(self._keys.global_key(f"tg:code:{hashed}"), "user", user_id)
+        await self._redis.expire(self._keys.global_key(f"tg:code:{hashed}"), CODE_TTL)
+        codes = self._keys.user_key(user_id, "tg:codes")
+        now = time.time()
+        await self._redis.zadd(codes, {hashed: now})
+        await self._redis.zremrangebyscore(codes, "-inf", now - CODE_TTL)
+        await self._redis.expire(codes, CODE_TTL)
+        return code, now + CODE_TTL
+
+    async def redeem(self, code: str, chat_id: int) -> Redemption:
+        state, user = await self._redeem(keys=[self._keys.global_key(f"tg:code:{_h(code)}")], args=[str(chat_id)])
+        names = {0: "unknown", 1: "fresh", 2: "replay", 3: "used"}
+        return Redemption(names[int(state)], user.decode() if isinstance(user, bytes) else str(user))  # type: ignore[arg-type]
+
+    async def remember(self, user_id: str, kind: Kind, ids: Iterable[str]) -> None:
+        members = {_h(i): time.time() for i in ids if i}
+        if not members:
+            return
+        key = self._keys.user_key(user_id, f"tg:{kind}")
+        kept = FILES_KEPT if kind == "files" else CALLBACKS_KEPT
+        await self._redis.zadd(key, members)
+        await self._redis.zremrangebyscore(key, "-inf", time.time() - kept)
+        await self._redis.zremrangebyrank(key, 0, -FILES_MAX - 1)
+        await self._redis.expire(key, kept)
+
+    async def knows(self, user_id: str, kind: Kind, value: str) -> bool:
+        score = await self._redis.zscore(self._keys.user_key(user_id, f"tg:{kind}"), _h(value))
+        kept = FILES_KEPT if kind == "files" else CALLBACKS_KEPT
+        return score is not None and float(score) > time.time() - kept
+
+    async def forget_user(self, user_id: str) -> None:
+        """Erasure: release every global key that names the user (its own keys go with its tag)."""
+        for chat_id in await self.of_user(user_id):
+            await self._release(keys=[self._chat(chat_id)], args=[user_id])
+        for hashed in await self._redis.zrange(self._keys.user_key(user_id, "tg:codes"), 0, -1):
+            await self._redis.delete(self._keys.global_key(f"tg:code:{hashed.decode()}"))

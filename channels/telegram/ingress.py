@@ -1,0 +1,296 @@
+"""Telegram → gateway: the webhook (contract §6), linking with `/start <code>`, and routing.
+
+A translation table: an Update either belongs to a linked chat and is handed over
+exactly as Telegram sent it, or changes a link (`/start`, the bot added to or removed
+from a group, a group upgraded to a supergroup) and says so with `telegram.linked` /
+`telegram.unlinked`. Updates of chats that are not linked are acknowledged and
+dropped; nothing of them is stored, and the chat gets one short hint per hour.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from aiohttp import web
+from telegram import Message, Update
+
+from gateway import metrics
+from gateway.admin import admin_user
+from gateway.errors import BadRequest, NotFound, Unauthorized
+from gateway.http import json_response, read_json_object
+from gateway.types import Event
+from routing.queue import Item
+
+from .channel import Telegram, telegram_of
+from .chats import ChatInfo, iso
+
+log = logging.getLogger(__name__)
+
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
+DEDUP_SCOPE = "tg"
+MAX_UPDATE = 1 << 20
+HINT_EVERY = 3600
+BAD_CODE_EVERY = 60
+
+HINT_UNLINKED = (
+    "Hello! This is Ally's assistant bot. To connect this chat to your assistant, "
+    "open the Telegram link in your Ally settings."
+)
+HINT_BAD_CODE = (
+    "This link has expired or was already used. Please create a new one in your Ally settings "
+    "and open it within 15 minutes."
+)
+HINT_GROUP = (
+    "To use Ally in this group, first connect your private chat with this bot (the Telegram link in "
+    "your Ally settings), then add the bot to the group again."
+)
+
+_START = re.compile(r"^/start(?:@[A-Za-z0-9_]+)?\s+([A-Za-z0-9_-]{1,64})\s*$")
+_JOINED = ("member", "administrator", "creator", "restricted")
+_GONE = ("left", "kicked")
+
+
+def parse_update(data: dict[str, Any]) -> Update:
+    update_id = data.get("update_id")
+    if not isinstance(update_id, int) or isinstance(update_id, bool) or update_id < 0:
+        raise BadRequest("invalid_update", "update_id must be a non-negative integer")
+    try:
+        return Update.de_json(data, None)
+    except Exception:
+        # The library raises whatever a malformed field triggers (KeyError, TypeError...).
+        raise BadRequest("invalid_update", "the body is not a Telegram Update") from None
+
+
+def chat_of(update: Update) -> ChatInfo | None:
+    chat = update.effective_chat
+    if chat is not None:
+        return ChatInfo(chat.id, chat.type, "", "")
+    user = update.effective_user
+    if user is not None and update.callback_query is not None:
+        # A button under an inline message: the private chat with that person (same id).
+        return ChatInfo(user.id, "private", "", "")
+    return None
+
+
+def start_code(message: Message | None) -> str | None:
+    if message is None or not message.text:
+        return None
+    match = _START.match(message.text)
+    return match.group(1) if match else None
+
+
+def added_by(update: Update, bot_id: int) -> int | None:
+    """The Telegram user who just brought the bot into a group or channel, if this update says so."""
+    member = update.my_chat_member
+    if member is not None and member.chat.type != "private":
+        if member.new_chat_member.status in _JOINED and member.old_chat_member.status in _GONE:
+            return member.from_user.id
+        return None
+    message = update.message
+    if message is not None and message.chat.type != "private" and message.from_user is not None:
+        if any(u.id == bot_id for u in message.new_chat_members or ()):
+            return message.from_user.id
+        if message.group_chat_created or message.supergroup_chat_created or message.channel_chat_created:
+            return message.from_user.id
+    return None
+
+
+def removed(update: Update, bot_id: int) -> str | None:
+    """'kicked' or 'left' when this update takes the bot out of the chat (or the user blocked it)."""
+    member = update.my_chat_member
+    if member is not None and member.new_chat_member.status in _GONE:
+        return str(member.new_chat_member.status)
+    message = update.message
+    if message is not None and message.left_chat_member is not None and message.left_chat_member.id == bot_id:
+        return "left"
+    return None
+
+
+def file_ids(value: Any) -> Iterator[str]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == "file_id" and isinstance(item, str):
+                yield item
+            else:
+                yield from file_ids(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from file_ids(item)
+
+
+def _chat_json(update: Update, chat: ChatInfo) -> dict[str, Any]:
+    if update.effective_chat is not None:
+        return update.effective_chat.to_dict()
+    return {"id": chat.chat_id, "type": chat.type}
+
+
+def _from_json(update: Update) -> dict[str, Any] | None:
+    return update.effective_user.to_dict() if update.effective_user is not None else None
+
+
+class Ingress:
+    def __init__(self, channel: Telegram) -> None:
+        self.tg = channel
+        self.chats = channel.chats
+        self.bot_id = int(channel.bot_id)
+
+    async def accept(self, update: Update, raw: dict[str, Any]) -> None:
+        chat = chat_of(update)
+        if chat is None:
+            metrics.DROPPED.labels("telegram", "no_chat").inc()
+            return
+        code = start_code(update.message) if chat.type == "private" else None
+        if code is not None:
+            await self._start(update, chat, code)
+            return
+        owner = await self._owner(chat.chat_id)
+        uid = update.update_id
+        items: list[Item] = []
+        if owner is None:
+            owner, items = await self._adopt(update, chat)
+        if owner is None:
+            await self._unlinked(update, chat)
+            return
+        items.append(Item(Event("telegram.update", "telegram", raw), dedup=str(uid)))
+        items += await self._after(update, chat, owner)
+        files = list(file_ids(raw))
+        if files:
+            await self.chats.remember(owner, "files", files)
+        if update.callback_query is not None:
+            await self.chats.remember(owner, "cbq", [update.callback_query.id])
+        await self._handoff(owner, items, chat)
+
+    async def _owner(self, chat_id: int) -> str | None:
+        owner = await self.chats.owner(chat_id)
+        if owner is not None and await self.tg.services.eraser.is_erasing(owner):
+            return None
+        return owner
+
+    async def _handoff(self, user_id: str, items: list[Item], chat: ChatInfo) -> None:
+        try:
+            await self.tg.services.handoff(user_id, items, dedup_scope=DEDUP_SCOPE)
+        except NotFound:
+            # The user was erased between lookup and hand-over: the chat is no longer linked.
+            await self.chats.unlink(user_id, chat.chat_id)
+            metrics.DROPPED.labels("telegram", "user_gone").inc()
+
+    async def _start(self, update: Update, chat: ChatInfo, code: str) -> None:
+        redemption = await self.chats.redeem(code, chat.chat_id)
+        user_id = redemption.user_id
+        usable = redemption.state in ("fresh", "replay")
+        if usable and (
+            not await self.tg.services.registry.exists(user_id) or await self.tg.services.eraser.is_erasing(user_id)
+        ):
+            usable = False
+        if not usable:
+            metrics.DROPPED.labels("telegram", "bad_link_code").inc()
+            await self._hint(chat, HINT_BAD_CODE, "code", BAD_CODE_EVERY)
+            return
+        previous = await self.chats.link(user_id, chat.chat_id, "private", "start")
+        uid = update.update_id
+        if previous is not None:
+            await self._handoff(previous, [self._unlinked_item(update, chat, "relinked")], chat)
+        event = Event("telegram.linked", "telegram", self._linked_payload(update, chat, "start"))
+        await self._handoff(user_id, [Item(event, dedup=f"{uid}:linked")], chat)
+        log.info("telegram chat linked", extra={"user_id": user_id, "chat_type": chat.type, "via": "start"})
+
+    async def _adopt(self, update: Update, chat: ChatInfo) -> tuple[str | None, list[Item]]:
+        """A chat not linked yet that becomes linked by this very update (bot added, group upgraded)."""
+        adder = added_by(update, self.bot_id)
+        via, source = "group", adder
+        message = update.message
+        if adder is None and message is not None and message.migrate_from_chat_id is not None:
+            via, source = "migrated", message.migrate_from_chat_id
+        if source is None:
+            return None, []
+        owner = await self._owner(source)
+        if owner is None:
+            if adder is not None:
+                await self._hint(chat, HINT_GROUP, "group", HINT_EVERY)
+            return None, []
+        await self.chats.link(owner, chat.chat_id, chat.type, via)
+        log.info("telegram chat linked", extra={"user_id": owner, "chat_type": chat.type, "via": via})
+        event = Event("telegram.linked", "telegram", self._linked_payload(update, chat, via))
+        return owner, [Item(event, dedup=f"{update.update_id}:linked")]
+
+    async def _after(self, update: Update, chat: ChatInfo, owner: str) -> list[Item]:
+        """Link changes this update makes for a chat that is linked: removal, supergroup upgrade."""
+        reason = removed(update, self.bot_id)
+        if reason is not None:
+            await self.chats.unlink(owner, chat.chat_id)
+            log.info("telegram chat unlinked", extra={"user_id": owner, "chat_type": chat.type, "reason": reason})
+            return [self._unlinked_item(update, chat, reason)]
+        message = update.message
+        if message is not None and message.migrate_to_chat_id is not None:
+            new_chat = ChatInfo(message.migrate_to_chat_id, "supergroup", "", "")
+            await self.chats.link(owner, new_chat.chat_id, "supergroup", "migrated")
+            await self.chats.unlink(owner, chat.chat_id)
+            linked = {
+                "chat": {"id": new_chat.chat_id, "type": "supergroup"},
+                "from": _from_json(update),
+                "via": "migrated",
+                "update_id": update.update_id,
+            }
+            return [
+                self._unlinked_item(update, chat, "migrated"),
+                Item(Event("telegram.linked", "telegram", linked), dedup=f"{update.update_id}:linked"),
+            ]
+        return []
+
+    def _linked_payload(self, update: Update, chat: ChatInfo, via: str) -> dict[str, Any]:
+        return {
+            "chat": _chat_json(update, chat),
+            "from": _from_json(update),
+            "via": via,
+            "update_id": update.update_id,
+            "linked_at": iso(time.time()),
+        }
+
+    def _unlinked_item(self, update: Update, chat: ChatInfo, reason: str) -> Item:
+        payload = {"chat": _chat_json(update, chat), "reason": reason, "update_id": update.update_id}
+        return Item(Event("telegram.unlinked", "telegram", payload), dedup=f"{update.update_id}:unlinked")
+
+    async def _unlinked(self, update: Update, chat: ChatInfo) -> None:
+        metrics.DROPPED.labels("telegram", "unlinked_chat").inc()
+        if update.message is not None and removed(update, self.bot_id) is None:
+            await self._hint(chat, HINT_UNLINKED, "unlinked", HINT_EVERY)
+
+    async def _hint(self, chat: ChatInfo, text: str, kind: str, every: int) -> None:
+        # The chat id is hashed: the gateway keeps no readable trace of chats it does not serve.
+        digest = hashlib.sha256(f"{self.tg.bot_id}:{chat.chat_id}".encode()).hexdigest()[:32]
+        key = self.tg.keys.global_key(f"tg:hint:{kind}:{digest}")
+        if await self.tg.services.redis.set(key, b"1", nx=True, ex=every):
+            self.tg.reply_later(chat, text)
+
+
+async def webhook(request: web.Request) -> web.Response:
+    channel = telegram_of(request)
+    if request.match_info["bot_id"] != channel.bot_id:
+        metrics.WEBHOOK_REJECTED.labels("telegram", "unknown_bot").inc()
+        raise NotFound("unknown_bot", "no such bot")
+    if not channel.identity.secret_ok(request.headers.get(SECRET_HEADER)):
+        metrics.WEBHOOK_REJECTED.labels("telegram", "bad_secret").inc()
+        raise Unauthorized("bad_secret", "missing or wrong X-Telegram-Bot-Api-Secret-Token")
+    try:
+        data = await read_json_object(request, limit=MAX_UPDATE)
+        update = parse_update(data)
+    except BadRequest:
+        metrics.WEBHOOK_REJECTED.labels("telegram", "malformed").inc()
+        raise
+    await Ingress(channel).accept(update, data)
+    return json_response({"ok": True})
+
+
+async def create_link(request: web.Request) -> web.Response:
+    """POST /admin/v1/users/{user_id}/telegram/link: a one-use deep link, valid 15 minutes."""
+    _services, user_id = await admin_user(request)
+    channel = telegram_of(request)
+    username = await channel.username()
+    code, expires = await channel.chats.new_code(user_id)
+    log.info("telegram link created", extra={"user_id": user_id})
+    return json_response({"url": f"https://t.me/{username}?start={code}", "code": code, "expires_at": iso(expires)})

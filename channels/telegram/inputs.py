@@ -1,0 +1,76 @@
+"""Reading a Bot API call from a dedicated server: JSON, form-encoded or multipart, as Telegram takes them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import BodyPartReader, web
+
+from gateway.errors import BadRequest, PayloadTooLarge
+from gateway.http import read_json_object
+
+from .wire import Upload
+
+MAX_FIELDS = 1 << 20
+MAX_UPLOAD = 50 * 1024 * 1024  # Telegram's own limit for files a bot sends
+MAX_PARTS = 32
+
+
+async def read_call(request: web.Request) -> tuple[dict[str, Any], list[Upload]]:
+    """The call's parameters (JSON types kept) and its uploaded files."""
+    ctype = request.content_type
+    if not request.body_exists:
+        return {}, []
+    if ctype == "application/json":
+        return await read_json_object(request, limit=MAX_FIELDS), []
+    if ctype == "application/x-www-form-urlencoded":
+        try:
+            form = await request.post()
+        except ValueError as exc:
+            raise BadRequest("invalid_form", "could not read the form body") from exc
+        return {k: v for k, v in form.items() if isinstance(v, str)}, []
+    if ctype == "multipart/form-data":
+        return await _multipart(request)
+    raise BadRequest("unsupported_media_type", "send JSON, form-encoded or multipart/form-data", status=415)
+
+
+async def _multipart(request: web.Request) -> tuple[dict[str, Any], list[Upload]]:
+    params: dict[str, Any] = {}
+    uploads: list[Upload] = []
+    total = 0
+    try:
+        reader = await request.multipart()
+        for _ in range(MAX_PARTS + 1):
+            part = await reader.next()
+            if part is None:
+                return params, uploads
+            if not isinstance(part, BodyPartReader) or not part.name:
+                raise BadRequest("invalid_multipart", "every part needs a name")
+            chunks: list[bytes] = []
+            while chunk := await part.read_chunk(1 << 16):
+                total += len(chunk)
+                if total > MAX_UPLOAD:
+                    raise PayloadTooLarge("payload_too_large", f"uploads over {MAX_UPLOAD} bytes")
+                chunks.append(chunk)
+            data = b"".join(chunks)
+            if part.filename is None:
+                if len(data) > MAX_FIELDS:
+                    raise PayloadTooLarge("payload_too_large", f"a field over {MAX_FIELDS} bytes")
+                params[part.name] = data.decode("utf-8", errors="strict")
+            else:
+                ctype = part.headers.get("Content-Type", "application/octet-stream")
+                uploads.append(Upload(part.name, part.filename, ctype, data))
+    except (ValueError, UnicodeDecodeError, AssertionError) as exc:
+        raise BadRequest("invalid_multipart", "could not read the multipart body") from exc
+    raise BadRequest("invalid_multipart", f"at most {MAX_PARTS} parts")
+
+
+def structured(value: Any) -> Any:
+    """A parameter that may arrive as JSON text (form, multipart) or as JSON already."""
+    if isinstance(value, str) and value[:1] in ("{", "["):
+        try:
+            return orjson.loads(value)
+        except orjson.JSONDecodeError:
+            raise BadRequest("invalid_parameter", "a parameter is not valid JSON") from None
+    return value
