@@ -21,17 +21,17 @@ from aiohttp import web
 from gateway.keys import ROLE, SERVICES
 
 from . import ingress, outbound
-from .channel import TELEGRAM, Telegram
+from .channel import TELEGRAM, Telegram, storage_errors
 from .identity import identity_of
 
 log = logging.getLogger(__name__)
 
 
 def setup(app: web.Application) -> None:
-    app.router.add_post("/telegram/webhook/{bot_id}", ingress.webhook)
-    app.router.add_post("/admin/v1/users/{user_id}/telegram/link", ingress.create_link)
-    app.router.add_get("/v1/telegram/files/{file_id}", outbound.download)
-    app.router.add_post("/v1/telegram/{method}", outbound.call)
+    app.router.add_post("/telegram/webhook/{bot_id}", storage_errors(ingress.webhook))
+    app.router.add_post("/admin/v1/users/{user_id}/telegram/link", storage_errors(ingress.create_link))
+    app.router.add_get("/v1/telegram/files/{file_id}", storage_errors(outbound.download))
+    app.router.add_post("/v1/telegram/{method}", storage_errors(outbound.call))
     app.cleanup_ctx.append(_lifecycle)
 
 

@@ -1,0 +1,303 @@
+"""A Bot API server for tests, speaking Telegram's wire format: `POST /bot<token>/<method>` with
+form-encoded, JSON or multipart bodies (or GET with a query), answers `{"ok": true, "result": ...}`
+or `{"ok": false, "error_code", "description"[, "parameters"]}`, files under
+`/file/bot<token>/<file_path>`. Objects are shaped as the Bot API documentation shows them.
+Failures (5xx, 429 with `parameters.retry_after`, 4xx) can be scripted per method."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import BodyPartReader, web
+from aiohttp.test_utils import TestServer
+
+BOT_ID = 7012345678
+TOKEN = f"{BOT_ID}:AAF3kq9wZx-TestOnly_a1B2c3D4e5F6g7H8i9J0"
+USERNAME = "ally_test_bot"
+BOT_USER = {"id": BOT_ID, "is_bot": True, "first_name": "Ally", "username": USERNAME}
+
+
+@dataclass
+class Call:
+    method: str
+    params: dict[str, Any]
+    files: dict[str, tuple[str, str, bytes]]
+    encoding: str
+    at: float
+
+
+@dataclass
+class FakeTelegram:
+    token: str = TOKEN
+    calls: list[Call] = field(default_factory=list)
+    scripted: dict[str, list[tuple[int, dict[str, Any]]]] = field(default_factory=dict)
+    files: dict[str, tuple[str, bytes]] = field(default_factory=dict)
+    webhook: dict[str, Any] = field(default_factory=dict)
+    server: TestServer | None = None
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return str(self.server.make_url("")).rstrip("/")
+
+    async def start(self) -> None:
+        app = web.Application(client_max_size=60 * 1024 * 1024)
+        app.router.add_route("*", "/bot{token}/{method}", self._api)
+        app.router.add_get("/file/bot{token}/{path:.+}", self._file)
+        self.server = TestServer(app, port=0)
+        await self.server.start_server()
+
+    async def close(self) -> None:
+        if self.server is not None:
+            await self.server.close()
+
+    def fail(self, method: str, status: int, description: str, *, retry_after: int | None = None, times: int = 1):
+        body: dict[str, Any] = {"ok": False, "error_code": status, "description": description}
+        if retry_after is not None:
+            body["parameters"] = {"retry_after": retry_after}
+        self.scripted.setdefault(method, []).extend([(status, body)] * times)
+
+    def add_file(self, content: bytes, path: str = "documents/file_1.pdf") -> dict[str, Any]:
+        file_id = "BQACAgIAAxkBAAI" + os.urandom(12).hex()
+        self.files[file_id] = (path, content)
+        return {"file_id": file_id, "file_unique_id": "AgAD" + os.urandom(4).hex(), "file_size": len(content)}
+
+    def sent(self, method: str = "sendMessage", chat_id: int | None = None) -> list[Call]:
+        return [
+            c
+            for c in self.calls
+            if c.method == method and (chat_id is None or str(c.params.get("chat_id")) == str(chat_id))
+        ]
+
+    async def wait_for(self, predicate: Any, timeout: float = 10.0) -> None:
+        async def loop() -> None:
+            while not predicate():
+                self.changed.clear()
+                await self.changed.wait()
+
+        await asyncio.wait_for(loop(), timeout)
+
+    async def _read(self, request: web.Request) -> tuple[dict[str, Any], dict[str, tuple[str, str, bytes]], str]:
+        params: dict[str, Any] = dict(request.query)
+        files: dict[str, tuple[str, str, bytes]] = {}
+        if request.content_type == "application/json":
+            params.update(orjson.loads(await request.read()))
+            return params, files, "json"
+        if request.content_type == "multipart/form-data":
+            reader = await request.multipart()
+            while (part := await reader.next()) is not None:
+                assert isinstance(part, BodyPartReader) and part.name
+                data = await part.read()
+                if part.filename is None:
+                    params[part.name] = data.decode()
+                else:
+                    files[part.name] = (part.filename, part.headers.get("Content-Type", ""), bytes(data))
+            return params, files, "multipart"
+        if request.content_type == "application/x-www-form-urlencoded":
+            form = await request.post()
+            params.update({k: v for k, v in form.items() if isinstance(v, str)})
+            return params, files, "form"
+        return params, files, "query"
+
+    async def _api(self, request: web.Request) -> web.Response:
+        if request.match_info["token"] != self.token:
+            return _error(401, "Unauthorized")
+        method = request.match_info["method"]
+        params, files, encoding = await self._read(request)
+        self.calls.append(Call(method, params, files, encoding, time.monotonic()))
+        self.changed.set()
+        script = self.scripted.get(method)
+        if script:
+            status, body = script.pop(0)
+            return web.json_response(body, status=status)
+        handler = getattr(self, "_m_" + method.lower(), None)
+        if handler is None:
+            return _error(404, "Not Found")
+        try:
+            return web.json_response({"ok": True, "result": handler(params, files)})
+        except _BadRequest as exc:
+            return _error(400, f"Bad Request: {exc}")
+
+    async def _file(self, request: web.Request) -> web.StreamResponse:
+        if request.match_info["token"] != self.token:
+            return _error(401, "Unauthorized")
+        for path, content in self.files.values():
+            if path == request.match_info["path"]:
+                return web.Response(body=content, content_type="application/octet-stream")
+        return _error(404, "Not Found")
+
+    # -- methods, shaped as the Bot API answers them -------------------------------------
+
+    def _m_getme(self, _p: dict[str, Any], _f: Any) -> Any:
+        return {
+            **BOT_USER,
+            "can_join_groups": True,
+            "can_read_all_group_messages": False,
+            "supports_inline_queries": False,
+        }
+
+    def _m_setwebhook(self, p: dict[str, Any], _f: Any) -> Any:
+        self.webhook = dict(p)
+        return True
+
+    def _m_sendchataction(self, p: dict[str, Any], _f: Any) -> Any:
+        _chat(p)
+        return True
+
+    def _m_deletemessage(self, p: dict[str, Any], _f: Any) -> Any:
+        _chat(p)
+        return True
+
+    def _m_answercallbackquery(self, p: dict[str, Any], _f: Any) -> Any:
+        if not p.get("callback_query_id"):
+            raise _BadRequest("query is too old and response timeout expired or query ID is invalid")
+        return True
+
+    def _m_sendmessage(self, p: dict[str, Any], _f: Any) -> Any:
+        text = str(p.get("text", ""))
+        if not text.strip():
+            raise _BadRequest("message text is empty")
+        if len(text.encode("utf-16-le")) // 2 > 4096:
+            raise _BadRequest("message is too long")
+        message = {**self._message(p), "text": text}
+        if p.get("entities"):
+            message["entities"] = _json(p["entities"])
+        if p.get("reply_markup"):
+            message["reply_markup"] = _json(p["reply_markup"])
+        return message
+
+    def _m_editmessagetext(self, p: dict[str, Any], _f: Any) -> Any:
+        return {
+            **self._message(p),
+            "message_id": int(p["message_id"]),
+            "text": p["text"],
+            "edit_date": int(time.time()),
+        }
+
+    def _m_editmessagereplymarkup(self, p: dict[str, Any], _f: Any) -> Any:
+        return {
+            **self._message(p),
+            "message_id": int(p["message_id"]),
+            "reply_markup": _json(p.get("reply_markup", "{}")),
+        }
+
+    def _m_sendphoto(self, p: dict[str, Any], f: dict[str, tuple[str, str, bytes]]) -> Any:
+        ref = self._file_ref(p, f, "photo", "photos/file_{}.jpg")
+        sizes = [{**ref, "width": 90, "height": 67}, {**ref, "width": 320, "height": 240}]
+        return {**self._message(p), "photo": sizes, **({"caption": p["caption"]} if p.get("caption") else {})}
+
+    def _m_senddocument(self, p: dict[str, Any], f: dict[str, tuple[str, str, bytes]]) -> Any:
+        ref = self._file_ref(p, f, "document", "documents/file_{}")
+        name = f["document"][0] if "document" in f else "file"
+        return {**self._message(p), "document": {**ref, "file_name": name, "mime_type": "application/octet-stream"}}
+
+    def _m_sendvoice(self, p: dict[str, Any], f: dict[str, tuple[str, str, bytes]]) -> Any:
+        ref = self._file_ref(p, f, "voice", "voice/file_{}.oga")
+        return {**self._message(p), "voice": {**ref, "duration": 2, "mime_type": "audio/ogg"}}
+
+    def _m_getfile(self, p: dict[str, Any], _f: Any) -> Any:
+        file_id = str(p.get("file_id", ""))
+        if file_id not in self.files:
+            raise _BadRequest("invalid file_id")
+        path, content = self.files[file_id]
+        return {"file_id": file_id, "file_unique_id": "AgADfile", "file_size": len(content), "file_path": path}
+
+    def _message(self, p: dict[str, Any]) -> dict[str, Any]:
+        chat_id = _chat(p)
+        chat = (
+            {"id": chat_id, "type": "private", "first_name": "Test"}
+            if chat_id > 0
+            else {"id": chat_id, "type": "supergroup", "title": "Test group"}
+        )
+        return {"message_id": next(self._ids), "from": BOT_USER, "chat": chat, "date": int(time.time())}
+
+    def _file_ref(self, p: dict[str, Any], f: dict[str, tuple[str, str, bytes]], name: str, path: str) -> Any:
+        if name in f or str(p.get(name, "")).startswith("attach://"):
+            key = name if name in f else str(p[name]).removeprefix("attach://")
+            ref = self.add_file(f[key][2], path.format(len(self.files) + 1))
+            return ref
+        value = str(p.get(name, ""))
+        if value in self.files:
+            return {"file_id": value, "file_unique_id": "AgADsame", "file_size": len(self.files[value][1])}
+        if value.startswith("https://"):
+            return self.add_file(b"fetched", path.format(len(self.files) + 1))
+        raise _BadRequest("wrong file identifier/HTTP URL specified")
+
+
+class _BadRequest(Exception):
+    pass
+
+
+def _error(status: int, description: str) -> web.Response:
+    return web.json_response({"ok": False, "error_code": status, "description": description}, status=status)
+
+
+def _chat(p: dict[str, Any]) -> int:
+    try:
+        return int(p["chat_id"])
+    except (KeyError, ValueError):
+        raise _BadRequest("chat not found") from None
+
+
+def _json(value: Any) -> Any:
+    return orjson.loads(value) if isinstance(value, str) else value
+
+
+# -- updates, shaped as the Bot API documentation shows them ----------------------------------
+
+_update_ids = itertools.count(int(time.time()) % 100_000 * 1000)
+_message_ids = itertools.count(100)
+
+
+def person(user_id: int, first_name: str = "Alice", username: str | None = "alice") -> dict[str, Any]:
+    user: dict[str, Any] = {"id": user_id, "is_bot": False, "first_name": first_name, "language_code": "en"}
+    if username:
+        user["username"] = username
+    return user
+
+
+def private_chat(user: dict[str, Any]) -> dict[str, Any]:
+    chat = {"id": user["id"], "first_name": user["first_name"], "type": "private"}
+    if "username" in user:
+        chat["username"] = user["username"]
+    return chat
+
+
+def group_chat(chat_id: int, title: str = "Family") -> dict[str, Any]:
+    return {"id": chat_id, "title": title, "type": "group", "all_members_are_administrators": True}
+
+
+def next_update_id() -> int:
+    return next(_update_ids)
+
+
+def message(chat: dict[str, Any], sender: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    body = {"message_id": next(_message_ids), "from": sender, "chat": chat, "date": int(time.time()), **fields}
+    return {"update_id": next_update_id(), "message": body}
+
+
+def text(chat: dict[str, Any], sender: dict[str, Any], content: str) -> dict[str, Any]:
+    return message(chat, sender, text=content)
+
+
+def start(chat: dict[str, Any], sender: dict[str, Any], code: str) -> dict[str, Any]:
+    return message(chat, sender, text=f"/start {code}", entities=[{"offset": 0, "length": 6, "type": "bot_command"}])
+
+
+def chat_member(chat: dict[str, Any], sender: dict[str, Any], old: str, new: str) -> dict[str, Any]:
+    body = {
+        "chat": chat,
+        "from": sender,
+        "date": int(time.time()),
+        "old_chat_member": {"user": BOT_USER, "status": old},
+        "new_chat_member": {"user": BOT_USER, "status": new, **({"until_date": 0} if new == "kicked" else {})},
+    }
+    return {"update_id": next_update_id(), "my_chat_member": body}
