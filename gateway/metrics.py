@@ -8,6 +8,10 @@ EVENTS_IN = Counter("ally_events_in_total", "Events durably queued", ["channel"]
 EVENTS_OUT = Counter("ally_events_out_total", "Events acknowledged by dedicated servers", ["channel"])
 EVENTS_EXPIRED = Counter("ally_events_expired_total", "Events dropped after ALLY_HOLD_TTL")
 DELIVERIES = Counter("ally_deliveries_total", "Transaction attempts by outcome", ["outcome"])
+DELIVERY_RETRIES = Counter(
+    "ally_delivery_retries_total", "Transactions scheduled for another attempt, by why", ["reason"]
+)
+ERASURES = Counter("ally_erasures_total", "User erasures finished, by outcome", ["outcome"])
 DELIVERY_LATENCY = Histogram(
     "ally_delivery_latency_seconds",
     "From acceptance to acknowledgement by the dedicated server",

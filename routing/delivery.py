@@ -255,8 +255,11 @@ class DeliveryWorker:
         first_ms = int(time.time() * 1000)
         if expired:
             events.append(await self._expired_event(user_id, expired))
+        channels: dict[str, int] = {"gateway": 1} if expired else {}
         for _stream_id, fields in entries:
             events.append(fields[b"e"])
+            channel = str(orjson.loads(fields[b"e"]).get("channel", "unknown"))
+            channels[channel] = channels.get(channel, 0) + 1
         if entries:
             first_ms = int(entries[0][0].decode().partition("-")[0])
         txn_id = new_id("txn")
@@ -269,6 +272,7 @@ class DeliveryWorker:
             "first_ms": str(first_ms).encode(),
             "expired": str(expired).encode(),
             "attempts": b"0",
+            "channels": orjson.dumps(channels),
         }
         await self._redis.hset(txn_key, mapping=record)
         return {k: v for k, v in record.items()}
@@ -329,7 +333,10 @@ class DeliveryWorker:
             )
         )
         if n > 0:
-            metrics.EVENTS_OUT.labels("all").inc(n)
+            # Counted by channel when the transaction was built (a txn from before that: "unknown").
+            channels: dict[str, int] = orjson.loads(txn["channels"]) if txn.get("channels") else {"unknown": n}
+            for channel, count in channels.items():
+                metrics.EVENTS_OUT.labels(channel).inc(count)
             first_ms = int(txn["first_ms"])
             metrics.DELIVERY_LATENCY.observe(max(0.0, time.time() - first_ms / 1000))
 
@@ -339,6 +346,9 @@ class DeliveryWorker:
         await self._redis.hset(
             self._keys.counters(user_id), mapping={"last_failure_at": repr(time.time()), "last_failure": reason}
         )
+        metrics.DELIVERY_RETRIES.labels(
+            "unreachable" if outcome.status is None else "retry_after" if outcome.retry_after is not None else "refused"
+        ).inc()
         delay = outcome.retry_after if outcome.retry_after is not None else backoff(attempts)
         if await self._redis.getdel(self._keys.user_key(user_id, "ping")):
             delay = 0.0

@@ -32,6 +32,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from gateway import metrics
 from gateway.logs import bound_request_id, new_request_id
 from routing.keys import Keys
 
@@ -188,6 +189,7 @@ class Eraser:
         await self._redis.srem(self._keys.users, user_id)
         await self._redis.hdel(self._records, user_id)
         failed = sorted(n for n, outcome in hooks.items() if outcome != "done")
+        metrics.ERASURES.labels("hooks_failed" if failed else "complete").inc()
         log.info(
             "user erased",
             extra={"keys_deleted": deleted, "hooks_failed": failed, "seconds": round(time.monotonic() - started, 3)},
