@@ -189,3 +189,8 @@ class Chats:
             await self._release(keys=[self._chat(chat_id)], args=[user_id])
         for hashed in await self._redis.zrange(self._keys.user_key(user_id, "tg:codes"), 0, -1):
             await self._redis.delete(self._keys.global_key(f"tg:code:{hashed.decode()}"))
+
+    async def purge(self, user_id: str) -> None:
+        """Delete every Telegram key under the user's tag (a late write raced its erasure)."""
+        names = ("tg:chats", "tg:private", "tg:codes", "tg:files", "tg:cbq")
+        await self._redis.delete(*(self._keys.user_key(user_id, n) for n in names))

@@ -60,10 +60,44 @@ def parse_update(data: dict[str, Any]) -> Update:
     if not isinstance(update_id, int) or isinstance(update_id, bool) or update_id < 0:
         raise BadRequest("invalid_update", "update_id must be a non-negative integer")
     try:
-        return Update.de_json(data, None)
+        update = Update.de_json(data, None)
+        well_formed = _well_formed(update)
     except Exception:
         # The library raises whatever a malformed field triggers (KeyError, TypeError...).
         raise BadRequest("invalid_update", "the body is not a Telegram Update") from None
+    if not well_formed:
+        raise BadRequest("invalid_update", "the body is not a Telegram Update")
+    return update
+
+
+def _int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _well_formed(update: Update) -> bool:
+    """The library does not check types; routing relies on these few, so they are checked here."""
+    chat, user, message = update.effective_chat, update.effective_user, update.effective_message
+    checks = [
+        chat is None or (_int(chat.id) and isinstance(chat.type, str)),
+        user is None or _int(user.id),
+        update.callback_query is None or isinstance(update.callback_query.id, str),
+    ]
+    if isinstance(message, Message):
+        checks += [
+            message.text is None or isinstance(message.text, str),
+            message.migrate_to_chat_id is None or _int(message.migrate_to_chat_id),
+            message.migrate_from_chat_id is None or _int(message.migrate_from_chat_id),
+            message.left_chat_member is None or _int(message.left_chat_member.id),
+            all(_int(u.id) for u in message.new_chat_members or ()),
+        ]
+    member = update.my_chat_member
+    if member is not None:
+        checks += [
+            isinstance(member.new_chat_member.status, str),
+            isinstance(member.old_chat_member.status, str),
+            _int(member.from_user.id),
+        ]
+    return all(checks)
 
 
 def chat_of(update: Update) -> ChatInfo | None:
@@ -175,8 +209,10 @@ class Ingress:
         try:
             await self.tg.services.handoff(user_id, items, dedup_scope=DEDUP_SCOPE)
         except NotFound:
-            # The user was erased between lookup and hand-over: the chat is no longer linked.
+            # The user was erased between lookup and hand-over: the chat is no longer linked, and
+            # nothing may be left under the user's tag after its erasure deleted it.
             await self.chats.unlink(user_id, chat.chat_id)
+            await self.chats.purge(user_id)
             metrics.DROPPED.labels("telegram", "user_gone").inc()
 
     async def _start(self, update: Update, chat: ChatInfo, code: str) -> None:

@@ -132,7 +132,7 @@ async def call(request: web.Request) -> web.StreamResponse:
     params, uploads = await read_call(request)
     chat = await authorize(channel, user_id, method, params, uploads)
     text = params.get("text")
-    if method == "sendMessage" and isinstance(text, str) and utf16_len(text) > LIMIT:
+    if method == "sendMessage" and isinstance(text, str) and utf16_len(text) > LIMIT and text.strip():
         return await _send_long(channel, user_id, params, text, chat)
     reply = await channel.send(user_id, method, params, uploads, chat)
     await _learn(channel, user_id, reply)

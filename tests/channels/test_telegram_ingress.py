@@ -336,3 +336,43 @@ async def test_erasure_releases_the_chat_mappings(tg: TgGateway, dedicated: Dedi
     assert await tg.channel.chats.owner(ALICE["id"]) is None
     dump = await redis_dump(tg.settings.key_prefix)
     assert b"u1" not in dump.replace(b"erasing", b"")
+
+
+async def test_updates_with_wrongly_typed_fields_are_400_and_never_5xx(tg: TgGateway):
+    chat = tgs.private_chat(ALICE)
+    now = int(time.time())
+    bodies: list[Any] = [
+        {"update_id": 1, "message": {"message_id": 1, "date": now, "chat": {"id": "abc", "type": "private"}}},
+        {"update_id": 2, "message": {"message_id": 1, "date": now, "chat": {"id": [1], "type": "private"}}},
+        {"update_id": 3, "message": {"message_id": 1, "date": now, "chat": chat, "text": 5}},
+        {"update_id": 4, "message": {"message_id": 1, "date": now, "chat": {"id": 1, "type": None}}},
+        {"update_id": 5, "message": {"message_id": 1, "date": now, "chat": chat, "from": {"id": "x"}}},
+        {"update_id": 6, "message": {"message_id": 1, "date": now, "chat": chat, "migrate_to_chat_id": "1"}},
+        {"update_id": 7, "message": {"message_id": 1, "date": now, "chat": chat, "new_chat_members": [1]}},
+        {"update_id": 8, "my_chat_member": {"chat": chat, "from": ALICE, "date": now}},
+        {"update_id": 9, "callback_query": {"id": 7, "from": ALICE, "chat_instance": "1"}},
+        {"update_id": 10, "message": None, "edited_message": {"chat": chat}},
+        {"update_id": 11, "message": {"message_id": 1, "date": "yesterday", "chat": chat, "text": "/start x"}},
+        {"update_id": -1},
+    ]
+    for body in bodies:
+        resp = await tg.post_update(body)
+        assert 200 <= resp.status < 500, (body, resp.status)
+        assert resp.status != 500
+    # An update with no chat at all (a poll) is acknowledged and dropped.
+    poll = {
+        "update_id": 12,
+        "poll": {
+            "id": "1",
+            "question": "q",
+            "options": [],
+            "total_voter_count": 0,
+            "is_closed": False,
+            "is_anonymous": True,
+            "type": "regular",
+            "allows_multiple_answers": False,
+            "allows_revoting": False,
+            "members_only": False,
+        },
+    }
+    assert (await tg.post_update(poll)).status == 200

@@ -2,15 +2,20 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
+from aiohttp.test_utils import TestClient, TestServer
 
 from channels.telegram.split import utf16_len
-from tests.channels.conftest import TgGateway
+from gateway.app import create_app
+from tests.channels.conftest import TgGateway, tg_settings
+from tests.conftest import wipe
 from tests.support import telegram as tgs
 from tests.support.dedicated import DedicatedServer
+from tests.support.telegram import FakeTelegram
 
 ALICE = tgs.person(111000111, "Alice", "alice")
 BOB = tgs.person(222000222, "Bob", "bob")
@@ -265,3 +270,28 @@ async def test_a_flooding_user_does_not_hold_up_another_users_message(tg: TgGate
     flood_span = max(c.at for c in sent) - min(c.at for c in sent)
     assert flood_span >= 3.0  # the flood really was held to the bot's rate
     assert waited < 2.0
+
+
+async def test_unreachable_bot_api_is_502_after_retries_and_links_wait_for_it(
+    tmp_path: Path, dedicated: DedicatedServer, fake_tg: FakeTelegram
+):
+    settings = tg_settings(tmp_path, fake_tg, telegram_api_url="http://127.0.0.1:1")
+    client = TestClient(TestServer(create_app(settings), port=0))
+    await client.start_server()
+    gw = TgGateway(client, settings, fake_tg)
+    try:
+        created = await gw.create_user(dedicated, "u1")
+        resp = await gw.admin("POST", "/admin/v1/users/u1/telegram/link")
+        assert resp.status == 503 and (await resp.json())["error"] == "telegram_unavailable"
+        await gw.channel.chats.link("u1", ALICE["id"], "private", "start")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        resp = await client.post(
+            "/v1/telegram/sendMessage", json={"text": "hi"}, headers=gw.server_headers(created["server_token"])
+        )
+        assert resp.status == 502 and (await resp.json())["error"] == "telegram_unavailable"
+        assert loop.time() - started >= 0.4  # it was retried with backoff before giving up
+        assert "127.0.0.1:1" not in await resp.text()
+    finally:
+        await client.close()
+        await wipe(settings.key_prefix)
