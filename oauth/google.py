@@ -97,6 +97,8 @@ class Google:
             raise classify(self.name, exc.error, status=exc.status_code) from None
         except requests.RequestException as exc:
             raise ProviderUnavailable(f"google token endpoint unreachable ({type(exc).__name__})") from None
+        finally:
+            flow.oauth2session.close()
         credentials = flow.credentials
         tokens = Tokens(
             access_token=credentials.token,
@@ -123,6 +125,8 @@ class Google:
             raise ProviderError(f"gmail getProfile answered {status}") from None
         except (OSError, httplib2.HttpLib2Error) as exc:
             raise ProviderUnavailable(f"gmail unreachable ({type(exc).__name__})") from None
+        finally:
+            http.close()
         address = profile.get("emailAddress")
         if not isinstance(address, str) or "@" not in address:
             raise ProviderError("gmail getProfile returned no address")
@@ -138,8 +142,9 @@ class Google:
             client_id=self._client_id,
             client_secret=self._secret,
         )
+        session = requests.Session()
         try:
-            credentials.refresh(google.auth.transport.requests.Request())
+            credentials.refresh(google.auth.transport.requests.Request(session))
         except google.auth.exceptions.RefreshError as exc:
             data = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], dict) else {}
             error = data.get("error") if isinstance(data.get("error"), str) else None
@@ -148,6 +153,8 @@ class Google:
             raise classify(self.name, error, status=503 if getattr(exc, "retryable", False) else None) from None
         except google.auth.exceptions.TransportError as exc:
             raise ProviderUnavailable(f"google token endpoint unreachable ({type(exc).__name__})") from None
+        finally:
+            session.close()
         return Tokens(
             access_token=str(credentials.token),
             expires_at=_expiry(credentials),

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from typing import Any
 
 import msal
+import msal.exceptions
 import requests
 
 from gateway.config import Settings
@@ -53,13 +55,13 @@ class Microsoft:
         self._oidc_authority = settings.microsoft_oidc_authority
         self._graph = settings.graph_api_url.rstrip("/")
         self._redirect_uri = f"{settings.public_url}/oauth/callback/microsoft"
-        # Discovery answers are cached across the per-request apps (msal's own http cache).
-        self._http_cache: dict[Any, Any] = {}
 
     def _verify(self) -> str | bool:
         return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("SSL_CERT_FILE") or True
 
-    def _app(self, cache: msal.SerializableTokenCache | None = None) -> msal.ConfidentialClientApplication:
+    def _app(
+        self, session: requests.Session, cache: msal.SerializableTokenCache | None = None
+    ) -> msal.ConfidentialClientApplication:
         where: dict[str, Any] = (
             {"oidc_authority": self._oidc_authority} if self._oidc_authority else {"authority": self._authority}
         )
@@ -68,9 +70,11 @@ class Microsoft:
                 self._client_id,
                 client_credential=self._secret,
                 token_cache=cache,
-                http_cache=self._http_cache,
+                # A fresh cache per call: msal keeps throttled error answers in it, which would
+                # turn the broker's retries of a 5xx into replays of the cached failure.
+                http_cache={},
+                http_client=session,
                 timeout=TIMEOUT,
-                verify=self._verify(),
                 **where,
             )
         except requests.RequestException as exc:
@@ -79,18 +83,35 @@ class Microsoft:
             raise ProviderError("microsoft authority refused its discovery") from exc
 
     def authorize(self, state: str) -> Authorization:
-        flow: dict[str, Any] = self._app().initiate_auth_code_flow(
-            list(SCOPES), redirect_uri=self._redirect_uri, state=state, prompt="select_account"
-        )
+        with self._session() as session, warnings.catch_warnings():
+            # msal recommends form_post, but a cross-site POST back would not carry the SameSite=Lax
+            # cookie that binds the browser (contract §7); the code comes back in the query, once.
+            # prompt=consent: OpenID Connect grants offline_access (a refresh token) only with it.
+            warnings.filterwarnings("ignore", message="response_mode='form_post'", category=UserWarning)
+            flow: dict[str, Any] = self._app(session).initiate_auth_code_flow(
+                list(SCOPES), redirect_uri=self._redirect_uri, state=state, prompt="consent"
+            )
         return Authorization(url=flow["auth_uri"], pending={"flow": flow})
 
+    def _session(self) -> requests.Session:
+        session = requests.Session()
+        session.verify = self._verify()
+        return session
+
     def exchange(self, pending: dict[str, Any], params: dict[str, str]) -> Grant:
+        with self._session() as session:
+            return self._exchange(session, pending, params)
+
+    def _exchange(self, session: requests.Session, pending: dict[str, Any], params: dict[str, str]) -> Grant:
         cache = msal.SerializableTokenCache()
-        app = self._app(cache)
+        app = self._app(session, cache)
         try:
             result = app.acquire_token_by_auth_code_flow(pending["flow"], params)
         except requests.RequestException as exc:
             raise ProviderUnavailable(f"microsoft token endpoint unreachable ({type(exc).__name__})") from None
+        except msal.exceptions.MsalServiceError:
+            # msal raises this for answers it cannot read as OAuth errors (a 5xx page, for one).
+            raise ProviderUnavailable("microsoft token endpoint answered an HTTP error") from None
         except ValueError:
             # msal's own state / flow checks: the answer does not belong to this flow.
             raise ProviderError("microsoft answer does not match the flow") from None
@@ -103,21 +124,20 @@ class Microsoft:
             scopes=_scopes(result, SCOPES),
             msal_cache=cache.serialize(),
         )
-        return Grant(account=self._account(result, tokens.access_token), tokens=tokens)
+        return Grant(account=self._account(session, result, tokens.access_token), tokens=tokens)
 
-    def _account(self, result: dict[str, Any], access_token: str) -> str:
+    def _account(self, session: requests.Session, result: dict[str, Any], access_token: str) -> str:
         claims = result.get("id_token_claims") or {}
         for name in ("preferred_username", "email"):
             value = claims.get(name)
             if isinstance(value, str) and "@" in value:
                 return value
         try:
-            resp = requests.get(
+            resp = session.get(
                 f"{self._graph}/me",
                 params={"$select": "mail,userPrincipalName"},
                 headers={"Authorization": f"Bearer {access_token}"},
                 timeout=TIMEOUT,
-                verify=self._verify(),
             )
         except requests.RequestException as exc:
             raise ProviderUnavailable(f"graph unreachable ({type(exc).__name__})") from None
@@ -133,10 +153,14 @@ class Microsoft:
         raise ProviderError("graph /me returned no address")
 
     def refresh(self, tokens: Tokens) -> Tokens:
+        with self._session() as session:
+            return self._refresh(session, tokens)
+
+    def _refresh(self, session: requests.Session, tokens: Tokens) -> Tokens:
         cache = msal.SerializableTokenCache()
         if tokens.msal_cache:
             cache.deserialize(tokens.msal_cache)
-        app = self._app(cache)
+        app = self._app(session, cache)
         try:
             accounts = app.get_accounts()
             if accounts:
@@ -147,6 +171,9 @@ class Microsoft:
                 raise ReauthRequired(self.name, "no_refresh_token")
         except requests.RequestException as exc:
             raise ProviderUnavailable(f"microsoft token endpoint unreachable ({type(exc).__name__})") from None
+        except msal.exceptions.MsalServiceError:
+            # msal raises this for answers it cannot read as OAuth errors (a 5xx page, for one).
+            raise ProviderUnavailable("microsoft token endpoint answered an HTTP error") from None
         if not result:
             raise ReauthRequired(self.name, "no_refresh_token")
         if "access_token" not in result:

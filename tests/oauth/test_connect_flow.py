@@ -1,0 +1,250 @@
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from oauth.connect import FLOWS
+from tests.conftest import Gateway
+from tests.oauth.conftest import RETURN_ORIGIN, Browser, World
+from tests.support.dedicated import DedicatedServer
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+BOTH = pytest.mark.parametrize("provider", ["google", "microsoft"])
+
+
+async def start_connect(gateway: Gateway, user_id: str, provider: str) -> str:
+    body = {"provider": provider, "return_url": f"{RETURN_ORIGIN}/settings?tab=mail"}
+    resp = await gateway.admin("POST", f"/admin/v1/users/{user_id}/connect", json=body)
+    assert resp.status == 200, await resp.text()
+    url: str = (await resp.json())["url"]
+    return url
+
+
+async def connect(gateway: Gateway, browser: Browser, user_id: str, provider: str) -> dict[str, list[str]]:
+    final = await browser.open(await start_connect(gateway, user_id, provider))
+    assert final.startswith(f"{RETURN_ORIGIN}/settings?"), final
+    return parse_qs(urlsplit(final).query)
+
+
+def auth(created: dict[str, Any]) -> dict[str, str]:
+    return {"Authorization": f"Bearer {created['server_token']}"}
+
+
+async def lease(gateway: Gateway, created: dict[str, Any], provider: str, min_ttl: int = 300) -> Any:
+    return await gateway.client.post(
+        f"/v1/connections/{provider}/token", headers=auth(created), json={"min_ttl": min_ttl}
+    )
+
+
+def statuses(dedicated: DedicatedServer, user_id: str) -> list[dict[str, Any]]:
+    return [e["payload"] for e in dedicated.events(user_id) if e["type"] == "connection.status"]
+
+
+@BOTH
+async def test_connect_flow_stores_the_grant_and_returns_connected(
+    gateway: Gateway, browser: Browser, dedicated: DedicatedServer, world: World, provider: str
+):
+    created = await gateway.create_user(dedicated, "alice")
+    world.apis.calls.clear()
+    query = await connect(gateway, browser, "alice", provider)
+    assert query == {"tab": ["mail"], "status": ["connected"], "provider": [provider]}
+
+    # The browser was bound by a cookie and sent to the provider with state and PKCE S256.
+    start, to_provider = browser.hops[0], browser.hops[0][2]["Location"]
+    cookie = start[2]["set-cookie-all"]
+    assert "HttpOnly" in cookie and "Secure" in cookie and "SameSite=Lax" in cookie
+    params = parse_qs(urlsplit(to_provider).query)
+    assert params["code_challenge_method"] == ["S256"]
+    assert len(params["state"][0]) >= 32 and params["code_challenge"][0]
+    assert params["redirect_uri"] == [f"{gateway.settings.public_url}/oauth/callback/{provider}"]
+    if provider == "google":
+        assert params["access_type"] == ["offline"]
+        assert params["prompt"] == ["consent"]
+        assert params["include_granted_scopes"] == ["true"]
+    # Google: the address from Gmail users.getProfile; Microsoft: from the ID token's claims.
+    assert world.apis.calls == (["gmail.getProfile"] if provider == "google" else [])
+
+    resp = await gateway.client.get("/v1/connections", headers=auth(created))
+    [connection] = await resp.json()
+    assert connection["provider"] == provider
+    assert connection["account"] == "user@example.test"
+    assert connection["status"] == "connected"
+    assert connection["connected_at"].endswith("Z")
+
+    resp = await lease(gateway, created, provider, 60)
+    assert resp.status == 200
+    leased = await resp.json()
+    assert leased["account"] == "user@example.test"
+    assert resp.headers["Cache-Control"] == "no-store"
+    # The lease is a real token of the authorization server: Graph / Gmail stand-ins accept it.
+    assert leased["access_token"]
+
+    await dedicated.wait_for(lambda: len(statuses(dedicated, "alice")) == 1)
+    assert statuses(dedicated, "alice") == [
+        {"provider": provider, "account": "user@example.test", "status": "connected", "reason": None}
+    ]
+    # Nothing readable at rest: neither the token nor the address is in any of the user's values.
+    redis = gateway.services.redis
+    async for key in redis.scan_iter(match=f"{gateway.settings.key_prefix}*"):
+        kind = await redis.type(key)
+        values = [await redis.get(key)] if kind == b"string" else []
+        if kind == b"hash":
+            values = list((await redis.hgetall(key)).values())
+        for value in values:
+            assert leased["access_token"].encode() not in value
+            assert b"user@example.test" not in value
+
+
+@BOTH
+async def test_refresh_honours_min_ttl_and_keeps_rotated_refresh_tokens(
+    gateway: Gateway, browser: Browser, dedicated: DedicatedServer, world: World, provider: str
+):
+    created = await gateway.create_user(dedicated, "bob")
+    await connect(gateway, browser, "bob", provider)
+    await world.auth.control("reset")
+    first = await (await lease(gateway, created, provider, 60)).json()
+    assert (await world.auth.counts()).get("token:refresh_token", 0) == 0
+    # Asking for more life than the token has left refreshes it; the server rotates the refresh
+    # token each time, so a second refresh only works if the rotated one was stored.
+    tokens = [first["access_token"]]
+    for n in (1, 2):
+        resp = await lease(gateway, created, provider, 3000)  # more than ACCESS_TOKEN_TTL
+        assert resp.status == 200, await resp.text()
+        tokens.append((await resp.json())["access_token"])
+        assert (await world.auth.counts()).get("token:refresh_token") == n
+    assert len(set(tokens)) == 3
+    resp = await gateway.client.get("/v1/connections", headers=auth(created))
+    assert (await resp.json())[0]["status"] == "connected"
+
+
+@BOTH
+async def test_a_hundred_concurrent_requests_on_an_expired_token_refresh_once(
+    gateway: Gateway, browser: Browser, dedicated: DedicatedServer, world: World, provider: str
+):
+    created = await gateway.create_user(dedicated, "carol")
+    await connect(gateway, browser, "carol", provider)
+    await world.auth.control("reset")
+    answers = await asyncio.gather(*(lease(gateway, created, provider, 3000) for _ in range(100)))
+    assert [a.status for a in answers] == [200] * 100
+    assert len({(await a.json())["access_token"] for a in answers}) == 1
+    assert (await world.auth.counts()).get("token:refresh_token") == 1
+
+
+async def test_dead_grant_answers_409_once_marked_and_reconnect_heals_it(
+    gateway: Gateway, browser: Browser, dedicated: DedicatedServer, world: World
+):
+    created = await gateway.create_user(dedicated, "dave")
+    await connect(gateway, browser, "dave", "google")
+    # The user revokes the gateway's access at the provider.
+    found = await gateway.services.broker.store.load("dave", "google")
+    assert found is not None
+    await gateway.services.broker.providers["google"].revoke(found[1])
+    await world.auth.control("reset")
+    resp = await lease(gateway, created, "google", 3000)
+    assert resp.status == 409
+    assert (await resp.json())["error"] == "reauth_required"
+    assert (await world.auth.counts()).get("token_error:invalid_grant") == 1
+    # Marked at once: the next call does not ask the provider again.
+    resp = await lease(gateway, created, "google", 60)
+    assert resp.status == 409
+    assert (await world.auth.counts()).get("token_requests") == 1
+    listed = await (await gateway.client.get("/v1/connections", headers=auth(created))).json()
+    assert listed[0]["status"] == "reauth_required"
+    await dedicated.wait_for(lambda: len(statuses(dedicated, "dave")) == 2)
+    assert statuses(dedicated, "dave")[1] == {
+        "provider": "google", "account": "user@example.test", "status": "reauth_required", "reason": "invalid_grant"
+    }  # fmt: skip
+
+    await connect(gateway, browser, "dave", "google")
+    resp = await lease(gateway, created, "google", 60)
+    assert resp.status == 200
+    await dedicated.wait_for(lambda: len(statuses(dedicated, "dave")) == 3)
+    assert statuses(dedicated, "dave")[2]["status"] == "connected"
+
+
+@BOTH
+async def test_a_sick_token_endpoint_is_retried_and_never_marks_the_grant_dead(
+    gateway: Gateway, browser: Browser, dedicated: DedicatedServer, world: World, provider: str
+):
+    created = await gateway.create_user(dedicated, "erin")
+    await connect(gateway, browser, "erin", provider)
+    gateway.services.broker._retry_wait = 0.05
+    await world.auth.control("reset")
+    await world.auth.control("sick", requests=2)
+    resp = await lease(gateway, created, provider, 3000)
+    assert resp.status == 200, await resp.text()
+    assert (await world.auth.counts())["token_requests"] >= 3
+    await world.auth.control("sick", requests=1000)
+    resp = await lease(gateway, created, provider, 3000)
+    assert resp.status == 503
+    assert (await resp.json())["error"] == "provider_unavailable"
+    await world.auth.control("sick", requests=0)
+    listed = await (await gateway.client.get("/v1/connections", headers=auth(created))).json()
+    assert listed[0]["status"] == "connected"
+    assert (await lease(gateway, created, provider, 3000)).status == 200
+
+
+async def test_declined_consent_returns_access_denied(
+    gateway: Gateway, browser: Browser, dedicated: DedicatedServer, world: World
+):
+    created = await gateway.create_user(dedicated, "fay")
+    await world.auth.control("mode", approve=False)
+    query = await connect(gateway, browser, "fay", "microsoft")
+    assert query["status"] == ["error"]
+    assert query["reason"] == ["access_denied"]
+    assert await (await gateway.client.get("/v1/connections", headers=auth(created))).json() == []
+
+
+async def test_a_callback_without_the_binding_cookie_is_bad_state_and_state_is_single_use(
+    gateway: Gateway, browser: Browser, dedicated: DedicatedServer, world: World
+):
+    created = await gateway.create_user(dedicated, "gus")
+    # The victim's browser starts; the callback arrives in another browser (no cookie).
+    final = await browser.open(
+        await start_connect(gateway, "gus", "google"), stop_at=f"{gateway.settings.public_url}/oauth/callback/"
+    )
+    async with Browser(world.tls, f"http://127.0.0.1:{world.port}") as other:
+        landed = await other.open(final)
+        assert parse_qs(urlsplit(landed).query)["reason"] == ["bad_state"]
+        # The state was spent: even the right browser cannot use it now.
+        again = await browser.open(final)
+        assert again.startswith("400 ")
+        assert '"error":"bad_state"' in again
+    assert await (await gateway.client.get("/v1/connections", headers=auth(created))).json() == []
+
+
+async def test_connect_url_is_single_use_and_expires(gateway: Gateway, browser: Browser, dedicated: DedicatedServer):
+    await gateway.create_user(dedicated, "hal")
+    url = await start_connect(gateway, "hal", "google")
+    await browser.open(url)
+    again = await browser.open(url)
+    assert parse_qs(urlsplit(again).query)["reason"] == ["session_used"]
+    late = await start_connect(gateway, "hal", "google")
+    flows = gateway.client.app[FLOWS]
+    key = flows.session_key(hashlib.sha256(late.rsplit("/", 1)[1].encode()).hexdigest())
+    await gateway.services.redis.hset(key, "expires_at", repr(time.time() - 1))
+    expired = await browser.open(late)
+    assert parse_qs(urlsplit(expired).query)["reason"] == ["expired_session"]
+
+
+async def test_disconnect_revokes_at_the_provider_and_other_users_never_see_the_connection(
+    gateway: Gateway, browser: Browser, dedicated: DedicatedServer, world: World
+):
+    alice = await gateway.create_user(dedicated, "ida")
+    mallory = await gateway.create_user(dedicated, "mallory")
+    await connect(gateway, browser, "ida", "google")
+    assert (await lease(gateway, mallory, "google")).status == 404
+    assert await (await gateway.client.get("/v1/connections", headers=auth(mallory))).json() == []
+    await world.auth.control("reset")
+    resp = await gateway.admin("DELETE", "/admin/v1/users/ida/connections/google")
+    assert resp.status == 200
+    assert (await world.auth.counts()).get("revocations") == 1
+    assert (await lease(gateway, alice, "google")).status == 404
+    await dedicated.wait_for(lambda: any(s["status"] == "disconnected" for s in statuses(dedicated, "ida")))
+    resp = await gateway.admin("DELETE", "/admin/v1/users/ida/connections/google")
+    assert resp.status == 404
