@@ -7,10 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from openapi_spec_validator import validate
+from openapi_schema_validator import OAS31Validator, validate
+from openapi_spec_validator import validate as validate_spec
 
 from gateway.app import create_app
 from gateway.config import Settings
+from gateway.types import Event
+from routing.queue import Item
+from tests.conftest import Gateway
+from tests.support.dedicated import DedicatedServer
 
 SPEC_PATH = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
 METHODS = {"get", "put", "post", "delete", "patch", "options", "head", "trace"}
@@ -66,7 +71,7 @@ def documented_routes(spec: dict[str, Any], *, planned: bool) -> set[tuple[str, 
 def test_openapi_file_is_a_valid_openapi_3_1_document():
     spec = load_spec()
     assert spec["openapi"].startswith("3.1")
-    validate(spec)
+    validate_spec(spec)
 
 
 def test_every_served_route_is_documented_and_every_documented_route_is_served(settings: Settings):
@@ -92,3 +97,71 @@ def test_every_operation_names_its_answers_and_protected_ones_their_credentials(
             elif path.startswith("/v1/"):
                 assert op.get("security") == [{"serverToken": []}], f"{method} {path} must name the server token"
                 assert "401" in op["responses"]
+
+
+def answer_schema(spec: dict[str, Any], method: str, path: str, status: int, content: str) -> dict[str, Any]:
+    """The schema docs/openapi.yaml gives for this answer, standalone (components alongside for $refs)."""
+    responses = spec["paths"][path][method.lower()]["responses"]
+    assert str(status) in responses, f"{method} {path} answered {status}, which docs/openapi.yaml does not list"
+    response = responses[str(status)]
+    if "$ref" in response:
+        response = spec["components"]["responses"][response["$ref"].rsplit("/", 1)[1]]
+    schema = response["content"][content]["schema"]
+    return {"allOf": [schema], "components": spec["components"]}
+
+
+class Conformance:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.spec = load_spec()
+        self.checked: set[tuple[str, str, int]] = set()
+
+    async def call(self, method: str, template: str, path: str, *, admin: bool = False, **kwargs: Any) -> Any:
+        client = self.gateway.client
+        resp = await (self.gateway.admin(method, path, **kwargs) if admin else client.request(method, path, **kwargs))
+        content = resp.headers.get("Content-Type", "").split(";")[0]
+        schema = answer_schema(self.spec, method, template, resp.status, content)
+        body = await resp.json() if content == "application/json" else await resp.text()
+        validate(body, schema, cls=OAS31Validator)
+        assert resp.headers.get("X-Request-Id"), "every answer carries X-Request-Id"
+        self.checked.add((method, template, resp.status))
+        return resp.status, body
+
+
+async def test_answers_match_their_documented_schemas(gateway: Gateway, dedicated: DedicatedServer):
+    check = Conformance(gateway)
+    user = "/admin/v1/users/{user_id}"
+    assert (await check.call("GET", "/healthz", "/healthz"))[0] == 200
+    assert (await check.call("GET", "/readyz", "/readyz"))[0] == 200
+    public_key = dedicated.new_user("ann")
+    put = {"server_url": dedicated.url("ann"), "server_public_key": public_key}
+    status, created = await check.call("PUT", user, "/admin/v1/users/ann", admin=True, json=put)
+    assert status == 201
+    dedicated.secrets["ann"] = [created["webhook_secret"]]
+    assert (await check.call("PUT", user, "/admin/v1/users/ann", admin=True, json=put))[0] == 200
+    bad = {"server_url": "ftp://x", "server_public_key": public_key}
+    assert (await check.call("PUT", user, "/admin/v1/users/ann", admin=True, json=bad))[0] == 400
+    assert (await check.call("PUT", user, "/admin/v1/users/ann", json=put))[0] == 401
+    # A queued event and a delivered one, so the status and export show real queue and counters.
+    await gateway.services.handoff("ann", [Item(Event("telegram.update", "telegram", {"update_id": 1}))])
+    await dedicated.wait_for(lambda: len(dedicated.events("ann")) == 1)
+    dedicated.mode["ann"] = "down"
+    await gateway.services.handoff("ann", [Item(Event("telegram.update", "telegram", {"update_id": 2}))])
+    await dedicated.wait_for(lambda: any(u == "ann" for u, _ in dedicated.attempts[1:]))
+    status, body = await check.call("GET", user, "/admin/v1/users/ann", admin=True)
+    assert status == 200
+    assert body["queue"]["pending"] == 1
+    assert body["counters"]["events_out"] == 1
+    assert (await check.call("GET", user, "/admin/v1/users/nobody", admin=True))[0] == 404
+    assert (await check.call("GET", user, "/admin/v1/users/bad%20id", admin=True))[0] == 400
+    assert (await check.call("GET", user + "/export", "/admin/v1/users/ann/export", admin=True))[0] == 200
+    rotate = user + "/credentials/rotate"
+    status, rotated = await check.call("POST", rotate, "/admin/v1/users/ann/credentials/rotate", admin=True)
+    assert status == 200
+    auth = {"Authorization": f"Bearer {rotated['server_token']}"}
+    assert (await check.call("POST", "/v1/ping", "/v1/ping", headers=auth))[0] == 200
+    assert (await check.call("POST", "/v1/ping", "/v1/ping"))[0] == 401
+    assert (await check.call("GET", "/v1/ai/usage", "/v1/ai/usage", headers=auth))[0] == 200
+    assert (await check.call("DELETE", user, "/admin/v1/users/ann", admin=True))[0] == 202
+    assert (await check.call("DELETE", user, "/admin/v1/users/nobody", admin=True))[0] == 404
+    assert len(check.checked) == 16
