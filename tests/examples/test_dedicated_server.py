@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -14,13 +15,17 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
+from gateway.app import create_app
 from gateway.types import Event
 from routing import signing
 from routing.queue import Item
-from tests.conftest import Gateway
+from tests.conftest import Gateway, make_settings, wipe
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "dedicated_server.py"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLE = EXAMPLES / "dedicated_server.py"
+STANDIN = EXAMPLES / "telegram_standin.py"
 pytestmark = pytest.mark.slow
 
 
@@ -55,8 +60,8 @@ class ExampleProcess:
             raise AssertionError(f"not seen in the example's output:\n{self.output}") from None
 
     def url(self) -> str:
-        line = next(x for x in self.lines if x.startswith("listening on "))
-        return line.removeprefix("listening on ")
+        line = next(x for x in self.lines if "listening on " in x)
+        return line.partition("listening on ")[2]
 
 
 async def print_key(key_file: Path) -> str:
@@ -89,14 +94,18 @@ async def example_server(key_file: Path, user_id: str, secret: str, **env: str) 
         await example.wait_for(lambda out: "listening on " in out)
         yield example
     finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await stop(proc)
         await pump
+
+
+async def stop(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), 10)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
 
 
 def update(marker: str, update_id: int) -> Item:
@@ -179,3 +188,69 @@ async def test_example_server_refuses_a_bad_signature_and_accepts_both_secrets_d
         marker = f"rotated-{uuid.uuid4().hex}"
         await gateway.services.handoff("rot", [update(marker, 2)], dedup_scope="tg")
         await example.wait_for(lambda out: marker in out)
+
+
+@contextlib.asynccontextmanager
+async def telegram_standin() -> AsyncIterator[ExampleProcess]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(STANDIN),
+        "--port",
+        "0",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    standin = ExampleProcess(proc)
+    pump = asyncio.create_task(standin.pump())
+    try:
+        await standin.wait_for(lambda out: "listening on " in out)
+        yield standin
+    finally:
+        await stop(proc)
+        await pump
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def test_walkthrough_a_message_typed_in_telegram_arrives_opened_at_the_example_server(tmp_path: Path):
+    """examples/README.md, run as written: stand-in, gateway, example server, link, say hello."""
+    async with telegram_standin() as standin:
+        port = free_port()
+        settings = make_settings(
+            tmp_path,
+            public_url=f"http://127.0.0.1:{port}",
+            telegram_bot_token="123456789:AAElocalexampletokenxxxxxxxxxxxxxxx",
+            telegram_api_url=standin.url(),
+        )
+        client = TestClient(TestServer(create_app(settings), host="127.0.0.1", port=port))
+        await client.start_server()
+        try:
+            gateway = Gateway(client, settings)
+            await standin.wait_for(
+                lambda out: f"webhook set: http://127.0.0.1:{port}/telegram/webhook/123456789" in out
+            )
+            key_file = tmp_path / "server.key"
+            public_key = await print_key(key_file)
+            created = await register(gateway, "demo", "http://127.0.0.1:9", public_key, 201)
+            async with example_server(key_file, "demo", created["webhook_secret"]) as example:
+                await register(gateway, "demo", example.url(), public_key, 200)
+                link = await (await gateway.admin("POST", "/admin/v1/users/demo/telegram/link")).json()
+                marker = f"hello-{uuid.uuid4().hex}"
+                async with aiohttp.ClientSession() as session:
+                    for text in (f"/start {link['code']}", marker):
+                        async with session.post(f"{standin.url()}/_user/say", json={"text": text}) as resp:
+                            assert resp.status == 200
+                            assert (await resp.json())["gateway_status"] == 200
+                await example.wait_for(lambda out: marker in out)
+                linked, update = example.output.index("telegram.linked evt_"), example.output.index(marker)
+                assert linked < update, "the link arrives before the first message"
+                assert "telegram.update evt_" in example.output
+                assert link["code"] not in example.output, "/start <code> itself is not forwarded"
+        finally:
+            await client.close()
+            await wipe(settings.key_prefix)
