@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from openapi_schema_validator import OAS31Validator, validate
 from openapi_spec_validator import validate as validate_spec
@@ -16,7 +17,7 @@ from gateway.app import create_app
 from gateway.config import Settings
 from gateway.types import Event
 from routing.queue import Item
-from tests.conftest import Gateway
+from tests.conftest import Gateway, make_settings
 from tests.support.dedicated import DedicatedServer
 
 SPEC_PATH = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
@@ -44,7 +45,21 @@ def every_channel_on(settings: Settings) -> Settings:
         microsoft_client_secret="microsoft-client-secret",
         anthropic_api_key="sk-ant-test-key-0000000000",
         anthropic_base_url="http://127.0.0.1:9",
+        # Nothing listens there: the channels start, and no call leaves the machine.
+        telegram_api_url="http://127.0.0.1:9",
+        google_auth_uri="http://127.0.0.1:9/auth",
+        google_token_uri="http://127.0.0.1:9/token",
+        google_revoke_uri="http://127.0.0.1:9/revoke",
+        gmail_api_url="http://127.0.0.1:9/",
+        google_certs_url="http://127.0.0.1:9/certs",
+        graph_api_url="http://127.0.0.1:9/v1.0",
     )
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """This module's gateway runs with every channel on, so their status and export parts are checked too."""
+    return every_channel_on(make_settings(tmp_path))
 
 
 def served_routes(settings: Settings) -> set[tuple[str, str]]:
@@ -174,6 +189,15 @@ async def test_answers_match_their_documented_schemas(gateway: Gateway, dedicate
     assert (await check.call("POST", "/v1/ping", "/v1/ping", headers=auth))[0] == 200
     assert (await check.call("POST", "/v1/ping", "/v1/ping"))[0] == 401
     assert (await check.call("GET", "/v1/ai/usage", "/v1/ai/usage", headers=auth))[0] == 200
+    assert (await check.call("GET", "/v1/connections", "/v1/connections", headers=auth))[0] == 200
+    token = "/v1/connections/{provider}/token"
+    assert (await check.call("POST", token, "/v1/connections/google/token", headers=auth, json={}))[0] == 404
+    call = "/v1/telegram/{method}"
+    assert (await check.call("POST", call, "/v1/telegram/sendMessage", headers=auth, json={"text": "x"}))[0] == 404
+    assert (await check.call("POST", call, "/v1/telegram/logOut", headers=auth, json={}))[0] == 404
+    webhook = "/telegram/webhook/{bot_id}"
+    assert (await check.call("POST", webhook, "/telegram/webhook/123456789", json={"update_id": 1}))[0] == 401
+    assert (await check.call("POST", webhook, "/telegram/webhook/42", json={"update_id": 1}))[0] == 404
     assert (await check.call("DELETE", user, "/admin/v1/users/ann", admin=True))[0] == 202
     status, erasing = await check.call("GET", user, "/admin/v1/users/ann", admin=True)
     assert status == 404 or erasing["status"] == "erasing"
