@@ -132,3 +132,17 @@ def test_operations_page_lists_every_metric():
     page = (DOCS / "operations.md").read_text()
     assert names, "no metric found in gateway/metrics.py"
     assert {n for n in names if f"`{n}`" not in page} == set()
+
+
+def test_relative_links_in_the_docs_and_readmes_lead_somewhere():
+    root = DOCS.parent
+    pages = [*DOCS.glob("*.md"), root / "README.md", root / "examples" / "README.md"]
+    broken = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if re.match(r"[a-z]+:", target) or target.startswith("#"):
+                continue
+            path = (page.parent / target.split("#", 1)[0]).resolve()
+            if not path.exists():
+                broken.append(f"{page.relative_to(root)} → {target}")
+    assert broken == []
