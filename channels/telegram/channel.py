@@ -14,7 +14,7 @@ import aiohttp
 import telegram
 from aiohttp import web
 from redis.exceptions import RedisError
-from telegram.error import InvalidToken, TelegramError
+from telegram.error import BadRequest, InvalidToken, TelegramError
 
 from gateway.errors import ApiError, ClosedError, GatewayError, NotFound, StorageError, TooManyRequests
 from gateway.services import Services
@@ -132,6 +132,13 @@ class Telegram:
                 return
             except InvalidToken:
                 log.error("telegram refused the bot token; the channel cannot send", extra={"bot_id": self.bot_id})
+                return
+            except BadRequest as exc:
+                # Telegram refuses the URL itself (not https, a port it does not call): retrying won't help.
+                log.error(
+                    "telegram refused the webhook; updates will not arrive",
+                    extra={"webhook": self.webhook_url, "reason": exc.message},
+                )
                 return
             except TelegramError as exc:
                 # The text can hold the URL (and so the token); only the kind is logged.

@@ -32,7 +32,6 @@ from .chats import ChatInfo, iso
 log = logging.getLogger(__name__)
 
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
-DEDUP_SCOPE = "tg"
 MAX_UPDATE = 1 << 20
 HINT_EVERY = 3600
 BAD_CODE_EVERY = 60
@@ -207,7 +206,7 @@ class Ingress:
 
     async def _handoff(self, user_id: str, items: list[Item], chat: ChatInfo) -> None:
         try:
-            await self.tg.services.handoff(user_id, items, dedup_scope=DEDUP_SCOPE)
+            await self.tg.services.handoff(user_id, items, dedup_scope=f"tg:{self.tg.bot_id}")
         except NotFound:
             # The user was erased between lookup and hand-over: the chat is no longer linked, and
             # nothing may be left under the user's tag after its erasure deleted it.

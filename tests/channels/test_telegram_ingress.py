@@ -13,7 +13,7 @@ from channels.telegram.identity import derive_secret
 from channels.telegram.ingress import HINT_BAD_CODE, HINT_GROUP, HINT_UNLINKED
 from gateway.app import create_app
 from tests.channels.conftest import SECRET, TgGateway, tg_settings
-from tests.conftest import REDIS_URL
+from tests.conftest import REDIS_URL, wipe
 from tests.support import telegram as tgs
 from tests.support.dedicated import DedicatedServer
 from tests.support.telegram import FakeTelegram
@@ -376,3 +376,27 @@ async def test_updates_with_wrongly_typed_fields_are_400_and_never_5xx(tg: TgGat
         },
     }
     assert (await tg.post_update(poll)).status == 200
+
+
+async def test_a_webhook_url_telegram_refuses_is_not_retried_forever(tmp_path: Path, fake_tg: FakeTelegram):
+    fake_tg.fail("setWebhook", 400, "Bad Request: bad webhook: HTTPS url must be provided for webhook")
+    settings = tg_settings(tmp_path, fake_tg)
+    client = TestClient(TestServer(create_app(settings), port=0))
+    await client.start_server()
+    try:
+        await fake_tg.wait_for(lambda: bool(fake_tg.sent("setWebhook")))
+        await asyncio.sleep(1.5)
+        assert len(fake_tg.sent("setWebhook")) == 1
+        headers = {"Authorization": f"Bearer {settings.admin_token}"}
+        public_key = DedicatedServer().new_user("u1")
+        put = await client.put(
+            "/admin/v1/users/u1",
+            headers=headers,
+            json={"server_url": "http://127.0.0.1:9/u1", "server_public_key": public_key},
+        )
+        assert put.status == 201
+        link = await client.post("/admin/v1/users/u1/telegram/link", headers=headers)
+        assert link.status == 200  # getMe worked, so links can still be made
+    finally:
+        await client.close()
+        await wipe(settings.key_prefix)
