@@ -42,11 +42,13 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         return
     identity = identity_of(services.settings)
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200, ttl_dns_cache=300), trust_env=False)
-    channel = Telegram(services, identity, session, register_webhook=app[ROLE] != "worker")
+    # Web-serving processes own the webhook; workers and operator commands leave it alone.
+    channel = Telegram(services, identity, session, register_webhook=app[ROLE] in ("all", "web"))
     app[TELEGRAM] = channel
     services.hooks.status["telegram"] = lambda uid: _summary(channel, uid)
     services.hooks.export["telegram"] = lambda uid: _summary(channel, uid)
     services.hooks.erase["telegram"] = lambda uid: _erase(channel, uid)
+    services.hooks.link["telegram"] = lambda uid: ingress.new_link(channel, uid)
     channel.start()
     try:
         yield

@@ -324,8 +324,12 @@ async def webhook(request: web.Request) -> web.Response:
 async def create_link(request: web.Request) -> web.Response:
     """POST /admin/v1/users/{user_id}/telegram/link: a one-use deep link, valid 15 minutes."""
     _services, user_id = await admin_user(request)
-    channel = telegram_of(request)
+    return json_response(await new_link(telegram_of(request), user_id))
+
+
+async def new_link(channel: Telegram, user_id: str) -> dict[str, Any]:
+    """A one-use deep link for `user_id` (also `ally-gateway user link`)."""
     username = await channel.username()
     code, expires = await channel.chats.new_code(user_id)
     log.info("telegram link created", extra={"user_id": user_id})
-    return json_response({"url": f"https://t.me/{username}?start={code}", "code": code, "expires_at": iso(expires)})
+    return {"url": f"https://t.me/{username}?start={code}", "code": code, "expires_at": iso(expires)}

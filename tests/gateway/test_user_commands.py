@@ -16,15 +16,26 @@ from tests.conftest import REDIS_URL, make_settings, random_public_key, wipe
 from tests.gateway.test_export import validate
 from tests.support.redisdump import containing, dump
 from tests.support.subprocess_gateway import ROOT, environment
+from tests.support.telegram import USERNAME, FakeTelegram
 
 pytestmark = pytest.mark.slow
+
+
+def telegram_env(settings: Settings) -> dict[str, str]:
+    if not settings.telegram_bot_token:
+        return {}
+    return {
+        "ALLY_TELEGRAM_BOT_TOKEN": settings.telegram_bot_token,
+        "ALLY_TELEGRAM_API_URL": settings.telegram_api_url,
+        "ALLY_TELEGRAM_WEBHOOK_SECRET": settings.telegram_webhook_secret or "",
+    }
 
 
 async def cli(settings: Settings, *args: str) -> tuple[int, Any, str]:
     proc = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-m", "gateway", "user", *args],
-        env=environment(settings),
+        env=environment(settings, **telegram_env(settings)),
         cwd=ROOT,
         capture_output=True,
         timeout=60,
@@ -96,3 +107,24 @@ async def test_operator_commands_refuse_bad_input_with_one_line(tmp_path: Path):
         assert await redis.exists(Keys(settings.key_prefix).user("u1")) == 0
     finally:
         await redis.aclose()
+
+
+async def test_user_link_gives_a_telegram_deep_link(tmp_path: Path):
+    fake = FakeTelegram()
+    await fake.start()
+    settings = make_settings(
+        tmp_path, telegram_bot_token=fake.token, telegram_api_url=fake.url, telegram_webhook_secret="s-1234567890"
+    )
+    try:
+        status, _, _ = await cli(
+            settings, "create", "linker", "--server-url", "https://srv.example", "--public-key", random_public_key()
+        )
+        assert status == 0
+        status, link, err = await cli(settings, "link", "linker")
+        assert status == 0, err
+        assert link["url"] == f"https://t.me/{USERNAME}?start={link['code']}"
+        # An operator command leaves the webhook to the serving processes.
+        assert fake.sent("setWebhook") == []
+    finally:
+        await fake.close()
+        await wipe(settings.key_prefix)
