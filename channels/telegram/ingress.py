@@ -61,8 +61,14 @@ def parse_update(data: dict[str, Any]) -> Update:
     try:
         update = Update.de_json(data, None)
         well_formed = _well_formed(update)
-    except Exception:
-        # The library raises whatever a malformed field triggers (KeyError, TypeError...).
+    except Exception as exc:
+        # The library raises whatever a malformed field triggers (KeyError, TypeError...). Only the
+        # shape is logged: an Update the library cannot read (say, from an older self-hosted Bot API
+        # server) is then visible to operators without any of its content.
+        log.warning(
+            "telegram update not readable",
+            extra={"kinds": sorted(k for k in data if k != "update_id")[:5], "error": type(exc).__name__},
+        )
         raise BadRequest("invalid_update", "the body is not a Telegram Update") from None
     if not well_formed:
         raise BadRequest("invalid_update", "the body is not a Telegram Update")
