@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
@@ -27,14 +28,17 @@ from oauth.providers import Grant
 from oauth.store import Tokens
 from routing.queue import Item
 from tests.conftest import Gateway, make_settings
+from tests.support import telegram as tgs
 from tests.support.anthropic import API_KEY, AnthropicStandIn, error, message, stream
 from tests.support.dedicated import DedicatedServer
 from tests.support.redis_server import RedisServer
 from tests.support.redisdump import dump
+from tests.support.telegram import FakeTelegram
 
 pytestmark = pytest.mark.slow
 
 USER = "leaky"
+TG_SECRET = "leak-webhook-secret-" + os.urandom(8).hex()
 
 
 class Markers:
@@ -108,12 +112,29 @@ async def anthropic_api() -> AsyncIterator[AnthropicStandIn]:
 
 
 @pytest.fixture
+async def fake_tg() -> AsyncIterator[FakeTelegram]:
+    server = FakeTelegram()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+@pytest.fixture
 async def gateway(
-    tmp_path: Path, redis_server: RedisServer, anthropic_api: AnthropicStandIn, log_output: io.StringIO
+    tmp_path: Path,
+    redis_server: RedisServer,
+    anthropic_api: AnthropicStandIn,
+    fake_tg: FakeTelegram,
+    log_output: io.StringIO,
 ) -> AsyncIterator[Gateway]:
     settings = make_settings(
         tmp_path,
         redis_url=redis_server.url,
+        telegram_bot_token=fake_tg.token,
+        telegram_api_url=fake_tg.url,
+        telegram_webhook_secret=TG_SECRET,
         anthropic_api_key=API_KEY,
         anthropic_base_url=anthropic_api.url,
         google_client_id="client-leak.apps.googleusercontent.com",
@@ -171,6 +192,58 @@ async def drive_core(gateway: Gateway, dedicated: DedicatedServer, m: Markers) -
     return auth
 
 
+async def drive_telegram(
+    gateway: Gateway, fake: FakeTelegram, dedicated: DedicatedServer, m: Markers, auth: dict[str, str]
+) -> None:
+    """Linking, every kind of content in updates (server down meanwhile), a stranger, a forged
+    secret, and the server's own Bot API calls: text, an upload, and a file streamed back."""
+    m.secret("bot_token", fake.token.split(":")[1])
+    m.secret("telegram_webhook_secret", TG_SECRET)
+
+    async def post(update: dict[str, Any], secret: str = TG_SECRET) -> int:
+        headers = {"X-Telegram-Bot-Api-Secret-Token": secret}
+        resp = await gateway.client.post(f"/telegram/webhook/{tgs.BOT_ID}", json=update, headers=headers)
+        return resp.status
+
+    alice = tgs.person(7770001, m("tg_first_name"), m("tg_username"))
+    chat = tgs.private_chat(alice)
+    resp = await gateway.admin("POST", f"/admin/v1/users/{USER}/telegram/link")
+    code = m.secret("link_code", (await resp.json())["code"])
+    assert await post(tgs.start(chat, alice, code)) == 200
+
+    dedicated.mode[USER] = "down"
+    content = f"%PDF {m('tg_file_content')}".encode()
+    shared = fake.add_file(content, f"documents/{m('tg_file_path')}.pdf")
+    updates = [
+        tgs.text(chat, alice, f"dear diary {m('tg_text')}"),
+        tgs.message(chat, alice, photo=[{**shared, "width": 90, "height": 90}], caption=m("tg_caption")),
+        tgs.message(chat, alice, document={**shared, "file_name": f"{m('tg_file_name')}.pdf"}),
+        tgs.message(chat, alice, contact={"phone_number": "+491701234567", "first_name": m("tg_contact_name")}),
+    ]
+    for update in updates:
+        assert await post(update) == 200
+    stranger = tgs.person(7770002, "Eve", None)
+    assert await post(tgs.text(tgs.private_chat(stranger), stranger, m("tg_stranger_text"))) == 200
+    assert await post(tgs.text(chat, alice, m("tg_forged_text")), secret=m("tg_forged_secret")) == 401
+    dedicated.mode[USER] = "ok"
+    assert (await gateway.client.post("/v1/ping", headers=auth)).status == 200
+    await dedicated.wait_for(
+        lambda: len([e for e in dedicated.events(USER) if e["type"] == "telegram.update"]) >= len(updates)
+    )
+
+    resp = await gateway.client.post("/v1/telegram/sendMessage", headers=auth, json={"text": m("tg_reply")})
+    assert resp.status == 200
+    form = aiohttp.FormData()
+    form.add_field("caption", m("tg_upload_caption"))
+    upload = f"upload {m('tg_upload_content')}".encode()
+    form.add_field("document", upload, filename=f"{m('tg_upload_name')}.txt", content_type="text/plain")
+    resp = await gateway.client.post("/v1/telegram/sendDocument", headers=auth, data=form)
+    assert resp.status == 200
+    resp = await gateway.client.get(f"/v1/telegram/files/{shared['file_id']}", headers=auth)
+    assert resp.status == 200
+    assert await resp.read() == content
+
+
 async def drive_oauth(gateway: Gateway, m: Markers, auth: dict[str, str]) -> None:
     """A stored Google grant (tokens and account address sealed by the vault), leased to the server."""
     access = f"ya29.a0Af{m('access_token')}"
@@ -209,18 +282,30 @@ async def test_no_marker_reaches_redis_the_aof_or_the_logs(
     gateway: Gateway,
     dedicated: DedicatedServer,
     anthropic_api: AnthropicStandIn,
+    fake_tg: FakeTelegram,
     redis_server: RedisServer,
     log_output: io.StringIO,
 ):
     m = Markers()
     auth = await drive_core(gateway, dedicated, m)
+    await drive_telegram(gateway, fake_tg, dedicated, m, auth)
     await drive_oauth(gateway, m, auth)
     await drive_ai(gateway, anthropic_api, m, auth)
-    # Channels not yet in the gateway add their drive_* here as they arrive.
+    # Gmail and Outlook add their drive_* here when they arrive.
 
     # The markers did reach the user's own server, opened there: the test looked where the data went.
     delivered = str([e["payload"] for e in dedicated.events(USER)]).encode()
-    for kind in ("message_text", "caption", "file_name", "email_local", "account_email"):
+    for kind in (
+        "message_text",
+        "caption",
+        "file_name",
+        "email_local",
+        "account_email",
+        "tg_text",
+        "tg_caption",
+        "tg_file_name",
+        "tg_first_name",
+    ):
         assert any(k == kind and v.encode() in delivered for v, k in m.all.items()), kind
 
     redis = Redis.from_url(gateway.settings.redis_url or "")
