@@ -267,7 +267,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         admin_token=admin_token,
         master_keys=master_keys,
         key_prefix=key_prefix,
-        telegram_bot_token=r.text("ALLY_TELEGRAM_BOT_TOKEN"),
+        telegram_bot_token=_telegram_token(r.text("ALLY_TELEGRAM_BOT_TOKEN")),
         telegram_webhook_secret=_telegram_secret(r.text("ALLY_TELEGRAM_WEBHOOK_SECRET")),
         telegram_api_url=_u(r, "ALLY_TELEGRAM_API_URL", Settings.telegram_api_url).rstrip("/"),
         google_client_id=r.text("ALLY_GOOGLE_CLIENT_ID"),
@@ -303,6 +303,13 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
 def _u(r: _Reader, name: str, default: str, *, https: bool = False) -> str:
     value = r.url(name, default, schemes=("https",) if https else ("http", "https"))
     assert value is not None
+    return value
+
+
+def _telegram_token(value: str | None) -> str | None:
+    # BotFather's shape: the bot's numeric id, a colon, then the secret part.
+    if value is not None and not re.fullmatch(r"\d{1,20}:[A-Za-z0-9_-]{20,}", value):
+        raise ConfigError("ALLY_TELEGRAM_BOT_TOKEN must look like <bot id>:<secret>, as BotFather gives it")
     return value
 
 

@@ -161,7 +161,8 @@ class Limiter:
         return self._keys.global_key(f"{self._tag}:{name}")
 
     def user_key(self, user_id: str) -> str:
-        return self._key(f"f:{user_id}")
+        # Hashed like the chat keys: the limiter's keys name no one.
+        return self._key("f:" + hashlib.sha256(f"{self._tag}:{user_id}".encode()).hexdigest()[:24])
 
     async def acquire(self, user_id: str, chat_id: int, *, group: bool) -> float:
         """Wait for this user's turn to send one message to `chat_id`; return the seconds waited.
