@@ -51,6 +51,11 @@ _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
+# Mark the user record only if it exists: never create a record for a user that is gone.
+_MARK = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HSET', KEYS[1], 'erasing', '1') end
+return 0
+"""
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -80,6 +85,7 @@ class Eraser:
         self._closed = False
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
+        self._mark = redis.register_script(_MARK)
 
     @property
     def _records(self) -> str:
@@ -97,8 +103,7 @@ class Eraser:
         record = {"started_at": _now_iso(), "step": "hooks", "hooks": {}}
         await self._redis.hsetnx(self._records, user_id, orjson.dumps(record))
         # From here on the user is gone for every caller; handoff refuses a user marked erasing.
-        if await self._redis.exists(self._keys.user(user_id)):
-            await self._redis.hset(self._keys.user(user_id), "erasing", b"1")
+        await self._mark(keys=[self._keys.user(user_id)])
         self._spawn(user_id)
         return await self.progress(user_id) or record
 
