@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import base64
 import io
-import logging
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from redis.asyncio import Redis
 
-from gateway import logs
 from gateway.app import create_app
 from gateway.types import Event
 from oauth.providers import Grant
@@ -31,74 +28,15 @@ from tests.conftest import Gateway, make_settings
 from tests.support import telegram as tgs
 from tests.support.anthropic import API_KEY, AnthropicStandIn, error, message, stream
 from tests.support.dedicated import DedicatedServer
+from tests.support.leaks import Markers, assert_nothing_leaked, leaks, log_output, redis_server
 from tests.support.redis_server import RedisServer
-from tests.support.redisdump import dump
 from tests.support.telegram import FakeTelegram
 
 pytestmark = pytest.mark.slow
+__all__ = ["log_output", "redis_server"]  # fixtures shared with the other leak tests
 
 USER = "leaky"
 TG_SECRET = "leak-webhook-secret-" + os.urandom(8).hex()
-
-
-class Markers:
-    """Unique strings, each standing for one kind of private data."""
-
-    def __init__(self) -> None:
-        self.all: dict[str, str] = {}
-
-    def __call__(self, kind: str) -> str:
-        value = f"Mk{kind.replace('_', '')}{os.urandom(6).hex()}"
-        self.all[value] = kind
-        return value
-
-    def secret(self, kind: str, value: str) -> str:
-        """A secret the gateway made or was given (not chosen by the test), searched for the same way."""
-        self.all[value] = kind
-        return value
-
-
-def forms(value: str) -> list[bytes]:
-    """The marker and the forms it could hide in: hex, and base64 at each of the three alignments."""
-    raw = value.encode()
-    found = [raw, raw.hex().encode()]
-    for shift in range(3):
-        chunk = b"\0" * shift + raw
-        for encoded in (base64.b64encode(chunk), base64.urlsafe_b64encode(chunk)):
-            # Drop the characters that depend on the padding or on the bytes around the marker.
-            found.append(encoded.rstrip(b"=")[4:-4])
-    return found
-
-
-def leaks(markers: Markers, haystack: bytes) -> list[str]:
-    return [f"{kind}: {value}" for value, kind in markers.all.items() if any(f in haystack for f in forms(value))]
-
-
-@pytest.fixture
-def log_output() -> Iterator[io.StringIO]:
-    """The gateway's own log configuration, at DEBUG, into a buffer."""
-    root = logging.getLogger()
-    saved = (root.handlers[:], root.level)
-    noisy = {name: logging.getLogger(name).level for name in logging.root.manager.loggerDict}
-    buffer = io.StringIO()
-    logs.configure("DEBUG", stream=buffer)
-    try:
-        yield buffer
-    finally:
-        root.handlers[:], level = saved
-        root.setLevel(level)
-        for name, lvl in noisy.items():
-            logging.getLogger(name).setLevel(lvl)
-
-
-@pytest.fixture
-async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -308,20 +246,7 @@ async def test_no_marker_reaches_redis_the_aof_or_the_logs(
     ):
         assert any(k == kind and v.encode() in delivered for v, k in m.all.items()), kind
 
-    redis = Redis.from_url(gateway.settings.redis_url or "")
-    try:
-        snapshot = await dump(redis, "")
-    finally:
-        await redis.aclose()
-    everything = b"\n".join(k + b"\n" + b"\n".join(parts) for k, parts in snapshot.items())
-    assert len(snapshot) > 5
-    assert leaks(m, everything) == [], "in Redis"
-    persisted = redis_server.persisted()
-    assert b"appendonly" in persisted.lower() or len(persisted) > 1000  # the AOF is there and written
-    assert leaks(m, persisted) == [], "in the AOF"
-    logged = log_output.getvalue().encode()
-    assert logged.count(b"\n") > 10  # the gateway did log, at DEBUG
-    assert leaks(m, logged) == [], "in the logs"
+    await assert_nothing_leaked(m, redis_server, log_output)
 
 
 def test_the_search_finds_a_marker_in_each_form_it_looks_for():
