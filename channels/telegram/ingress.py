@@ -269,6 +269,8 @@ class Ingress:
         message = update.message
         if message is not None and message.migrate_to_chat_id is not None:
             new_chat = ChatInfo(message.migrate_to_chat_id, "supergroup", "", "")
+            # The supergroup's own first message may have linked it already (`migrate_from_chat_id`).
+            known = await self.chats.owner(new_chat.chat_id) == owner
             await self.chats.link(owner, new_chat.chat_id, "supergroup", "migrated")
             await self.chats.unlink(owner, chat.chat_id)
             linked = {
@@ -277,10 +279,10 @@ class Ingress:
                 "via": "migrated",
                 "update_id": update.update_id,
             }
-            return [
-                self._unlinked_item(update, chat, "migrated"),
-                Item(Event("telegram.linked", "telegram", linked), dedup=f"{update.update_id}:linked"),
-            ]
+            items = [self._unlinked_item(update, chat, "migrated")]
+            if not known:
+                items.append(Item(Event("telegram.linked", "telegram", linked), dedup=f"{update.update_id}:linked"))
+            return items
         return []
 
     def _linked_payload(self, update: Update, chat: ChatInfo, via: str) -> dict[str, Any]:
@@ -298,7 +300,8 @@ class Ingress:
 
     async def _unlinked(self, update: Update, chat: ChatInfo) -> None:
         metrics.DROPPED.labels("telegram", "unlinked_chat").inc()
-        if update.message is not None and removed(update, self.bot_id) is None:
+        joined = added_by(update, self.bot_id) is not None  # already told how (HINT_GROUP)
+        if update.message is not None and not joined and removed(update, self.bot_id) is None:
             await self._hint(chat, HINT_UNLINKED, "unlinked", HINT_EVERY)
 
     async def _hint(self, chat: ChatInfo, text: str, kind: str, every: int) -> None:

@@ -431,3 +431,30 @@ async def test_a_group_upgraded_to_a_supergroup_stays_linked(tg: TgGateway, dedi
     assert linked[-1]["chat"]["id"] == supergroup["id"] and linked[-1]["via"] == "migrated"
     assert of_type(dedicated, "u1", "telegram.unlinked")[-1]["reason"] == "migrated"
     assert await tg.channel.chats.owner(group["id"]) is None
+
+
+async def test_bot_added_to_a_group_by_someone_unlinked_gets_one_explanation(tg: TgGateway):
+    group = tgs.group_chat(-4008000000)
+    joined = tgs.message(group, BOB, new_chat_members=[tgs.BOT_USER])
+    assert (await tg.post_update(joined)).status == 200
+    assert (await tg.post_update(tgs.chat_member(group, BOB, "left", "member"))).status == 200
+    await tg.fake.wait_for(lambda: len(tg.fake.sent(chat_id=group["id"])) >= 1)
+    await asyncio.sleep(0.3)
+    assert [c.params["text"] for c in tg.fake.sent(chat_id=group["id"])] == [HINT_GROUP]
+
+
+async def test_supergroup_upgrade_seen_from_the_new_chat_first_links_it_once(tg: TgGateway, dedicated: DedicatedServer):
+    await tg.create_user(dedicated, "u1")
+    await tg.link_private(dedicated, "u1", ALICE)
+    group = tgs.group_chat(-4007100000)
+    assert (await tg.post_update(tgs.chat_member(group, ALICE, "left", "member"))).status == 200
+    supergroup = {"id": -1001234500000, "title": "Family", "type": "supergroup"}
+    from_side = tgs.message(supergroup, ALICE, migrate_from_chat_id=group["id"])
+    to_side = tgs.message(group, ALICE, migrate_to_chat_id=supergroup["id"])
+    assert (await tg.post_update(from_side)).status == 200
+    assert (await tg.post_update(to_side)).status == 200
+    await dedicated.wait_for(lambda: to_side in updates(dedicated, "u1"))
+    linked = [e["chat"]["id"] for e in of_type(dedicated, "u1", "telegram.linked")]
+    assert linked.count(supergroup["id"]) == 1
+    assert await tg.channel.chats.owner(supergroup["id"]) == "u1"
+    assert await tg.channel.chats.owner(group["id"]) is None
