@@ -448,7 +448,7 @@ async def test_supergroup_upgrade_seen_from_the_new_chat_first_links_it_once(tg:
     await tg.link_private(dedicated, "u1", ALICE)
     group = tgs.group_chat(-4007100000)
     assert (await tg.post_update(tgs.chat_member(group, ALICE, "left", "member"))).status == 200
-    supergroup = {"id": -1001234500000, "title": "Family", "type": "supergroup"}
+    supergroup: dict[str, Any] = {"id": -1001234500000, "title": "Family", "type": "supergroup"}
     from_side = tgs.message(supergroup, ALICE, migrate_from_chat_id=group["id"])
     to_side = tgs.message(group, ALICE, migrate_to_chat_id=supergroup["id"])
     assert (await tg.post_update(from_side)).status == 200
