@@ -67,7 +67,7 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
     url = settings.redis_url
     if url is None:
         embedded = EmbeddedRedis(settings.data_dir)
-        url = await asyncio.to_thread(embedded.start)
+        url = await embedded.start()
     redis = connect(url, cluster=settings.redis_cluster)
     keys = Keys(settings.key_prefix)
     resolver = PublicOnlyResolver() if settings.production else None
@@ -85,6 +85,7 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         hold_ttl=settings.hold_ttl,
         timeout=settings.delivery_timeout,
         lease=settings.delivery_lease,
+        production=settings.production,
     )
     handoff = Handoff(redis, keys, registry, worker.wake)
     services = Services(

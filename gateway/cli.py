@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from gateway import config, logs
+from gateway import config, http, logs
 from gateway.app import ROLES, create_app
 from gateway.commands import doctor, keys, user
 from gateway.devsecrets import with_dev_secrets
@@ -52,6 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GatewayError as exc:
         print(f"ally-gateway: {logs.scrub(str(exc))}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        # E.g. the port is taken: one line, like every other start-up failure.
+        print(f"ally-gateway: {logs.scrub(str(exc))}", file=sys.stderr)
+        return 1
 
 
 def _serve(settings: config.Settings, role: str) -> int:
@@ -65,7 +69,9 @@ def _serve(settings: config.Settings, role: str) -> int:
 
 async def _run(settings: config.Settings, role: str) -> None:
     app = create_app(settings, role)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, shutdown_timeout=5.0, keepalive_timeout=http.IDLE_TIMEOUT
+    )
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

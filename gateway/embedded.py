@@ -5,12 +5,19 @@ listens on a unix socket only. A server already answering on that socket (left
 by another gateway process sharing the data dir) is reused, not restarted; the
 process that started it stops it on exit. Linux's parent-death signal makes a
 `kill -9`'d gateway's Redis shut down cleanly (SIGTERM flushes the AOF).
+
+The child is forked from the event loop's thread on purpose: the parent-death
+signal fires when the *thread* that forked exits, and a thread-pool thread may
+exit long before the process does. Start-up is serialised by a lock file, so two
+processes starting on one data dir cannot run two servers on one AOF.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
+import fcntl
 import logging
 import os
 import shutil
@@ -71,7 +78,8 @@ def _answers(sock_path: Path) -> bool:
 class EmbeddedRedis:
     """A Redis child process; `start()` returns its URL, `stop()` shuts it down if we own it."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, start_timeout: float = 15.0) -> None:
+        self._start_timeout = start_timeout
         self.dir = (data_dir / "redis").resolve()
         self.socket = self.dir / "redis.sock"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -80,12 +88,32 @@ class EmbeddedRedis:
     def url(self) -> str:
         return f"unix://{self.socket}"
 
-    def start(self, timeout: float = 15.0) -> str:
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    async def start(self) -> str:
+        """Start (or reuse) the server and return its URL; must run on the event loop's thread."""
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o700)
-        if _answers(self.socket):
-            log.info("embedded redis already running", extra={"socket": str(self.socket)})
-            return self.url
+        deadline = time.monotonic() + self._start_timeout
+        # A lock file in a local directory: opening it does not block in practice.
+        with open(self.dir / "start.lock", "w") as lock:  # noqa: ASYNC230
+            while True:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise StorageError(f"another process holds {self.dir / 'start.lock'}") from None
+                    await asyncio.sleep(0.05)
+            if _answers(self.socket):
+                log.info("embedded redis already running", extra={"socket": str(self.socket)})
+                return self.url
+            self._spawn()
+            return await self._wait(deadline)
+
+    def _spawn(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.socket.unlink()
         args = [
@@ -122,16 +150,19 @@ class EmbeddedRedis:
             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
             start_new_session=True,
         )
-        deadline = time.monotonic() + timeout
+
+    async def _wait(self, deadline: float) -> str:
+        assert self._proc is not None
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
+                self._proc = None
                 raise StorageError(f"embedded redis exited at start; see {self.dir / 'redis.log'}")
             if _answers(self.socket):
                 log.info("embedded redis started", extra={"socket": str(self.socket), "pid": self._proc.pid})
                 return self.url
-            time.sleep(0.05)
-        self.stop()
-        raise StorageError(f"embedded redis did not answer within {timeout:.0f}s; see {self.dir / 'redis.log'}")
+            await asyncio.sleep(0.05)
+        await asyncio.to_thread(self.stop)
+        raise StorageError(f"embedded redis did not answer in time; see {self.dir / 'redis.log'}")
 
     def stop(self, timeout: float = 10.0) -> None:
         proc, self._proc = self._proc, None

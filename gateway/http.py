@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
@@ -9,6 +10,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway import metrics
 from gateway.errors import ApiError, BadRequest, PayloadTooLarge, StorageError, TooManyRequests, Unauthorized
@@ -17,6 +19,10 @@ from gateway.logs import accept_request_id, request_id
 log = logging.getLogger(__name__)
 
 MAX_JSON_BODY = 1 << 20
+BODY_TIMEOUT = 30.0
+"""Seconds a client gets to send a whole body; a slower one gets 408 and frees the handler."""
+IDLE_TIMEOUT = 75.0
+"""Seconds an idle or half-sent connection is kept open by the HTTP server."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REQUEST_ID = web.RequestKey("request_id", str)
@@ -74,32 +80,36 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         request_id.reset(token)
 
 
-async def read_json(request: web.Request, *, limit: int = MAX_JSON_BODY) -> Any:
+async def read_body(request: web.Request, *, limit: int) -> bytes:
+    """The whole body, refused with 413 as soon as it is known to exceed `limit` (from the
+    Content-Length header, or while it streams in) and with 408 when it comes too slowly."""
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge("payload_too_large", f"body over {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
     try:
-        raw = await _read_up_to(request, limit + 1)
-    except (OSError, ValueError) as exc:
+        async with asyncio.timeout(BODY_TIMEOUT):
+            # StreamReader.read(n) returns whatever has arrived, so read until the end.
+            while chunk := await request.content.read(limit + 1 - size):
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge("payload_too_large", f"body over {limit} bytes")
+    except TimeoutError:
+        raise ApiError("body_timeout", "the request body did not arrive in time", status=408) from None
+    except (OSError, ValueError, web.HTTPException, HttpProcessingError) as exc:
         raise BadRequest("bad_body", "could not read the request body") from exc
-    if len(raw) > limit:
-        raise PayloadTooLarge("payload_too_large", f"body over {limit} bytes")
+    return b"".join(chunks)
+
+
+async def read_json(request: web.Request, *, limit: int = MAX_JSON_BODY) -> Any:
+    raw = await read_body(request, limit=limit)
     if not raw.strip():
         raise BadRequest("invalid_json", "a JSON body is required")
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise BadRequest("invalid_json", "body is not valid JSON") from None
-
-
-async def _read_up_to(request: web.Request, size: int) -> bytes:
-    # StreamReader.read(n) returns what has arrived so far, not n bytes: collect until EOF or size.
-    raw = bytearray()
-    while len(raw) < size:
-        chunk = await request.content.read(size - len(raw))
-        if not chunk:
-            break
-        raw += chunk
-    return bytes(raw)
 
 
 async def read_json_object(request: web.Request, *, limit: int = MAX_JSON_BODY) -> dict[str, Any]:

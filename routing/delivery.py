@@ -6,6 +6,14 @@ Coordination across processes lives in Redis:
 - `{u:<id>}:lease`: which worker owns the user right now (expires if that worker dies);
 - `{u:<id>}:txn`: the transaction in flight, its exact body, so a retry is byte-identical;
 - `{u:<id>}:q`: the stream of sealed events; entries leave it only when acknowledged.
+
+Only the lease holder sends, and it re-checks (and extends) its lease right before every
+attempt, with an attempt timeout of at most half the lease: a worker that stalled or
+lost Redis cannot overlap with the one that took over. Every script touches the keys of
+one user only (one hash slot), so all of this works on Redis Cluster; the global `due`
+set is written with plain commands, and a periodic sweep re-schedules any user whose
+queue is not empty but who fell out of `due` (a crash between queueing and scheduling,
+or a Redis that lost writes).
 """
 
 from __future__ import annotations
@@ -26,13 +34,14 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway import metrics
-from gateway.errors import ClosedError, GatewayError
+from gateway.errors import ApiError, ClosedError, GatewayError
 from gateway.types import SealedEvent
 from routing import signing
 from routing.keys import Keys
 from routing.queue import iso_now, new_id
 from routing.registry import Registry
 from routing.sealing import seal
+from routing.urls import validate_server_url
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +50,8 @@ BACKOFF_START = 1.0
 BACKOFF_CAP = 300.0
 RETRY_AFTER_MIN = 1.0
 RETRY_AFTER_MAX = 3600.0
+MAX_ANSWER_BYTES = 64 * 1024
+SWEEP_BATCH = 200
 
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -113,14 +124,20 @@ class DeliveryWorker:
         lease: float = 20.0,
         concurrency: int = 1000,
         poll: float = 1.0,
+        sweep: float = 60.0,
+        production: bool = False,
     ) -> None:
         self._redis = redis
         self._keys = keys
         self._registry = registry
         self._session = session
         self._hold_ttl = hold_ttl
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        # An attempt never outlives half the lease, so a takeover cannot overlap with it.
+        self._timeout = aiohttp.ClientTimeout(total=min(timeout, lease / 2))
         self._lease_ms = int(lease * 1000)
+        self._sweep_every = sweep
+        self._next_sweep = 0.0
+        self._production = production
         self._concurrency = concurrency
         self._poll = poll
         self._owner = f"{os.getpid()}-{os.urandom(6).hex()}"
@@ -143,9 +160,14 @@ class DeliveryWorker:
             while not self._closed:
                 self._wakeup.clear()
                 try:
+                    await self._maybe_sweep()
                     delay = await self._tick()
-                except RedisError as exc:
+                except (RedisError, OSError) as exc:
                     log.warning("delivery loop: redis unavailable", extra={"error": type(exc).__name__})
+                    delay = 1.0
+                except Exception:
+                    # The loop must outlive any bug in one round; the next round starts afresh.
+                    log.exception("delivery loop round failed")
                     delay = 1.0
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), timeout=delay)
@@ -165,9 +187,48 @@ class DeliveryWorker:
                         self._wakeup.set()
             except (RedisError, OSError):
                 await asyncio.sleep(1.0)
+            except Exception:
+                log.exception("wake listener failed; restarting it")
+                await asyncio.sleep(1.0)
             finally:
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()
+
+    async def _maybe_sweep(self) -> None:
+        now = time.monotonic()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + self._sweep_every
+        rescheduled = await self.sweep()
+        if rescheduled:
+            log.info("sweep re-scheduled users with waiting events", extra={"count": rescheduled})
+
+    async def sweep(self) -> int:
+        """Schedule every known user with a non-empty queue or a transaction in flight who is
+        missing from `due`; return how many were added. Scheduled users keep their time."""
+        added = 0
+        batch: list[str] = []
+        async for raw in self._redis.sscan_iter(self._keys.users, count=SWEEP_BATCH):
+            batch.append(raw.decode())
+            if len(batch) >= SWEEP_BATCH:
+                added += await self._sweep_batch(batch)
+                batch = []
+        if batch:
+            added += await self._sweep_batch(batch)
+        return added
+
+    async def _sweep_batch(self, user_ids: list[str]) -> int:
+        pipe = self._redis.pipeline(transaction=False)
+        for user_id in user_ids:
+            pipe.exists(self._keys.queue(user_id), self._keys.txn(user_id))
+        waiting = [u for u, n in zip(user_ids, await pipe.execute(), strict=True) if int(n)]
+        if not waiting:
+            return 0
+        now = time.time()
+        added = int(await self._redis.zadd(self._keys.due, dict.fromkeys(waiting, now), nx=True))
+        if added:
+            self._wakeup.set()
+        return added
 
     async def _tick(self) -> float:
         now = time.time()
@@ -212,14 +273,15 @@ class DeliveryWorker:
                         await self._redis.zadd(self._keys.due, {user_id: time.time()})
                         continue
                     return
+                # Fence: only the lease holder sends, and the lease outlives this attempt.
+                if not await self._renew(keys=[self._keys.lease(user_id)], args=[self._owner, self._lease_ms]):
+                    return
                 outcome = await self._send(user_id, txn)
                 if outcome.ok:
                     await self._acknowledge(user_id, txn)
                 else:
                     await self._schedule_retry(user_id, outcome)
                     return
-                if not await self._renew(keys=[self._keys.lease(user_id)], args=[self._owner, self._lease_ms]):
-                    return  # lost the lease (paused too long); the new owner carries on
         except (RedisError, GatewayError, OSError) as exc:
             log.warning("delivery failed locally; will retry", extra={"error": type(exc).__name__})
             with contextlib.suppress(RedisError):
@@ -229,8 +291,12 @@ class DeliveryWorker:
             with contextlib.suppress(RedisError):
                 await self._redis.zadd(self._keys.due, {user_id: time.time() + 5.0})
         finally:
-            with contextlib.suppress(RedisError):
-                await self._release(keys=[self._keys.lease(user_id)], args=[self._owner])
+            with contextlib.suppress(RedisError, OSError):
+                released = await self._release(keys=[self._keys.lease(user_id)], args=[self._owner])
+                if released and self._closed:
+                    # A clean stop interrupted this user: let another process take over now,
+                    # not when the placeholder due time set at lease time comes round.
+                    await self._redis.zadd(self._keys.due, {user_id: time.time()}, xx=True)
 
     async def _current_txn(self, user_id: str) -> dict[str, bytes] | None:
         """The transaction in flight, or a new one from the head of the queue (None when empty)."""
@@ -291,6 +357,15 @@ class DeliveryWorker:
             return Outcome(False, None)
         if self._closed:
             raise ClosedError("delivery worker is closed")
+        if self._production:
+            # Names are checked when they resolve (PublicOnlyResolver); IP literals and the
+            # scheme never reach a resolver, so they are checked here, at every attempt.
+            try:
+                validate_server_url(target.server_url, production=True)
+            except ApiError:
+                metrics.DELIVERIES.labels("refused_url").inc()
+                log.warning("delivery refused: server_url is not allowed in production")
+                return Outcome(False, None)
         txn_id = txn["txn_id"].decode()
         body = txn["body"].decode()
         headers = signing.headers(target.secrets[0], txn_id, body)
@@ -304,7 +379,8 @@ class DeliveryWorker:
             async with self._session.put(
                 url, data=txn["body"], headers=headers, timeout=self._timeout, allow_redirects=False
             ) as resp:
-                await resp.read()
+                # The answer is not used; a hostile server must not make us buffer it all.
+                await resp.content.read(MAX_ANSWER_BYTES)
                 status = resp.status
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"))
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:

@@ -45,16 +45,34 @@ def _may_be_public(host: str) -> bool:
     if host.lower() in ("localhost", "metadata.google.internal") or host.lower().endswith(".localhost"):
         return False
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_global
+        ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return True  # a name: checked again when it resolves
+    return is_public_address(host)
+
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
 
 
 def is_public_address(address: str) -> bool:
+    """True only for a globally routable unicast address, also when an IPv6 address embeds
+    an IPv4 one (mapped, 6to4, Teredo, NAT64): those reach the embedded address."""
     try:
-        return ipaddress.ip_address(address.split("%", 1)[0]).is_global
+        ip = ipaddress.ip_address(address.split("%", 1)[0].strip("[]"))
     except ValueError:
         return False
+    if ip.is_multicast or not ip.is_global:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _NAT64_LOCAL:
+            return False
+        embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if embedded is None and ip in _NAT64:
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None:
+            return is_public_address(str(embedded))
+    return True
 
 
 class PublicOnlyResolver(ThreadedResolver):
