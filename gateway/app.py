@@ -144,9 +144,11 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        # Cancel until they stop: a cancellation that lands while a Redis command or an inner
-        # wait completes can be swallowed (redis-py, asyncio.wait_for on 3.11), and a loop
-        # would then run on forever.
+        # Closing first lets the delivery loop leave on its own. Then cancel until they stop: a
+        # cancellation that lands while a Redis command or an inner wait completes can be
+        # swallowed (redis-py, asyncio.wait_for on 3.11), and a loop would then run on forever.
+        with contextlib.suppress(Exception):
+            await services.worker.aclose()
         pending = set(tasks)
         while pending:
             for task in pending:

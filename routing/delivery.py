@@ -156,8 +156,10 @@ class DeliveryWorker:
         if self._closed:
             raise ClosedError("delivery worker is closed")
         listener = asyncio.create_task(self._listen(), name="delivery-wake-listener")
+        me = asyncio.current_task()
         try:
-            while not self._closed:
+            # A library that swallows a CancelledError still leaves `cancelling()` raised: stop then too.
+            while not self._closed and not (me is not None and me.cancelling()):
                 self._wakeup.clear()
                 try:
                     await self._maybe_sweep()
@@ -169,8 +171,11 @@ class DeliveryWorker:
                     # The loop must outlive any bug in one round; the next round starts afresh.
                     log.exception("delivery loop round failed")
                     delay = 1.0
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+                # arrives as the wake-up fires, and this loop would then never stop.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), timeout=delay)
+                    async with asyncio.timeout(delay):
+                        await self._wakeup.wait()
         finally:
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError, RedisError):
@@ -426,9 +431,12 @@ class DeliveryWorker:
             "unreachable" if outcome.status is None else "retry_after" if outcome.retry_after is not None else "refused"
         ).inc()
         delay = outcome.retry_after if outcome.retry_after is not None else backoff(attempts)
-        if await self._redis.getdel(self._keys.user_key(user_id, "ping")):
-            delay = 0.0
         await self._redis.zadd(self._keys.due, {user_id: time.time() + delay})
+        # Read the ping flag only after writing the retry time: a ping that set its flag before
+        # this read is seen here, and one that sets it later writes `due` after us. Either way
+        # the ping wins, whichever order the two processes ran in.
+        if await self._redis.getdel(self._keys.user_key(user_id, "ping")):
+            await self._redis.zadd(self._keys.due, {user_id: time.time()})
 
     async def aclose(self) -> None:
         self._closed = True

@@ -4,19 +4,20 @@ import base64
 import dataclasses
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from redis.asyncio import Redis
 
 from gateway.app import create_app
 from gateway.config import MasterKey, Settings
 from gateway.keys import SERVICES
 from gateway.services import Services
+from gateway.storage import connect
 from tests.support.dedicated import DedicatedServer
+from tests.support.redis_servers import RedisCluster
 
 REDIS_URL = os.environ.get("ALLY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 ADMIN_TOKEN = "test-admin-token-0123456789"
@@ -35,12 +36,13 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     return dataclasses.replace(base, **overrides)
 
 
-async def wipe(prefix: str) -> None:
-    redis = Redis.from_url(REDIS_URL)
+async def wipe(prefix: str, url: str = REDIS_URL, *, cluster: bool = False) -> None:
+    redis = connect(url, cluster=cluster)
     try:
         keys = [k async for k in redis.scan_iter(match=f"{prefix}*", count=1000)]
-        for i in range(0, len(keys), 500):
-            await redis.delete(*keys[i : i + 500])
+        # One key per command: keys of different users live in different cluster slots.
+        for key in keys:
+            await redis.delete(key)
     finally:
         await redis.aclose()
 
@@ -88,7 +90,17 @@ async def gateway(settings: Settings) -> AsyncIterator[Gateway]:
         yield Gateway(client, settings)
     finally:
         await client.close()
-        await wipe(settings.key_prefix)
+        await wipe(settings.key_prefix, settings.redis_url or REDIS_URL, cluster=settings.redis_cluster)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A real three-node Redis Cluster on loopback, shared by the session (keys are prefixed per test)."""
+    cluster = RedisCluster.start(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture

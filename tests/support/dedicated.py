@@ -38,6 +38,14 @@ class DedicatedServer:
     attempts: list[tuple[str, str]] = field(default_factory=list)
     mode: dict[str, str] = field(default_factory=dict)
     retry_after: str | None = None
+    delay: float = 0.0
+    """Seconds a server in mode `slow` takes before it answers."""
+    bodies: dict[str, set[bytes]] = field(default_factory=dict)
+    """Every distinct body seen per txn_id, failed attempts included."""
+    attempt_times: list[tuple[str, str, float]] = field(default_factory=list)
+    in_flight: dict[str, int] = field(default_factory=dict)
+    overlaps: list[tuple[str, str]] = field(default_factory=list)
+    """(user, txn_id) of every request that arrived while another of the same user was open."""
     server: TestServer | None = None
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     closing: asyncio.Event = field(default_factory=asyncio.Event)
@@ -65,7 +73,9 @@ class DedicatedServer:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_put("/u/{user_id}/ally/v1/transactions/{txn_id}", self._handle)
-        self.server = TestServer(app, port=0)
+        # A request whose client gave up is over: its handler is cancelled, so `in_flight`
+        # counts what the gateway really has open.
+        self.server = TestServer(app, port=0, handler_cancellation=True)
         await self.server.start_server()
 
     async def close(self) -> None:
@@ -86,6 +96,31 @@ class DedicatedServer:
         txn_id = request.match_info["txn_id"]
         mode = self.mode.get(user_id, "ok")
         self.attempts.append((user_id, txn_id))
+        self.attempt_times.append((user_id, txn_id, asyncio.get_running_loop().time()))
+        self.arrived.set()
+        if self.in_flight.get(user_id, 0):
+            self.overlaps.append((user_id, txn_id))
+        self.in_flight[user_id] = self.in_flight.get(user_id, 0) + 1
+        try:
+            return await self._answer(request, user_id, txn_id, mode)
+        finally:
+            self.in_flight[user_id] -= 1
+
+    async def _answer(self, request: web.Request, user_id: str, txn_id: str, mode: str) -> web.StreamResponse:
+        raw = await request.read()
+        self.bodies.setdefault(txn_id, set()).add(raw)
+        if mode == "flap":
+            # Every other attempt of this user fails, like a server that keeps restarting.
+            mode = "error" if sum(1 for u, _ in self.attempts if u == user_id) % 2 else "ok"
+        if mode == "slow":
+            await asyncio.sleep(self.delay)
+        if mode in ("error", "limited"):
+            self.arrived.set()
+            if mode == "limited":
+                return web.json_response(
+                    {"error": "busy"}, status=429, headers={"Retry-After": self.retry_after or "1"}
+                )
+            return web.json_response({"error": "boom"}, status=500)
         if mode == "hang":
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.closing.wait(), 3600)
@@ -94,7 +129,6 @@ class DedicatedServer:
             self.arrived.set()
             headers = {"Retry-After": self.retry_after} if self.retry_after else None
             return web.Response(status=503, headers=headers)
-        raw = await request.read()
         headers = {k.lower(): v for k, v in request.headers.items()}
         last_error: Exception | None = None
         for secret in self.secrets.get(user_id, []):

