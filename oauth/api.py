@@ -20,6 +20,7 @@ from gateway.errors import (
     ProviderError,
     ProviderUnavailable,
     ReauthRequired,
+    VaultError,
 )
 from gateway.http import json_response, read_json_object
 from gateway.keys import SERVICES
@@ -60,6 +61,9 @@ async def lease_token(request: web.Request) -> web.Response:
         raise Conflict(
             "reauth_required", f"the {provider} grant is no longer valid ({exc.reason}); reconnect"
         ) from None
+    except VaultError:
+        # The stored grant does not open (moved, tampered with, or its key is gone): reconnect.
+        raise Conflict("reauth_required", f"the stored {provider} grant cannot be read; reconnect") from None
     except ProviderUnavailable:
         raise ApiError("provider_unavailable", f"{provider} is not answering; retry later", status=503) from None
     except ProviderError:

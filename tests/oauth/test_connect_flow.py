@@ -248,3 +248,107 @@ async def test_disconnect_revokes_at_the_provider_and_other_users_never_see_the_
     await dedicated.wait_for(lambda: any(s["status"] == "disconnected" for s in statuses(dedicated, "ida")))
     resp = await gateway.admin("DELETE", "/admin/v1/users/ida/connections/google")
     assert resp.status == 404
+
+
+async def test_erasure_revokes_the_grant_and_a_revocation_owed_to_a_down_provider_outlives_the_user(
+    gateway: Gateway, browser: Browser, dedicated: DedicatedServer, world: World
+):
+    await gateway.create_user(dedicated, "jan")
+    await gateway.create_user(dedicated, "kim")
+    await connect(gateway, browser, "jan", "google")
+    await connect(gateway, browser, "kim", "google")
+    disconnected: list[tuple[str, str, str]] = []
+
+    async def hook(user_id: str, provider: str, account: str) -> None:
+        disconnected.append((user_id, provider, account))
+
+    gateway.services.broker.on_disconnect.append(hook)
+    await world.auth.control("reset")
+    assert (await gateway.admin("DELETE", "/admin/v1/users/jan")).status == 202
+    await gateway.services.eraser.wait("jan")
+    assert (await world.auth.counts()).get("revocations") == 1
+    assert disconnected == [("jan", "google", "user@example.test")]
+
+    # The provider is down while Kim is erased: the revocation is owed, anonymously, under the master key.
+    await world.auth.control("sick", requests=1000)
+    assert (await gateway.admin("DELETE", "/admin/v1/users/kim")).status == 202
+    await gateway.services.eraser.wait("kim")
+    revocations = gateway.services.broker.revocations
+    assert await revocations.pending() == 1
+    redis = gateway.services.redis
+    assert await redis.get(gateway.services.keys.dek("kim")) is None
+    names = [k.decode() async for k in redis.scan_iter(match=f"{gateway.settings.key_prefix}*")]
+    assert not any("kim" in name for name in names)
+    assert (await gateway.admin("GET", "/admin/v1/users/kim")).status == 404
+
+    assert await revocations.run_once(now=time.time() + 3600) == 0  # still down: kept, retried later
+    assert await revocations.pending() == 1
+    await world.auth.control("sick", requests=0)
+    await world.auth.control("reset")
+    assert await revocations.run_once(now=time.time() + 10 * 3600) == 1
+    assert (await world.auth.counts()).get("revocations") == 1
+    assert await revocations.pending() == 0
+
+
+async def test_reconnect_keeps_the_connection_and_a_missing_refresh_token_never_erases_the_stored_one(
+    gateway: Gateway, browser: Browser, dedicated: DedicatedServer
+):
+    from oauth.providers import Grant
+    from oauth.store import Tokens
+
+    await gateway.create_user(dedicated, "lee")
+    await connect(gateway, browser, "lee", "google")
+    broker = gateway.services.broker
+    before = await broker.store.load("lee", "google")
+    assert before is not None
+    assert before[1].refresh_token
+    await connect(gateway, browser, "lee", "google")
+    after = await broker.store.load("lee", "google")
+    assert after is not None
+    assert after[0].connected_at == before[0].connected_at
+    assert after[1].refresh_token != before[1].refresh_token  # a new grant, a new refresh token
+    # A provider answer without a refresh token (Google leaves it out on repeated consent).
+    bare = Tokens(access_token="ya29.fresh", expires_at=time.time() + 3600, scopes=("openid",))
+    await broker.connected("lee", "google", Grant(account="user@example.test", tokens=bare))
+    kept = await broker.store.load("lee", "google")
+    assert kept is not None
+    assert kept[1].access_token == "ya29.fresh"
+    assert kept[1].refresh_token == after[1].refresh_token
+
+
+async def test_microsoft_account_comes_from_graph_me_when_the_id_token_has_no_address(
+    gateway: Gateway, browser: Browser, dedicated: DedicatedServer, world: World
+):
+    import requests
+
+    created = await gateway.create_user(dedicated, "max")
+    await connect(gateway, browser, "max", "microsoft")
+    token = (await (await lease(gateway, created, "microsoft", 60)).json())["access_token"]
+    microsoft = gateway.services.broker.providers["microsoft"]
+    world.apis.calls.clear()
+
+    def lookup(access_token: str) -> str:
+        with requests.Session() as session:
+            session.verify = str(world.pki.ca_file)
+            return microsoft._account(session, {"id_token_claims": {"sub": "x"}}, access_token)  # type: ignore[attr-defined,no-any-return]
+
+    assert await asyncio.to_thread(lookup, token) == "user@example.test"
+    assert world.apis.calls == ["graph.me"]
+    from gateway.errors import ProviderError
+
+    with pytest.raises(ProviderError):
+        await asyncio.to_thread(lookup, "not-a-token")
+
+
+async def test_tokens_copied_into_another_users_record_do_not_open(
+    gateway: Gateway, browser: Browser, dedicated: DedicatedServer
+):
+    await gateway.create_user(dedicated, "ned")
+    other = await gateway.create_user(dedicated, "oli")
+    await connect(gateway, browser, "ned", "google")
+    await connect(gateway, browser, "oli", "google")
+    store, redis = gateway.services.broker.store, gateway.services.redis
+    await redis.hset(store.key("oli", "google"), "tokens", await redis.hget(store.key("ned", "google"), "tokens"))
+    resp = await lease(gateway, other, "google", 60)
+    assert resp.status == 409
+    assert (await resp.json())["error"] == "reauth_required"

@@ -90,7 +90,15 @@ server.listen(0, '127.0.0.1', () => {
           return res.end(JSON.stringify({ error: 'temporarily_unavailable', error_description: 'try later' }));
         }
       }
-      if (req.method === 'POST' && path === `${mount}/token/revocation`) count('revocations');
+      if (req.method === 'POST' && path === `${mount}/token/revocation`) {
+        count('revocation_requests');
+        if (state.sick > 0) {
+          state.sick -= 1;
+          res.writeHead(503, { 'content-type': 'text/html' });
+          return res.end('<html><body>Service Unavailable</body></html>');
+        }
+        count('revocations');
+      }
       if (path.startsWith(`${mount}/interaction/`)) return await interact(provider, req, res);
       req.originalUrl = req.url;
       req.url = req.url.slice(mount.length) || '/';
