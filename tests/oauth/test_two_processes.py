@@ -91,6 +91,7 @@ async def test_two_gateway_processes_refresh_an_expired_token_once(
         body = {"server_url": dedicated.url(user), "server_public_key": dedicated.new_user(user)}
         async with http.put(f"{base[0]}/admin/v1/users/{user}", json=body, headers=admin) as resp:
             created: dict[str, Any] = await resp.json()
+        dedicated.secrets[user] = [created["webhook_secret"]]
         connect = {"provider": provider, "return_url": f"{RETURN_ORIGIN}/done"}
         async with http.post(f"{base[0]}/admin/v1/users/{user}/connect", json=connect, headers=admin) as resp:
             url = (await resp.json())["url"]
