@@ -62,6 +62,7 @@ ConnectionHook = Callable[[str, str, str], Awaitable[None]]
 """(user_id, provider, account)."""
 
 MAX_MIN_TTL = 3000  # providers' access tokens live about an hour; asking for more could never be met
+FRESH_FOR = 30.0  # seconds after a refresh during which its token is returned whatever min_ttl asks
 LOCK_TTL_MS = 60_000
 LOCK_WAIT = 60.0
 
@@ -149,7 +150,12 @@ class Broker:
         self._check_open()
         min_ttl = max(0, min(int(min_ttl), MAX_MIN_TTL))
         connection, tokens = await self._usable(user_id, provider)
-        if tokens.expires_at - time.time() >= min_ttl:
+        now = time.time()
+        if tokens.expires_at - now >= min_ttl:
+            return _lease(connection, tokens)
+        if tokens.expires_at > now and now - connection.updated_at < FRESH_FOR:
+            # Just refreshed and still valid: what the provider grants is as long as it gets, and
+            # refreshing again for a min_ttl it cannot meet would only hammer its token endpoint.
             return _lease(connection, tokens)
         key = (user_id, provider)
         task = self._inflight.get(key)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import time
 from typing import Any
@@ -39,6 +40,15 @@ async def lease(gateway: Gateway, created: dict[str, Any], provider: str, min_tt
     return await gateway.client.post(
         f"/v1/connections/{provider}/token", headers=auth(created), json={"min_ttl": min_ttl}
     )
+
+
+async def expire(gateway: Gateway, user_id: str, provider: str, *, left: float = -1) -> None:
+    """Make the stored access token one with `left` seconds to live, last refreshed long ago."""
+    store = gateway.services.broker.store
+    found = await store.load(user_id, provider)
+    assert found is not None
+    assert await store.update_tokens(found[0], dataclasses.replace(found[1], expires_at=time.time() + left))
+    await gateway.services.redis.hset(store.key(user_id, provider), "updated_at", repr(time.time() - 3600))
 
 
 def statuses(dedicated: DedicatedServer, user_id: str) -> list[dict[str, Any]]:
@@ -113,10 +123,15 @@ async def test_refresh_honours_min_ttl_and_keeps_rotated_refresh_tokens(
     # token each time, so a second refresh only works if the rotated one was stored.
     tokens = [first["access_token"]]
     for n in (1, 2):
-        resp = await lease(gateway, created, provider, 3000)  # more than ACCESS_TOKEN_TTL
+        await expire(gateway, "bob", provider, left=200)
+        assert (await (await lease(gateway, created, provider, 60)).json())["access_token"] == tokens[-1]
+        resp = await lease(gateway, created, provider, 300)
         assert resp.status == 200, await resp.text()
         tokens.append((await resp.json())["access_token"])
         assert (await world.auth.counts()).get("token:refresh_token") == n
+    # Within 30 s of a refresh its token is returned even when min_ttl asks for more than it has.
+    assert (await (await lease(gateway, created, provider, 3000)).json())["access_token"] == tokens[-1]
+    assert (await world.auth.counts()).get("token:refresh_token") == 2
     assert len(set(tokens)) == 3
     resp = await gateway.client.get("/v1/connections", headers=auth(created))
     assert (await resp.json())[0]["status"] == "connected"
@@ -128,8 +143,9 @@ async def test_a_hundred_concurrent_requests_on_an_expired_token_refresh_once(
 ):
     created = await gateway.create_user(dedicated, "carol")
     await connect(gateway, browser, "carol", provider)
+    await expire(gateway, "carol", provider)
     await world.auth.control("reset")
-    answers = await asyncio.gather(*(lease(gateway, created, provider, 3000) for _ in range(100)))
+    answers = await asyncio.gather(*(lease(gateway, created, provider, 300) for _ in range(100)))
     assert [a.status for a in answers] == [200] * 100
     assert len({(await a.json())["access_token"] for a in answers}) == 1
     assert (await world.auth.counts()).get("token:refresh_token") == 1
@@ -144,6 +160,7 @@ async def test_dead_grant_answers_409_once_marked_and_reconnect_heals_it(
     found = await gateway.services.broker.store.load("dave", "google")
     assert found is not None
     await gateway.services.broker.providers["google"].revoke(found[1])
+    await expire(gateway, "dave", "google")
     await world.auth.control("reset")
     resp = await lease(gateway, created, "google", 3000)
     assert resp.status == 409
@@ -176,17 +193,21 @@ async def test_a_sick_token_endpoint_is_retried_and_never_marks_the_grant_dead(
     gateway.services.broker._retry_wait = 0.05
     await world.auth.control("reset")
     await world.auth.control("sick", requests=2)
+    await expire(gateway, "erin", provider)
     resp = await lease(gateway, created, provider, 3000)
     assert resp.status == 200, await resp.text()
     assert (await world.auth.counts())["token_requests"] >= 3
     await world.auth.control("sick", requests=1000)
+    await expire(gateway, "erin", provider)
     resp = await lease(gateway, created, provider, 3000)
     assert resp.status == 503
     assert (await resp.json())["error"] == "provider_unavailable"
     await world.auth.control("sick", requests=0)
     listed = await (await gateway.client.get("/v1/connections", headers=auth(created))).json()
     assert listed[0]["status"] == "connected"
-    assert (await lease(gateway, created, provider, 3000)).status == 200
+    resp = await lease(gateway, created, provider, 300)
+    assert resp.status == 200
+    assert (await resp.json())["expires_at"] > time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
 
 
 async def test_declined_consent_returns_access_denied(

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import os
 import sys
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
 import pytest_asyncio
+from redis.asyncio import Redis
 
 from gateway.config import Settings
+from oauth.store import ConnectionStore
+from oauth.vault import Vault
+from routing.keys import Keys
 from tests.conftest import wipe
 from tests.oauth.conftest import RETURN_ORIGIN, Browser, World, free_port
 from tests.support.dedicated import DedicatedServer
@@ -96,13 +102,24 @@ async def test_two_gateway_processes_refresh_an_expired_token_once(
         async with http.post(f"{base[0]}/admin/v1/users/{user}/connect", json=connect, headers=admin) as resp:
             url = (await resp.json())["url"]
         assert "status=connected" in await browser.open(url)
+        # The stored access token expires (as if an hour had passed).
+        redis = Redis.from_url(settings.redis_url or "")
+        try:
+            store = ConnectionStore(
+                redis, Keys(settings.key_prefix), Vault(redis, Keys(settings.key_prefix), settings.master_keys)
+            )
+            found = await store.load(user, provider)
+            assert found is not None
+            assert await store.update_tokens(found[0], dataclasses.replace(found[1], expires_at=time.time() - 1))
+        finally:
+            await redis.aclose()
         await world.auth.control("reset")
 
         auth = {"Authorization": f"Bearer {created['server_token']}"}
 
         async def lease(root: str) -> tuple[int, str]:
             path = f"{root}/v1/connections/{provider}/token"
-            async with http.post(path, json={"min_ttl": 3000}, headers=auth) as resp:
+            async with http.post(path, json={"min_ttl": 300}, headers=auth) as resp:
                 return resp.status, (await resp.json()).get("access_token", "")
 
         answers = await asyncio.gather(*(lease(base[n % 2]) for n in range(100)))
