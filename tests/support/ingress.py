@@ -1,0 +1,41 @@
+"""A stand-in provider ingress for process-level fault tests: `POST /test/ingress/{user_id}`
+with `{"seq": n}` hands one event over exactly as a channel does (dedup on `seq`) and
+answers 200 only once it is durably queued, like a provider's webhook.
+
+Run as `python -m tests.support.ingress serve --role web`: the real CLI with this module
+added to the gateway's channels."""
+
+from __future__ import annotations
+
+import sys
+
+from aiohttp import web
+
+from gateway.errors import BadRequest
+from gateway.http import json_response, read_json_object
+from gateway.keys import SERVICES
+from gateway.types import Event
+from routing.queue import Item
+
+
+async def ingress(request: web.Request) -> web.Response:
+    body = await read_json_object(request)
+    seq = body.get("seq")
+    if not isinstance(seq, int):
+        raise BadRequest("bad_seq", "seq must be an integer")
+    services = request.app[SERVICES]
+    item = Item(Event("telegram.update", "telegram", {"seq": seq, "text": body.get("text", "")}), dedup=str(seq))
+    added = await services.handoff(request.match_info["user_id"], [item], dedup_scope="load")
+    return json_response({"added": added})
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_post("/test/ingress/{user_id}", ingress)
+
+
+if __name__ == "__main__":
+    from gateway import app as gateway_app
+    from gateway.cli import main
+
+    gateway_app.CHANNELS = (*gateway_app.CHANNELS, "tests.support.ingress")
+    sys.exit(main())
