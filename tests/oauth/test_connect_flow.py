@@ -152,7 +152,7 @@ async def test_a_hundred_concurrent_requests_on_an_expired_token_refresh_once(
 
 
 async def test_dead_grant_answers_409_once_marked_and_reconnect_heals_it(
-    gateway: Gateway, browser: Browser, dedicated: DedicatedServer, world: World
+    gateway: Gateway, browser: Browser, dedicated: DedicatedServer, world: World, caplog: pytest.LogCaptureFixture
 ):
     created = await gateway.create_user(dedicated, "dave")
     await connect(gateway, browser, "dave", "google")
@@ -166,6 +166,11 @@ async def test_dead_grant_answers_409_once_marked_and_reconnect_heals_it(
     assert resp.status == 409
     assert (await resp.json())["error"] == "reauth_required"
     assert (await world.auth.counts()).get("token_error:invalid_grant") == 1
+    # The token endpoint's error body is never logged, nor anything of the grant.
+    logged = caplog.text + " ".join(str(r.__dict__) for r in caplog.records)
+    assert found[1].refresh_token not in logged
+    assert world.google.client_secret not in logged
+    assert "grant request is invalid" not in logged
     # Marked at once: the next call does not ask the provider again.
     resp = await lease(gateway, created, "google", 60)
     assert resp.status == 409
@@ -261,6 +266,14 @@ async def test_disconnect_revokes_at_the_provider_and_other_users_never_see_the_
     await connect(gateway, browser, "ida", "google")
     assert (await lease(gateway, mallory, "google")).status == 404
     assert await (await gateway.client.get("/v1/connections", headers=auth(mallory))).json() == []
+    status = await (await gateway.admin("GET", "/admin/v1/users/ida")).json()
+    assert status["connections"]["google"]["status"] == "connected"
+    exported = await (await gateway.admin("GET", "/admin/v1/users/ida/export")).text()
+    assert '"account":"user@example.test"' in exported
+    stored = await gateway.services.broker.store.load("ida", "google")
+    assert stored is not None
+    assert stored[1].access_token not in exported
+    assert str(stored[1].refresh_token) not in exported
     await world.auth.control("reset")
     resp = await gateway.admin("DELETE", "/admin/v1/users/ida/connections/google")
     assert resp.status == 200
