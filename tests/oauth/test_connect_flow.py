@@ -168,6 +168,7 @@ async def test_dead_grant_answers_409_once_marked_and_reconnect_heals_it(
     assert (await world.auth.counts()).get("token_error:invalid_grant") == 1
     # The token endpoint's error body is never logged, nor anything of the grant.
     logged = caplog.text + " ".join(str(r.__dict__) for r in caplog.records)
+    assert found[1].refresh_token
     assert found[1].refresh_token not in logged
     assert world.google.client_secret not in logged
     assert "grant request is invalid" not in logged
