@@ -9,9 +9,12 @@ CPU than the systems it measures on a small machine.
 Request i goes to user i mod N, so one user's updates are N/rate seconds apart. Each update
 is shaped like the Bot API's `Update` with a text `message` from a private chat.
 
-Spec (JSON file): {"port", "rate", "duration", "first_update_id", "users": [[path, chat_id]...],
-"headers": {..}, "max_conns"}. Output (JSON file): per request [user index, update_id,
-sent (monotonic), answered (monotonic), status], and how late the generator itself ran.
+Spec (JSON file): {"port", "rate", "duration", "first_update_id", "users": [[path, chat_id,
+bearer?]...], "headers": {..}, "max_conns"}; optional "method" and a fixed "body" (instead of
+an update), "count" (instead of rate × duration), "closed": N (closed loop instead: N
+connections each sending again when answered), "keep_bodies". Output (JSON file): per
+request [user index, update_id, sent (monotonic), answered (monotonic), status], how late
+the generator itself ran, and the answers' bodies when asked.
 """
 
 from __future__ import annotations
@@ -86,26 +89,40 @@ class Conn(asyncio.Protocol):
             if len(self.buf) < head_end + 4 + length:
                 return
             status = int(head[9:12])
+            body = bytes(self.buf[head_end + 4 : head_end + 4 + length])
             del self.buf[: head_end + 4 + length]
             index, self.current = self.current, -1
             if index >= 0:
-                self.gen.answered(index, status)
+                self.gen.answered(index, status, body)
             self.gen.idle(self)
 
 
 class Generator:
     def __init__(self, spec: dict[str, Any]) -> None:
         self.port = int(spec["port"])
-        self.rate = float(spec["rate"])
-        self.count = max(1, round(self.rate * float(spec["duration"])))
-        self.first = int(spec["first_update_id"])
-        self.users: list[tuple[str, int]] = [(p, int(c)) for p, c in spec["users"]]
+        self.rate = float(spec.get("rate", 0))
+        self.closed = int(spec.get("closed", 0))
+        self.duration = float(spec["duration"])
+        self.count = int(spec.get("count") or max(1, round(self.rate * self.duration)))
+        self.first = int(spec.get("first_update_id", 0))
+        self.method = str(spec.get("method", "POST")).encode()
+        self.body: bytes | None = spec["body"].encode() if spec.get("body") is not None else None
+        self.users: list[tuple[bytes, int, bytes]] = [
+            (
+                u[0].encode(),
+                int(u[1]),
+                f"Authorization: Bearer {u[2]}\r\n".encode() if len(u) > 2 and u[2] else b"",
+            )
+            for u in spec["users"]
+        ]
         extra = "".join(f"{k}: {v}\r\n" for k, v in spec.get("headers", {}).items())
         self.head = f"Host: 127.0.0.1:{self.port}\r\nContent-Type: application/json\r\n{extra}".encode()
         self.max_conns = int(spec.get("max_conns", 1024))
-        self.sent = [0.0] * self.count
-        self.done = [0.0] * self.count
-        self.status = [0] * self.count
+        self.keep_bodies = bool(spec.get("keep_bodies"))
+        self.sent: list[float] = []
+        self.done: list[float] = []
+        self.status: list[int] = []
+        self.bodies: list[str] = []
         self.free: deque[Conn] = deque()
         self.waiting: deque[tuple[int, bytes]] = deque()
         self.conns = 0
@@ -114,17 +131,24 @@ class Generator:
         self.all_issued = False
         self.late_ms: list[float] = []
         self.date = int(time.time())
+        self.stop_at = 0.0
 
     def request(self, index: int) -> bytes:
-        path, chat = self.users[index % len(self.users)]
-        body = update_body(self.first + index, chat, self.date)
-        return b"POST %s HTTP/1.1\r\n%sContent-Length: %d\r\n\r\n%s" % (path.encode(), self.head, len(body), body)
+        path, chat, auth = self.users[index % len(self.users)]
+        body = self.body if self.body is not None else update_body(self.first + index, chat, self.date)
+        return b"%s %s HTTP/1.1\r\n%s%sContent-Length: %d\r\n\r\n%s" % (
+            self.method, path, self.head, auth, len(body), body,
+        )  # fmt: skip
 
-    def answered(self, index: int, status: int) -> None:
+    def answered(self, index: int, status: int, body: bytes = b"") -> None:
         self.done[index] = time.monotonic()
         self.status[index] = status
+        if self.keep_bodies:
+            self.bodies[index] = body.decode(errors="replace")
         self.outstanding -= 1
-        if self.outstanding == 0 and self.all_issued:
+        if self.closed and not self.all_issued and time.monotonic() < self.stop_at:
+            self.issue(len(self.sent))
+        elif self.outstanding == 0 and (self.all_issued or self.closed):
             self.finished.set()
 
     def idle(self, conn: Conn) -> None:
@@ -150,6 +174,11 @@ class Generator:
         self.idle(conn)
 
     def issue(self, index: int) -> None:
+        self.sent.append(0.0)
+        self.done.append(0.0)
+        self.status.append(0)
+        if self.keep_bodies:
+            self.bodies.append("")
         self.outstanding += 1
         data = self.request(index)
         if self.free:
@@ -160,9 +189,25 @@ class Generator:
             asyncio.get_running_loop().create_task(self.open())
 
     async def run(self) -> None:
-        self.all_issued = False
-        for _ in range(min(64, self.max_conns)):
-            await self.open()
+        warm = self.closed or min(self.count, 64)
+        await asyncio.gather(*(self.open() for _ in range(min(warm, self.max_conns))))
+        if self.closed:
+            await self._closed_loop()
+        else:
+            await self._open_loop()
+        if self.outstanding:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.finished.wait(), 30)
+
+    async def _closed_loop(self) -> None:
+        """`closed` connections, each sending its next request when the last one is answered."""
+        self.stop_at = time.monotonic() + self.duration
+        for _ in range(self.closed):
+            self.issue(len(self.sent))
+        await asyncio.sleep(self.duration)
+        self.all_issued = True
+
+    async def _open_loop(self) -> None:
         interval = 1.0 / self.rate
         start = time.monotonic() + 0.05
         i = 0
@@ -177,9 +222,6 @@ class Generator:
             if i < self.count:
                 await asyncio.sleep(max(0.0, start + i * interval - time.monotonic()))
         self.all_issued = True
-        if self.outstanding:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.finished.wait(), 30)
 
 
 async def generate(spec: dict[str, Any]) -> dict[str, Any]:
@@ -189,10 +231,11 @@ async def generate(spec: dict[str, Any]) -> dict[str, Any]:
     elapsed = time.monotonic() - began
     n_users = len(gen.users)
     return {
-        "rows": [[i % n_users, gen.first + i, gen.sent[i], gen.done[i], gen.status[i]] for i in range(gen.count)],
-        "late_ms": gen.late_ms,
+        "rows": [[i % n_users, gen.first + i, gen.sent[i], gen.done[i], gen.status[i]] for i in range(len(gen.sent))],
+        "late_ms": gen.late_ms or [0.0],
         "elapsed": elapsed,
         "conns": gen.conns,
+        "bodies": gen.bodies,
     }
 
 
