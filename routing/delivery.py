@@ -61,16 +61,17 @@ _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 """
-# KEYS: txn, queue, counters. ARGV: txn_id. Deletes the acknowledged entries and the txn.
+# KEYS: txn, queue, counters. ARGV: txn_id. Deletes the acknowledged entries and the txn;
+# returns {acknowledged count (-1: not the txn in flight), events still queued}.
 _ACK = """
-if redis.call('HGET', KEYS[1], 'txn_id') ~= ARGV[1] then return -1 end
+if redis.call('HGET', KEYS[1], 'txn_id') ~= ARGV[1] then return {-1, redis.call('XLEN', KEYS[2])} end
 local trim = redis.call('HGET', KEYS[1], 'trim_to')
 if trim and trim ~= '' then redis.call('XTRIM', KEYS[2], 'MINID', trim) end
 local n = tonumber(redis.call('HGET', KEYS[1], 'count') or '0')
 redis.call('DEL', KEYS[1])
 redis.call('HINCRBY', KEYS[3], 'events_out', n)
 redis.call('HSET', KEYS[3], 'last_ok_at', ARGV[2])
-return n
+return {n, redis.call('XLEN', KEYS[2])}
 """
 
 
@@ -270,12 +271,15 @@ class DeliveryWorker:
     async def _serve(self, user_id: str) -> None:
         """Deliver this user's queue while we hold the lease; on failure, schedule the retry."""
         try:
+            queued = True
             while not self._closed:
-                txn = await self._current_txn(user_id)
+                # After an acknowledgement that left the queue empty there is nothing to read.
+                txn = await self._current_txn(user_id) if queued else None
                 if txn is None:
                     await self._redis.zrem(self._keys.due, user_id)
                     if await self._redis.xlen(self._keys.queue(user_id)):
                         await self._redis.zadd(self._keys.due, {user_id: time.time()})
+                        queued = True
                         continue
                     return
                 # Fence: only the lease holder sends, and the lease outlives this attempt.
@@ -283,7 +287,7 @@ class DeliveryWorker:
                     return
                 outcome = await self._send(user_id, txn)
                 if outcome.ok:
-                    await self._acknowledge(user_id, txn)
+                    queued = await self._acknowledge(user_id, txn) > 0
                 else:
                     await self._schedule_retry(user_id, outcome)
                     return
@@ -306,8 +310,17 @@ class DeliveryWorker:
     async def _current_txn(self, user_id: str) -> dict[str, bytes] | None:
         """The transaction in flight, or a new one from the head of the queue (None when empty)."""
         txn_key = self._keys.txn(user_id)
-        txn: dict[bytes, bytes] = await self._redis.hgetall(txn_key)
+        queue = self._keys.queue(user_id)
         cutoff_ms = int((time.time() - self._hold_ttl) * 1000)
+        # One round trip (all three keys are the user's, one hash slot): the transaction in flight,
+        # the queue trimmed of expired entries, and its head. Trimming cannot touch a live
+        # transaction's entries: they are the oldest in the queue and younger than the cutoff
+        # unless the transaction itself has expired, which is handled below.
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hgetall(txn_key)
+        pipe.xtrim(queue, minid=f"{cutoff_ms}-0")
+        pipe.xrange(queue, "-", "+", count=MAX_BATCH)
+        txn, trimmed, entries = await pipe.execute()
         carried = 0
         if txn:
             first_ms = int(txn.get(b"first_ms", b"0") or 0)
@@ -315,11 +328,11 @@ class DeliveryWorker:
                 return {k.decode(): v for k, v in txn.items()}
             carried = int(txn.get(b"expired", b"0") or 0)
             await self._redis.delete(txn_key)
-        queue = self._keys.queue(user_id)
-        expired = carried + int(await self._redis.xtrim(queue, minid=f"{cutoff_ms}-0"))
+        expired = carried + int(trimmed)
         if expired - carried:
             metrics.EVENTS_EXPIRED.inc(expired - carried)
-        entries = await self._redis.xrange(queue, "-", "+", count=MAX_BATCH - (1 if expired else 0))
+        if expired:
+            entries = entries[: MAX_BATCH - 1]  # one place for the gateway.expired event
         if not entries and not expired:
             return None
         events: list[bytes] = []
@@ -406,13 +419,13 @@ class DeliveryWorker:
         log.info("delivery refused", extra={"txn_id": txn_id, "status": status})
         return Outcome(False, status, retry_after)
 
-    async def _acknowledge(self, user_id: str, txn: dict[str, bytes]) -> None:
-        n = int(
-            await self._ack(
-                keys=[self._keys.txn(user_id), self._keys.queue(user_id), self._keys.counters(user_id)],
-                args=[txn["txn_id"], repr(time.time())],
-            )
+    async def _acknowledge(self, user_id: str, txn: dict[str, bytes]) -> int:
+        """Drop the acknowledged events; return how many events are still queued."""
+        n, queued = await self._ack(
+            keys=[self._keys.txn(user_id), self._keys.queue(user_id), self._keys.counters(user_id)],
+            args=[txn["txn_id"], repr(time.time())],
         )
+        n = int(n)
         if n > 0:
             # Counted by channel when the transaction was built (a txn from before that: "unknown").
             channels: dict[str, int] = orjson.loads(txn["channels"]) if txn.get("channels") else {"unknown": n}
@@ -420,6 +433,7 @@ class DeliveryWorker:
                 metrics.EVENTS_OUT.labels(channel).inc(count)
             first_ms = int(txn["first_ms"])
             metrics.DELIVERY_LATENCY.observe(max(0.0, time.time() - first_ms / 1000))
+        return int(queued)
 
     async def _schedule_retry(self, user_id: str, outcome: Outcome) -> None:
         attempts = int(await self._redis.hincrby(self._keys.txn(user_id), "attempts", 1))

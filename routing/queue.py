@@ -54,6 +54,16 @@ return added
 """
 
 
+# KEYS: due. ARGV: score, user_id, wake channel. One key, so it runs on Redis Cluster too.
+_SCHEDULE = """
+if redis.call('ZADD', KEYS[1], 'NX', ARGV[1], ARGV[2]) == 1 then
+  redis.call('PUBLISH', ARGV[3], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
 def new_id(prefix: str) -> str:
     """Time-ordered, unguessable id: prefix + 10 hex of ms time + 14 hex random (under 32 chars)."""
     return f"{prefix}_{int(time.time() * 1000):010x}{os.urandom(7).hex()}"
@@ -77,6 +87,7 @@ class Handoff:
         self._registry = registry
         self._wake = wake
         self._enqueue = redis.register_script(_ENQUEUE)
+        self._schedule = redis.register_script(_SCHEDULE)
 
     async def __call__(self, user_id: str, items: Sequence[Item], *, dedup_scope: str = "default") -> int:
         """Seal and durably queue `items` for `user_id`; return how many were new (not duplicates)."""
@@ -125,9 +136,10 @@ class Handoff:
             # A delivery in flight right now reads this flag and retries at once instead of backing off.
             await self._redis.set(self._keys.user_key(user_id, "ping"), b"1", ex=60)
             await self._redis.zadd(self._keys.due, {user_id: score})
-            added = 1
-        else:
-            added = int(await self._redis.zadd(self._keys.due, {user_id: score}, nx=True))
-        if added:
             self._wake(user_id)
             await self._redis.publish(self._keys.wake_channel, user_id)
+            return
+        # One round trip: schedule unless already scheduled, and only then wake the other processes.
+        added = int(await self._schedule(keys=[self._keys.due], args=[score, user_id, self._keys.wake_channel]))
+        if added:
+            self._wake(user_id)

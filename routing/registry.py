@@ -64,6 +64,7 @@ class Registry:
         self._keys = keys
         self._vault = vault
         self._pubkeys: dict[str, tuple[bytes, X25519PublicKey]] = {}
+        self._secrets: dict[tuple[str, bytes], str] = {}
 
     async def put(self, user_id: str, server_url: str, server_public_key: str) -> tuple[User, Credentials | None]:
         """Create the user (returning fresh credentials) or update its server (returning none)."""
@@ -164,10 +165,23 @@ class Registry:
         values = await self._redis.hmget(self._keys.user(user_id), ["server_url", "secret", "old_secret", "old_until"])
         if values[0] is None or values[1] is None:
             return None
-        found = [(await self._vault.decrypt(user_id, _SECRET_CONTEXT, values[1])).decode()]
+        found = [await self._secret(user_id, values[1])]
         if values[2] and float(_s(values[3]) or 0) > time.time():
-            found.append((await self._vault.decrypt(user_id, _SECRET_CONTEXT, values[2])).decode())
+            found.append(await self._secret(user_id, values[2]))
         return Target(_s(values[0]), tuple(found))
+
+    async def _secret(self, user_id: str, sealed: bytes) -> str:
+        """The webhook secret in `sealed`, opened once per process: every delivery needs it, and
+        opening it costs a Redis round trip for the data key. A rotated secret is a new ciphertext,
+        so it is never served stale; a shredded data key only matters to a user who is gone."""
+        cached = self._secrets.get((user_id, sealed))
+        if cached is not None:
+            return cached
+        secret = (await self._vault.decrypt(user_id, _SECRET_CONTEXT, sealed)).decode()
+        if len(self._secrets) > 100_000:
+            self._secrets.clear()
+        self._secrets[(user_id, sealed)] = secret
+        return secret
 
     async def user_ids(self) -> list[str]:
         return sorted(m.decode() for m in await self._redis.smembers(self._keys.users))
@@ -175,3 +189,5 @@ class Registry:
     async def forget(self, user_id: str) -> None:
         await self._redis.srem(self._keys.users, user_id)
         self._pubkeys.pop(user_id, None)
+        for key in [k for k in self._secrets if k[0] == user_id]:
+            del self._secrets[key]
