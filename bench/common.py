@@ -158,8 +158,9 @@ class RedisServer:
 class Child:
     """A bench process (`python -m bench.<module>`) that prints `READY <port>` when it listens."""
 
-    def __init__(self, module: str, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, module: str, *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT) -> None:
         self.module = module
+        self.cwd = cwd
         self.args = args
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[str] | None = None
@@ -170,7 +171,7 @@ class Child:
         self._log = self.log_path.open("w")
         self.proc = subprocess.Popen(
             [PYTHON, "-m", self.module, *self.args],
-            cwd=ROOT,
+            cwd=self.cwd,
             env=self.env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -216,6 +217,12 @@ class Child:
 
     def __exit__(self, *_exc: object) -> None:
         self.stop()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:

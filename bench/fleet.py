@@ -8,6 +8,7 @@ import base64
 import os
 import secrets
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -15,7 +16,7 @@ import orjson
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
-from bench.common import Child, RedisServer, free_port
+from bench.common import ROOT, Child, RedisServer, free_port
 
 
 def b64url(data: bytes) -> str:
@@ -52,6 +53,8 @@ class Fleet:
     """Start with `start()`; `stop()` ends every process it started (by pid) and removes Redis."""
 
     gateway_env: dict[str, str] = field(default_factory=dict)
+    gateway_root: Path = ROOT
+    """The checkout whose gateway code runs (another commit's, to compare two versions)."""
     admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     master_keys: str = field(default_factory=lambda: "bench1:" + b64url(os.urandom(32)))
     redis: RedisServer | None = None
@@ -78,7 +81,8 @@ class Fleet:
         try:
             self.redis = RedisServer().start()
             self.sink = Child("bench.sink").start()
-            self.gateway = Child("bench.gateway", env=self.env()).start()
+            env = {**self.env(), "PYTHONPATH": str(self.gateway_root)}
+            self.gateway = Child("bench.gateway", env=env, cwd=self.gateway_root).start()
             if forwarder:
                 self.forwarder = Child("bench.forwarder", "--target", f"{self.sink.url}/raw").start()
         except BaseException:

@@ -25,11 +25,13 @@ from typing import Any
 import orjson
 
 from bench import profile
-from bench.common import PYTHON, ROOT, Results, Row, log, median, percentile
+from bench.common import PYTHON, ROOT, Results, Row, cpu_seconds, log, median, percentile
 from bench.fleet import Fleet, User, make_users
 
 STEP = 3.0
 DRAIN = 1.5
+SETTLE = 60.0
+FLOOR = 20.0
 SUSTAINED_P99_MS = 250.0
 LATENCY_STEP = 8.0
 USERS = 1000
@@ -47,6 +49,10 @@ class Step:
     """(sent at, end-to-end ms) per event, for looking at a time window."""
     ack_ms: list[float] = field(default_factory=list)
     gen_late_p99_ms: float = 0.0
+    cpu_us: dict[str, float] = field(default_factory=dict)
+    """CPU time per delivered event, by process (µs): robust where throughput is noisy."""
+    late: int = 0
+    """Events that reached the server only after the drain window."""
     verified: int = 0
     mismatched: int = 0
     failures: list[str] = field(default_factory=list)
@@ -64,6 +70,7 @@ class Step:
         return (
             self.ok == self.sent
             and self.delivered >= self.sent
+            and self.late == 0
             and self.p99 < SUSTAINED_P99_MS
             and self.gen_late_p99_ms < 50
             and not self.failures
@@ -74,7 +81,9 @@ class Step:
         return (
             f"{self.system:>8} @ {self.rate:7.0f}/s: ok {self.ok}/{self.sent}, delivered {self.delivered}, "
             f"e2e p50 {self.p50:6.1f} ms p99 {self.p99:7.1f} ms, ack p99 {percentile(self.ack_ms, 99):6.1f} ms, "
-            f"gen late p99 {self.gen_late_p99_ms:5.1f} ms → {verdict}"
+            f"gen late p99 {self.gen_late_p99_ms:5.1f} ms, CPU/event "
+            + ", ".join(f"{n} {us:.0f} µs" for n, us in self.cpu_us.items())
+            + f" → {verdict}"
         )
 
 
@@ -144,19 +153,24 @@ class Routing:
     async def step(self, system: str, rate: float, duration: float = STEP) -> Step:
         await self.fleet.sink_call("POST", "/_reset")
         spec = self.spec(system, rate, duration)
+        procs = self.processes(system)
+        cpu_before = {name: cpu_seconds(pid) for name, pid in procs.items()}
         out = await load(spec, duration)
         rows = out["rows"]
         result = Step(system, rate, sent=len(rows), ok=sum(1 for r in rows if 200 <= r[4] < 300))
         result.ack_ms = [(r[3] - r[2]) * 1000 for r in rows if r[3]]
         result.gen_late_p99_ms = percentile(out["late_ms"], 99)
-        deadline = time.monotonic() + DRAIN
-        while time.monotonic() < deadline:
-            count = await self.fleet.sink_call("GET", "/_count")
-            if count["events"] >= result.ok:
-                break
-            await asyncio.sleep(0.05)
+        ended = time.monotonic()
+        in_time = await self._wait_for(result.ok, ended + DRAIN)
+        # A system that fell behind still owes events; wait for them, so that they neither
+        # count here as on time nor arrive during the next step.
+        await self._wait_for(result.ok, ended + SETTLE)
         dump = await self.fleet.sink_call("GET", "/_dump")
+        # Polling above costs the measured processes nothing; the sink and generator are not counted.
+        delivered = max(1, in_time + max(0, result.ok - in_time))
+        result.cpu_us = {n: (cpu_seconds(pid) - cpu_before[n]) * 1e6 / delivered for n, pid in procs.items()}
         result.failures = dump["failures"]
+        result.late = max(0, result.ok - in_time)
         if system == "baseline":
             self._match_raw(result, rows, dump)
         else:
@@ -205,6 +219,23 @@ class Routing:
         if result.mismatched:
             result.failures.append(f"{result.mismatched}/{result.verified} sampled events not in send order")
 
+    def processes(self, system: str) -> dict[str, int]:
+        """The processes doing the measured system's work (not the generator, not the sink)."""
+        assert self.fleet.gateway is not None
+        assert self.fleet.redis is not None
+        if system == "baseline":
+            assert self.fleet.forwarder is not None
+            return {"forwarder": self.fleet.forwarder.pid}
+        return {"gateway": self.fleet.gateway.pid, "redis": self.fleet.redis.pid}
+
+    async def _wait_for(self, events: int, deadline: float) -> int:
+        """Poll the sink until it holds `events` events or `deadline` passes; return its count."""
+        while True:
+            count = int((await self.fleet.sink_call("GET", "/_count"))["events"])
+            if count >= events or time.monotonic() >= deadline:
+                return count
+            await asyncio.sleep(0.05)
+
     async def max_rate(self, system: str, hint: float | None) -> tuple[float, list[Step]]:
         """Bisect the highest sustained rate; `hint` (the previous round's answer) narrows the search."""
         steps: list[Step] = []
@@ -216,7 +247,7 @@ class Routing:
             return s.sustained
 
         if hint is None:
-            lo, hi = 0.0, 300.0
+            lo, hi = 0.0, 100.0
             while await ok(hi):
                 lo, hi = hi, hi * 1.6
                 if hi > 20_000:
@@ -225,7 +256,7 @@ class Routing:
         else:
             lo, hi = hint * 0.85, hint * 1.15
             if not await ok(lo):
-                lo, hi = 0.0, lo
+                lo, hi = max(0.0, lo / 2), lo
             elif await ok(hi):
                 lo, hi = hi, hi * 1.3
             bisections = 2
@@ -235,7 +266,8 @@ class Routing:
                 lo = mid
             else:
                 hi = mid
-        return lo, steps
+        # Below FLOOR events/s the machine is too busy to measure anything; say so, do not divide by 0.
+        return max(lo, FLOOR), steps
 
 
 async def run(results: Results, *, rounds: int, ingress: str = "core", profile_seconds: float = 6.0) -> None:
