@@ -242,18 +242,30 @@ class DeliveryWorker:
         if free <= 0:
             return self._poll
         due = await self._redis.zrangebyscore(self._keys.due, "-inf", now, start=0, num=free + len(self._active) + 50)
+        candidates: list[str] = []
         for raw in due:
             user_id = raw.decode()
             if user_id in self._active or self._skip_until.get(user_id, 0) > now:
                 continue
-            if len(self._active) >= self._concurrency:
+            if len(self._active) + len(candidates) >= self._concurrency:
                 break
-            if not await self._redis.set(self._keys.lease(user_id), self._owner, nx=True, px=self._lease_ms):
+            candidates.append(user_id)
+        # Every due user is claimed in one round trip, not one after another: under load a serial
+        # claim loop, not the CPU, bounded how many users could start a delivery per second.
+        pipe = self._redis.pipeline(transaction=False)
+        for user_id in candidates:
+            pipe.set(self._keys.lease(user_id), self._owner, nx=True, px=self._lease_ms)
+        claimed: list[str] = []
+        for user_id, ok in zip(candidates, await pipe.execute() if candidates else [], strict=True):
+            if ok:
+                self._skip_until.pop(user_id, None)
+                claimed.append(user_id)
+            else:
                 # Another worker owns it; look again when its lease could have lapsed.
                 self._skip_until[user_id] = now + min(self._lease_ms / 1000, 1.0)
-                continue
-            self._skip_until.pop(user_id, None)
-            await self._redis.zadd(self._keys.due, {user_id: now + self._lease_ms / 1000}, xx=True)
+        if claimed:
+            await self._redis.zadd(self._keys.due, dict.fromkeys(claimed, now + self._lease_ms / 1000), xx=True)
+        for user_id in claimed:
             task = asyncio.create_task(self._serve(user_id), name=f"deliver-{user_id}")
             self._active[user_id] = task
             task.add_done_callback(functools.partial(self._finished, user_id))
