@@ -25,6 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="rounds per measurement; medians are reported")
     parser.add_argument("--users", type=int, default=100_000, help="synthetic users for the state benchmark")
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile of the gateway")
+    parser.add_argument(
+        "--ingress",
+        choices=("telegram", "core"),
+        default="telegram",
+        help="routing: through the Telegram webhook, or a bench-only route straight into services.handoff",
+    )
     args = parser.parse_args(argv)
     chosen = [b.strip() for b in args.only.split(",") if b.strip()]
     unknown = [b for b in chosen if b not in BENCHES]
@@ -71,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _options(name: str, args: argparse.Namespace) -> dict[str, object]:
     if name == "routing":
-        return {"rounds": args.rounds, "profile_seconds": 0.0 if args.no_profile else 6.0}
+        return {"rounds": args.rounds, "ingress": args.ingress, "profile_seconds": 0.0 if args.no_profile else 6.0}
     if name == "state":
         return {"users": args.users}
     return {"rounds": args.rounds}

@@ -270,15 +270,42 @@ class Routing:
         return max(lo, FLOOR), steps
 
 
-async def run(results: Results, *, rounds: int, ingress: str = "core", profile_seconds: float = 6.0) -> None:
+async def run(results: Results, *, rounds: int, ingress: str = "telegram", profile_seconds: float = 6.0) -> None:
     name = "routing"
-    fleet = Fleet()
+    telegram = None
+    env: dict[str, str] = {}
+    if ingress == "telegram":
+        from bench.fairness import SECRET
+        from tests.support.telegram import BOT_ID, TOKEN, FakeTelegram
+
+        telegram = FakeTelegram()  # the project's local Bot API (getMe, setWebhook at start-up)
+        await telegram.start()
+        env = {
+            "ALLY_TELEGRAM_BOT_TOKEN": TOKEN,
+            "ALLY_TELEGRAM_API_URL": telegram.url,
+            "ALLY_TELEGRAM_WEBHOOK_SECRET": SECRET,
+        }
+    fleet = Fleet(gateway_env=env)
     await fleet.start(forwarder=True)
     try:
         users = make_users(USERS)
         await fleet.register(users)
         bench = Routing(fleet, users, ingress=ingress)
-        what = "POST /bench/ingress/{user} → services.handoff (core path; no channel in front)"
+        if ingress == "telegram":
+            from bench.fairness import link_private
+
+            sem = asyncio.Semaphore(16)
+
+            async def link(user: User) -> None:
+                async with sem:
+                    await link_private(fleet, user)
+
+            await asyncio.gather(*(link(u) for u in users))
+            await asyncio.sleep(2.0)  # the telegram.linked events reach the servers before measuring
+            bench.telegram = (str(BOT_ID), SECRET)
+            what = "POST /telegram/webhook/<bot> (secret checked, update parsed, chat routed, sealed, queued)"
+        else:
+            what = "POST /bench/ingress/{user} → services.handoff (core path; no channel in front)"
         results.note(
             name,
             f"gateway ingress measured: {what}; {USERS} users, round-robin, dedicated redis-server "
@@ -352,6 +379,8 @@ async def run(results: Results, *, rounds: int, ingress: str = "core", profile_s
             await profile_gateway(results, bench, fleet, 0.8 * gw, profile_seconds)
     finally:
         await fleet.stop()
+        if telegram is not None:
+            await telegram.close()
 
 
 async def profile_gateway(results: Results, bench: Routing, fleet: Fleet, rate: float, seconds: float) -> None:

@@ -20,8 +20,10 @@ from collections import Counter
 from typing import Any
 
 from bench.common import RedisServer, Results, Row, log
+from channels.telegram.chats import Chats
 from gateway.config import MasterKey
 from gateway.storage import connect
+from oauth.store import ConnectionStore, Tokens
 from oauth.vault import Vault
 from routing.keys import Keys
 from routing.registry import Registry
@@ -29,6 +31,12 @@ from routing.registry import Registry
 USER_TARGET = 1024.0
 CONNECTION_TARGET = 2560.0
 SAMPLE = 300
+GOOGLE_SCOPES = (
+    "https://www.googleapis.com/auth/gmail.readonly",
+    "https://www.googleapis.com/auth/calendar",
+    "openid",
+    "https://www.googleapis.com/auth/userinfo.email",
+)
 CONCURRENCY = 64
 
 
@@ -72,11 +80,28 @@ async def _fill_async(url: str, master: bytes, lo: int, hi: int, phase: str) -> 
     registry = Registry(redis, keys, vault)
     next_i = lo
 
+    chats = Chats(redis, keys)
+    store = ConnectionStore(redis, keys, vault)
+
     async def register(i: int) -> None:
         uid = user_id(i)
         await registry.put(uid, f"https://{uid}.servers.ally.example", _pub(i))
 
-    make = {"register": register}[phase]
+    async def link(i: int) -> None:
+        await chats.link(user_id(i), 5_000_000_000 + i, "private", "start")
+
+    async def connect_google(i: int) -> None:
+        # Sizes as Google issues them: ~220-character access tokens, ~103-character refresh tokens.
+        tokens = Tokens(
+            access_token="ya29.a0" + base64.urlsafe_b64encode(os.urandom(160)).decode().rstrip("="),
+            expires_at=time.time() + 3599,
+            refresh_token="1//0g" + base64.urlsafe_b64encode(os.urandom(74)).decode().rstrip("="),
+            scopes=GOOGLE_SCOPES,
+        )
+        uid = user_id(i)
+        await store.put(uid, "google", f"{uid}@gmail.com", tokens, connected_at=time.time())
+
+    make = {"register": register, "link": link, "google": connect_google}[phase]
 
     async def worker() -> None:
         nonlocal next_i
@@ -125,39 +150,68 @@ async def run(results: Results, *, users: int) -> None:
 async def _run(results: Results, name: str, server: RedisServer, redis: Any, n: int) -> None:
     keys = Keys("ally:")
     master = os.urandom(32)
-    await redis.set("warm", b"x")
-    await redis.delete("warm")
-    before = await used_memory(redis)
-    seconds = await asyncio.to_thread(fill, server.url, master, n, "register")
-    after_users = await used_memory(redis)
-    per_user = (after_users - before) / n
-    log(f"  {n} registrations in {seconds:.0f} s")
     sample = [user_id(i) for i in range(0, n, max(1, n // SAMPLE))][:SAMPLE]
-    found = await sample_keys(redis, keys, sample)
-    breakdown = await key_breakdown(redis, found)
-    payload = await payload_bytes(redis, found)
-    global_share = (int(await redis.memory_usage(keys.users, samples=0) or 0)) / n
+    used = [await used_memory(redis)]
+    payloads = [0.0]
+    parts: list[str] = []
+    for phase in ("register", "link", "google"):
+        seconds = await asyncio.to_thread(fill, server.url, master, n, phase)
+        used.append(await used_memory(redis))
+        log(f"  {phase}: {n:,} in {seconds:.0f} s, +{(used[-1] - used[-2]) / n:.0f} B each")
+        found = await sample_keys(redis, keys, sample)
+        payloads.append(await payload_bytes(redis, found))
+        breakdown = await key_breakdown(redis, found)
+        parts = [f"`{k}` {v} B" for k, v in breakdown.most_common()]
+    per_user = (used[2] - used[0]) / n
+    per_conn = (used[3] - used[2]) / n
     results.add(
         Row(
             name,
-            f"bytes per registered user (at {n:,} users)",
+            f"bytes per user: registration + linked chat (at {n:,} users)",
             per_user,
             "B",
-            payload,
-            "payload bytes",
+            payloads[2],
+            "the values' own bytes",
             "≤ 1 KB",
             per_user <= USER_TARGET,
         )
     )
-    parts = ", ".join(f"`{k}` {v} B" for k, v in breakdown.most_common())
+    results.add(
+        Row(
+            name,
+            "of which the linked Telegram chat",
+            (used[2] - used[1]) / n,
+            "B",
+            payloads[2] - payloads[1],
+            "the values' own bytes",
+        )
+    )
+    results.add(
+        Row(
+            name,
+            "bytes per connected Google account (encrypted tokens)",
+            per_conn,
+            "B",
+            payloads[3] - payloads[2],
+            "the values' own bytes",
+            "≤ 2.5 KB",
+            per_conn <= CONNECTION_TARGET,
+        )
+    )
+    global_share = int(await redis.memory_usage(keys.users, samples=0) or 0) / n
+    chat_key = int(await redis.memory_usage(keys.global_key("tg:chat:5000000000"), samples=0) or 0)
     results.note(
         name,
-        f"per user, MEMORY USAGE by key: {parts}; `users` set {global_share:.0f} B/user; "
-        f"the rest of the INFO delta is the main dictionary's entries and allocator rounding",
+        f"MEMORY USAGE per user's key: {', '.join(parts)}; global: `users` set {global_share:.0f} "
+        f"B/user, `tg:chat:<id>` {chat_key} B/chat; the rest of the INFO delta is the main "
+        "dictionary's entries and allocator rounding",
     )
-    results.note(name, "linked Telegram chat: not measured yet (the Telegram channel has not landed)")
-    results.note(name, "connected accounts: not measured yet (the OAuth connections have not landed)")
-    estimate(results, name, per_user, None)
+    results.note(
+        name,
+        "not included: the per-user dedup window of update ids (7 days, one sorted-set entry per "
+        "update) and queued events, which grow with traffic, not with users",
+    )
+    estimate(results, name, per_user, per_conn)
 
 
 async def payload_bytes(redis: Any, found: dict[str, list[bytes]]) -> float:
