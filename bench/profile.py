@@ -79,7 +79,7 @@ def report(summary: dict[str, Counter[str]], top: int = 14) -> list[str]:
     ours = [
         (name, n)
         for name, n in summary["inclusive"].most_common()
-        if any(name.split("(")[-1].startswith(p) for p in ("gateway/", "routing/", "channels/", "oauth/", "bench/"))
+        if any(name.split("(")[-1].startswith(p) for p in ("gateway/", "routing/", "channels/", "oauth/"))
     ]
     lines += [f"  {100 * n / total:5.1f}%  {name}" for name, n in ours[:top]]
     return lines
