@@ -36,7 +36,7 @@ from routing.urls import PublicOnlyResolver
 log = logging.getLogger(__name__)
 
 # Each module has `setup(app)`: it adds routes and its own cleanup context (run after the core's).
-CHANNELS: tuple[str, ...] = ("channels.telegram", "oauth.web", "ai.relay")
+CHANNELS: tuple[str, ...] = ("channels.telegram", "oauth.web", "ai.relay", "channels.gmail", "channels.outlook")
 
 ROLES = ("all", "web", "worker")
 OPERATOR = "operator"

@@ -7,7 +7,7 @@
     ├── VaultError           a ciphertext or wrapped key could not be opened
     │   └── KeyShredded      the user's data key is gone (erased)
     ├── ClosedError          an object was used after it was closed
-    ├── ProviderError        an OAuth provider (Google, Microsoft) failed or refused
+    ├── ProviderError        Google or Microsoft failed or refused (reason, status, retry_after)
     │   ├── ProviderUnavailable  transient: 5xx, timeout, network (retried; never marks a grant dead)
     │   └── ReauthRequired       the grant is dead (invalid_grant...); the user must reconnect
     └── ApiError             an answer to an HTTP caller: status, code, detail
@@ -58,7 +58,13 @@ class ClosedError(GatewayError):
 
 
 class ProviderError(GatewayError):
-    pass
+    """`reason` is a short code safe to log; `status` is the provider's HTTP status when it answered."""
+
+    def __init__(self, reason: str = "", *, status: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(f"{reason} (HTTP {status})" if status else reason)
+        self.reason: str = reason
+        self.status: int | None = status
+        self.retry_after: float | None = retry_after
 
 
 class ProviderUnavailable(ProviderError):

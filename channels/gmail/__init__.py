@@ -1,0 +1,88 @@
+"""The Gmail channel: Pub/Sub push ingress and the `users.watch` lifecycle (contract §4, §6).
+
+Email content never passes through here: the user's server receives the mailbox
+change (`gmail.notification`: address and historyId) and fetches mail itself with
+a token from the broker.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from channels.gmail import push
+from channels.gmail.api import GmailApi
+from channels.gmail.oidc import PushVerifier
+from channels.gmail.watches import PROVIDER, Watches
+from channels.renewal import Timing
+from channels.tokens import BrokerTokens
+from gateway.keys import SERVICES
+from routing.schedule import DueSet
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Gmail:
+    verifier: PushVerifier
+    watches: Watches
+    api: GmailApi
+
+
+GMAIL = web.AppKey("gmail", Gmail)
+GMAIL_TIMING = web.AppKey("gmail_timing", Timing)
+
+
+async def _push(request: web.Request) -> web.Response:
+    gmail = request.app[GMAIL]
+    return await push.handle(request, gmail.verifier, gmail.watches)
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    services = app[SERVICES]
+    settings = services.settings
+    timing = app.get(GMAIL_TIMING, Timing())
+    api = GmailApi(settings.gmail_api_url)
+    due = DueSet(services.redis, services.keys, "gmail", lease=timing.lease)
+    watches = Watches(services, api, BrokerTokens(services.broker), due, topic=settings.gmail_pubsub_topic)
+    verifier = PushVerifier(
+        services.session,
+        settings.google_certs_url,
+        settings.gmail_push_audience,
+        settings.gmail_push_service_account,
+    )
+    app[GMAIL] = Gmail(verifier, watches, api)
+    if not verifier.configured:
+        log.warning("gmail pushes cannot be verified: ALLY_GMAIL_PUSH_AUDIENCE or _SERVICE_ACCOUNT unset")
+    if settings.google_enabled and settings.gmail_pubsub_topic:
+
+        async def loop() -> None:
+            await due.run(watches.renew, poll=timing.poll, concurrency=timing.concurrency, name="gmail-watch")
+
+        services.loops["gmail-watch"] = loop
+
+        async def connected(user_id: str, provider: str, account: str) -> None:
+            if provider == PROVIDER:
+                await watches.connected(user_id, account)
+
+        async def disconnected(user_id: str, provider: str, account: str) -> None:
+            if provider == PROVIDER:
+                await watches.disconnected(user_id)
+
+        services.broker.on_connected.append(connected)
+        services.broker.on_disconnect.append(disconnected)
+    services.hooks.status["gmail"] = watches.status
+    services.hooks.export["gmail"] = watches.export
+    services.hooks.erase["gmail"] = watches.disconnected
+    try:
+        yield
+    finally:
+        api.close()
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_post("/gmail/push", _push)
+    app.cleanup_ctx.append(_lifecycle)

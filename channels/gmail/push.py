@@ -1,0 +1,70 @@
+"""`POST /gmail/push`: a Pub/Sub push of one Gmail mailbox change (contract §6).
+
+Body (Pub/Sub push format): `{"message": {"data": base64(JSON), "messageId", "publishTime",
+"attributes"?}, "subscription"}`; Gmail's data is `{"emailAddress", "historyId"}`.
+204 only once the change is durably queued (or deliberately dropped); 401 for a bad
+token, 400 for a body that is not a Gmail push, 503 when queueing failed (Pub/Sub retries).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import Any
+
+import orjson
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from channels.gmail.oidc import PushVerifier
+from channels.gmail.watches import Watches
+from gateway import metrics
+from gateway.errors import BadRequest, StorageError, Unauthorized
+from gateway.http import bearer, read_json_object
+
+MAX_BODY = 64 * 1024
+_HISTORY = re.compile(r"^[0-9]{1,20}$")
+_MESSAGE_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+
+
+def parse(body: dict[str, Any]) -> tuple[str, str, str]:
+    """(emailAddress, historyId, messageId) of a Gmail push, or `BadRequest`."""
+    message = body.get("message")
+    if not isinstance(message, dict):
+        raise BadRequest("invalid_push", "message must be an object")
+    message_id = message.get("messageId") or message.get("message_id")
+    if not isinstance(message_id, str) or not _MESSAGE_ID.match(message_id):
+        raise BadRequest("invalid_push", "message.messageId is missing or malformed")
+    data = message.get("data")
+    if not isinstance(data, str) or not data:
+        raise BadRequest("invalid_push", "message.data is missing")
+    try:
+        # Pub/Sub sends standard base64; accept the URL-safe alphabet too.
+        raw = base64.b64decode(data.replace("-", "+").replace("_", "/") + "=" * (-len(data) % 4), validate=True)
+        decoded = orjson.loads(raw)
+    except (binascii.Error, ValueError, orjson.JSONDecodeError):
+        raise BadRequest("invalid_push", "message.data is not base64 JSON") from None
+    if not isinstance(decoded, dict):
+        raise BadRequest("invalid_push", "message.data is not a JSON object")
+    address = decoded.get("emailAddress")
+    history = decoded.get("historyId")
+    if not isinstance(address, str) or "@" not in address or len(address) > 320:
+        raise BadRequest("invalid_push", "emailAddress is missing or malformed")
+    if isinstance(history, bool) or not isinstance(history, int | str) or not _HISTORY.match(str(history)):
+        raise BadRequest("invalid_push", "historyId is missing or malformed")
+    return address, str(int(history)), message_id
+
+
+async def handle(request: web.Request, verifier: PushVerifier, watches: Watches) -> web.Response:
+    try:
+        await verifier.verify(bearer(request))
+    except Unauthorized as exc:
+        metrics.WEBHOOK_REJECTED.labels("gmail", exc.code).inc()
+        raise
+    address, history_id, message_id = parse(await read_json_object(request, limit=MAX_BODY))
+    try:
+        await watches.notify(address, history_id, message_id)
+    except RedisError as exc:
+        raise StorageError("could not record the push") from exc
+    return web.Response(status=204)

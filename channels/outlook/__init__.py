@@ -1,0 +1,73 @@
+"""The Outlook channel: Microsoft Graph change notifications and the subscription lifecycle
+(contract §4, §6). Mail content never passes through here: the user's server receives the
+notification item and fetches the message itself with a token from the broker."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from channels.outlook import ingress
+from channels.outlook.graph import Graph
+from channels.outlook.subscriptions import PROVIDER, Subscriptions
+from channels.renewal import Timing
+from channels.tokens import BrokerTokens
+from gateway.keys import SERVICES
+from routing.schedule import DueSet
+
+
+@dataclass
+class Outlook:
+    subscriptions: Subscriptions
+    graph: Graph
+
+
+OUTLOOK = web.AppKey("outlook", Outlook)
+OUTLOOK_TIMING = web.AppKey("outlook_timing", Timing)
+
+
+async def _notify(request: web.Request) -> web.Response:
+    return await ingress.notify(request, request.app[OUTLOOK].subscriptions)
+
+
+async def _lifecycle_route(request: web.Request) -> web.Response:
+    return await ingress.lifecycle(request, request.app[OUTLOOK].subscriptions)
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    services = app[SERVICES]
+    settings = services.settings
+    timing = app.get(OUTLOOK_TIMING, Timing())
+    graph = Graph(services.session, settings.graph_api_url)
+    due = DueSet(services.redis, services.keys, "outlook", lease=timing.lease)
+    subs = Subscriptions(services, graph, BrokerTokens(services.broker), due, public_url=settings.public_url)
+    app[OUTLOOK] = Outlook(subs, graph)
+    if settings.microsoft_enabled:
+
+        async def loop() -> None:
+            await due.run(subs.renew, poll=timing.poll, concurrency=timing.concurrency, name="outlook-subscription")
+
+        services.loops["outlook-subscription"] = loop
+
+        async def connected(user_id: str, provider: str, account: str) -> None:
+            if provider == PROVIDER:
+                await subs.connected(user_id, account)
+
+        async def disconnected(user_id: str, provider: str, account: str) -> None:
+            if provider == PROVIDER:
+                await subs.disconnected(user_id)
+
+        services.broker.on_connected.append(connected)
+        services.broker.on_disconnect.append(disconnected)
+    services.hooks.status["outlook"] = subs.status
+    services.hooks.export["outlook"] = subs.export
+    services.hooks.erase["outlook"] = subs.disconnected
+    yield
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_post("/outlook/notify", _notify)
+    app.router.add_post("/outlook/lifecycle", _lifecycle_route)
+    app.cleanup_ctx.append(_lifecycle)
