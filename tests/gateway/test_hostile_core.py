@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given
+from hypothesis import settings as examples
 from hypothesis import strategies as st
 
 from gateway import http as gateway_http
@@ -153,7 +154,7 @@ auths = st.one_of(
     st.just("Basic dXNlcjpwYXNz"),
     header_values,
 )
-HOSTILE = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+HOSTILE = examples(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @HOSTILE
@@ -320,7 +321,7 @@ async def test_production_delivery_checks_the_address_when_it_connects(gateway: 
     # The machine's own name: registration lets a name through (it is not an IP literal), yet
     # it resolves to a loopback or private address, as a rebound DNS name would.
     name = socket.gethostname()
-    address = (await asyncio.get_running_loop().getaddrinfo(name, None, family=socket.AF_INET))[0][4][0]
+    address = str((await asyncio.get_running_loop().getaddrinfo(name, None, family=socket.AF_INET))[0][4][0])
     assert not is_public_address(address), f"{name} resolves to a public address here"
     listener = Listener()
     port = await listener.start(address)
