@@ -25,7 +25,9 @@ async def everything_under(redis: Any, prefix: str) -> list[bytes]:
         out.append(key)
         kind = (await redis.type(key)).decode()
         if kind == "string":
-            out.append(await redis.get(key))
+            value = await redis.get(key)
+            if value is not None:  # a lease or flag may expire between TYPE and GET
+                out.append(value)
         elif kind == "hash":
             for field, value in (await redis.hgetall(key)).items():
                 out += [field, value]
