@@ -33,3 +33,8 @@ AI_TOKENS = Counter("ally_ai_tokens_total", "AI tokens metered", ["kind"])
 REVOCATIONS = Counter("ally_oauth_revocations_total", "Grant revocations at providers", ["provider", "outcome"])
 CONNECT_FLOWS = Counter("ally_oauth_connect_flows_total", "OAuth connect callbacks by outcome", ["provider", "outcome"])
 TELEGRAM_CALLS = Counter("ally_telegram_api_calls_total", "Bot API calls by method and outcome", ["method", "outcome"])
+MAIL_UPKEEP = Counter(
+    "ally_mail_upkeep_total",
+    "Gmail watch and Graph subscription upkeep by outcome (ok, failed, reauth_required, recreated)",
+    ["channel", "outcome"],
+)

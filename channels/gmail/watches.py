@@ -178,6 +178,7 @@ class Watches:
             watch = await self._api.watch(token, self._topic)
         except ReauthRequired:
             await self._set(user_id, status="reauth_required", lapsed=text(state, "lapsed") or now_ms())
+            metrics.MAIL_UPKEEP.labels("gmail", "reauth_required").inc()
             log.info("gmail watch paused until the user reconnects", extra={"user_id": user_id})
             return None
         except NotFound:
@@ -192,6 +193,7 @@ class Watches:
             if lapsed:
                 fields["lapsed"] = lapsed
             await self._set(user_id, **fields)
+            metrics.MAIL_UPKEEP.labels("gmail", "failed").inc()
             log.warning("gmail watch renewal failed", extra={"user_id": user_id, "reason": _reason(exc)})
             return time.time() + backoff(failures + 1, exc)
         expired = 0 < number(state, "expiration") <= now_ms()
@@ -207,6 +209,7 @@ class Watches:
         )
         if not written:
             return None
+        metrics.MAIL_UPKEEP.labels("gmail", "ok").inc()
         if lapsed:
             await self._resync(user_id, state, watch.history_id, lapsed)
         return time.time() + RENEW_EVERY

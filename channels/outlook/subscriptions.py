@@ -216,6 +216,7 @@ class Subscriptions:
                 sub = await self._graph.renew(token, sub_id, time.time() + LIFETIME)
         except ReauthRequired:
             await self._set(user_id, status="reauth_required", resync=resync or "subscription_lapsed")
+            metrics.MAIL_UPKEEP.labels("outlook", "reauth_required").inc()
             log.info("graph subscription paused until the user reconnects", extra={"user_id": user_id})
             return None
         except NotFound:
@@ -224,6 +225,7 @@ class Subscriptions:
             if exc.status == 404 and sub_id:
                 # Graph no longer knows it: a new one, and the server catches up on what was missed.
                 await self._set(user_id, action="recreate", resync=resync or "subscription_lapsed")
+                metrics.MAIL_UPKEEP.labels("outlook", "recreated").inc()
                 return time.time()
             return await self._failed(user_id, state, failures, exc)
         except GatewayError as exc:
@@ -240,6 +242,7 @@ class Subscriptions:
         )
         if not written:
             return None
+        metrics.MAIL_UPKEEP.labels("outlook", "ok").inc()
         if resync:
             await self._resync(user_id, resync, sub.id, dedup=f"resync:{sub.id}:{resync}")
             await self._redis.hdel(self._state(user_id), "resync")
@@ -272,6 +275,7 @@ class Subscriptions:
         if 0 < number(state, "expires_at") <= time.time() and not text(state, "resync"):
             fields["resync"] = "subscription_lapsed"
         await self._set(user_id, **fields)
+        metrics.MAIL_UPKEEP.labels("outlook", "failed").inc()
         log.warning("graph subscription upkeep failed", extra={"user_id": user_id, "reason": _reason(exc)})
         return time.time() + backoff(failures + 1, exc)
 

@@ -328,3 +328,14 @@ async def _no_action(gw: Gateway, user: str) -> bool:
 
 async def _status(gw: Gateway, user: str, status: str) -> bool:
     return (await state(gw, user)).get("status") == status
+
+
+async def test_upkeep_outcomes_are_counted(mail, graph, dedicated):
+    before_ok = sample("ally_mail_upkeep_total", channel="outlook", outcome="ok")
+    before_failed = sample("ally_mail_upkeep_total", channel="outlook", outcome="failed")
+    await connect(mail, graph, dedicated, "pam")
+    assert sample("ally_mail_upkeep_total", channel="outlook", outcome="ok") - before_ok == 1
+    graph.fail["renew"] = 503
+    await subs(mail).due.put("pam", time.time())
+    await wait_until(lambda: _status(mail, "pam", "failing"))
+    assert sample("ally_mail_upkeep_total", channel="outlook", outcome="failed") - before_failed == 1
