@@ -11,7 +11,6 @@ prompts.
 
 from __future__ import annotations
 
-import os
 import ssl
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any, cast
@@ -22,7 +21,7 @@ import httpx2
 from ai.errors import ProviderError, StreamBroken
 from ai.request import MessagesRequest
 from ai.sse import error_type
-from gateway.errors import ConfigError
+from gateway.tls import client_context
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 # Headers of the provider's answer the caller may see; everything else stays here.
@@ -30,16 +29,7 @@ _PASSED_ON = ("request-id", "retry-after", "content-type")
 
 
 def tls_context() -> ssl.SSLContext:
-    """The system trust store, plus the private CA that SSL_CERT_FILE or REQUESTS_CA_BUNDLE name."""
-    context = ssl.create_default_context()
-    for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"):
-        path = os.environ.get(name)
-        if path:
-            try:
-                context.load_verify_locations(cafile=path)
-            except (OSError, ssl.SSLError) as exc:
-                raise ConfigError(f"{name} does not name a readable PEM file of CA certificates") from exc
-    return context
+    return client_context()
 
 
 class AnthropicProvider:

@@ -24,6 +24,7 @@ from gateway.http import errors_middleware, stamp_request_id
 from gateway.keys import ROLE, SERVICES, SETTINGS
 from gateway.services import Services
 from gateway.storage import connect
+from gateway.tls import client_context
 from oauth.broker import Broker, providers_for
 from oauth.vault import Vault
 from routing.delivery import DeliveryWorker
@@ -72,7 +73,7 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
     keys = Keys(settings.key_prefix)
     resolver = PublicOnlyResolver() if settings.production else None
     session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=1000, ttl_dns_cache=60, resolver=resolver),
+        connector=aiohttp.TCPConnector(limit=1000, ttl_dns_cache=60, resolver=resolver, ssl=client_context()),
         trust_env=False,
     )
     vault = Vault(redis, keys, settings.master_keys)

@@ -8,12 +8,12 @@ retry) or `ProviderError` (anything else); error bodies are reduced to their `er
 
 from __future__ import annotations
 
-import os
 import ssl
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gateway.errors import ProviderError, ProviderUnavailable, ReauthRequired
+from gateway.tls import client_context
 from oauth.store import Tokens
 
 # Token-endpoint `error` codes that mean the refresh token will never work again.
@@ -60,10 +60,4 @@ def classify(provider: str, error: str | None, *, status: int | None = None) -> 
 
 
 def tls_context() -> ssl.SSLContext:
-    """The system trust store plus the private CA named by SSL_CERT_FILE or REQUESTS_CA_BUNDLE."""
-    context = ssl.create_default_context()
-    for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"):
-        path = os.environ.get(name)
-        if path and os.path.isfile(path):
-            context.load_verify_locations(cafile=path)
-    return context
+    return client_context()

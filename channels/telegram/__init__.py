@@ -19,6 +19,7 @@ import aiohttp
 from aiohttp import web
 
 from gateway.keys import ROLE, SERVICES
+from gateway.tls import client_context
 
 from . import ingress, outbound
 from .channel import TELEGRAM, Telegram, storage_errors
@@ -41,7 +42,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         yield
         return
     identity = identity_of(services.settings)
-    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200, ttl_dns_cache=300), trust_env=False)
+    connector = aiohttp.TCPConnector(limit=200, ttl_dns_cache=300, ssl=client_context())
+    session = aiohttp.ClientSession(connector=connector, trust_env=False)
     # Web-serving processes own the webhook; workers and operator commands leave it alone.
     channel = Telegram(services, identity, session, register_webhook=app[ROLE] in ("all", "web"))
     app[TELEGRAM] = channel
