@@ -138,6 +138,17 @@ class DueSet:
         got = await self._hold(keys=[self.due_key, self.lease_key], args=[member, now, until])
         return Claim(member, until) if int(got) else None
 
+    async def run_now(self, member: str, work: Work, *, retry_after: float = 60.0) -> None:
+        """Run `work` for `member` at once under its lease (skipped if another worker holds it)."""
+        claim = await self.hold(member)
+        if claim is None:
+            return
+        next_at: float | None = time.time() + retry_after
+        try:
+            next_at = await work(member)
+        finally:
+            await self.finish(claim, next_at)
+
     async def finish(self, claim: Claim, next_at: float | None) -> bool:
         """Reschedule (or forget, when `next_at` is None) if the lease is still ours."""
         nxt = "" if next_at is None else str(int(next_at * 1000))

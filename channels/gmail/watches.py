@@ -139,14 +139,7 @@ class Watches:
         await self.renew_now(user_id)
 
     async def renew_now(self, user_id: str) -> None:
-        claim = await self.due.hold(user_id)
-        if claim is None:
-            return
-        next_at: float | None = time.time() + 60.0
-        try:
-            next_at = await self.renew(user_id)
-        finally:
-            await self.due.finish(claim, next_at)
+        await self.due.run_now(user_id, self.renew)
 
     async def disconnected(self, user_id: str) -> None:
         """Stop the watch at Google (best effort) and forget the address and the state."""
