@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -15,10 +16,25 @@ from .wire import Upload
 MAX_FIELDS = 1 << 20
 MAX_UPLOAD = 50 * 1024 * 1024  # Telegram's own limit for files a bot sends
 MAX_PARTS = 32
+# Bot API parameter names are snake_case words; anything else cannot be a parameter, and names,
+# file names and types with control characters cannot even be written into the upstream request.
+_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 async def read_call(request: web.Request) -> tuple[dict[str, Any], list[Upload]]:
     """The call's parameters (JSON types kept) and its uploaded files."""
+    params, uploads = await _read(request)
+    for name in (*params, *(u.name for u in uploads)):
+        if not _NAME.fullmatch(name):
+            raise BadRequest("invalid_parameter", "parameter names are letters, digits and underscores")
+    for upload in uploads:
+        if _CONTROL.search(upload.filename) or _CONTROL.search(upload.content_type):
+            raise BadRequest("invalid_multipart", "a file name or type holds control characters")
+    return params, uploads
+
+
+async def _read(request: web.Request) -> tuple[dict[str, Any], list[Upload]]:
     ctype = request.content_type
     if not request.body_exists:
         return {}, []
