@@ -125,6 +125,9 @@ class FakeTelegram:
             return web.json_response({"ok": True, "result": handler(params, files)})
         except _BadRequest as exc:
             return _error(400, f"Bad Request: {exc}")
+        except (KeyError, ValueError, TypeError):
+            # A missing or unreadable parameter: Telegram answers 400, never 500.
+            return _error(400, "Bad Request: invalid or missing parameters")
 
     async def _file(self, request: web.Request) -> web.StreamResponse:
         if request.match_info["token"] != self.token:
