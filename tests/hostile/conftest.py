@@ -1,16 +1,20 @@
 """One gateway with every channel on, two tenants with real state, and the stand-ins they use.
 
 Alice and Bob each have a registered server, a linked private chat, a linked group, a file
-and a callback query their chats produced. Hostile tests aim at one tenant's data with the
+and a callback query their chats produced, a Gmail connection with its watch and an Outlook
+connection with its Graph subscription. Hostile tests aim at one tenant's data with the
 other's credential, or at the public endpoints with garbage, and then check that nothing
-happened: no event queued (`events_in` counters), no Bot API call, no model call.
+happened: no event queued (`events_in` counters), no Bot API call, no model call, no token
+refreshed and no Graph or Gmail call.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -18,13 +22,18 @@ import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from channels.gmail import GMAIL_TIMING
+from channels.outlook import OUTLOOK_TIMING
 from channels.telegram.ratelimit import Limiter, Limits
 from gateway.app import create_app
-from tests.channels.conftest import SECRET, TgGateway, tg_settings
+from tests.channels.conftest import SECRET, TgGateway
 from tests.conftest import wipe
 from tests.support import telegram as tgs
 from tests.support.anthropic import API_KEY, AnthropicStandIn, Step, message, stream
 from tests.support.dedicated import DedicatedServer
+from tests.support.google import Google
+from tests.support.graph import Graph, GraphSubscription
+from tests.support.mail import FAST, connect_gmail, connect_outlook, free_port, mail_settings
 from tests.support.telegram import FakeTelegram
 
 RETURN_ORIGIN = "https://app.example"
@@ -40,6 +49,9 @@ class Tenant:
     group: dict[str, Any]
     file_id: str
     callback_query_id: str
+    gmail: str = ""
+    outlook: str = ""
+    subscription: GraphSubscription | None = None
 
     @property
     def private_chat(self) -> int:
@@ -61,6 +73,8 @@ class Effects:
     events_in: dict[str, int]
     bot_api_calls: int
     model_calls: int
+    token_refreshes: int
+    mail_api_calls: int
 
 
 @dataclasses.dataclass(repr=False)
@@ -68,6 +82,8 @@ class World:
     tg: TgGateway
     dedicated: DedicatedServer
     anthropic: AnthropicStandIn
+    google: Google
+    graph: Graph
     alice: Tenant
     bob: Tenant
 
@@ -102,7 +118,13 @@ class World:
         for tenant in (self.alice, self.bob):
             raw = await redis.hget(keys.counters(tenant.user_id), "events_in")
             counts[tenant.user_id] = int(raw or 0)
-        return Effects(counts, len(self.tg.fake.calls), len(self.anthropic.calls))
+        return Effects(
+            counts,
+            len(self.tg.fake.calls),
+            len(self.anthropic.calls),
+            self.google.refreshes,
+            len(self.google.calls) + len(self.graph.calls),
+        )
 
 
 async def _tenant(tg: TgGateway, dedicated: DedicatedServer, user_id: str, tg_id: int, group_id: int) -> Tenant:
@@ -164,25 +186,52 @@ def answers() -> Step:
     return step
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "not reached in time"
+        await asyncio.sleep(0.02)
+
+
+async def _connect_mail(world: World, tenant: Tenant) -> None:
+    gw = world.tg
+    tenant.gmail = await connect_gmail(gw, world.google, world.dedicated, tenant.user_id)
+    tenant.outlook = await connect_outlook(gw, world.graph, world.dedicated, tenant.user_id)
+    # The Graph stand-in knows a mailbox by its owner's id, which is the user id here.
+    await wait_until(lambda: len(world.graph.of(tenant.user_id)) == 1)
+    tenant.subscription = world.graph.of(tenant.user_id)[0]
+    await wait_until(lambda: world.google.mailboxes[tenant.gmail].watch is not None)
+
+
+@pytest_asyncio.fixture(scope="package", loop_scope="package")
 async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
-    fake, dedicated, anthropic = FakeTelegram(), DedicatedServer(), AnthropicStandIn()
-    for part in (fake, dedicated, anthropic):
+    fake, dedicated, anthropic, google, graph = FakeTelegram(), DedicatedServer(), AnthropicStandIn(), Google(), Graph()
+    parts = (fake, dedicated, anthropic, google, graph)
+    for part in parts:
         await part.start()
     anthropic.plan(MODEL, answers())
-    settings = tg_settings(
+    port = free_port()
+    settings = mail_settings(
         tmp_path_factory.mktemp("hostile"),
-        fake,
+        google,
+        graph,
+        port,
+        telegram_bot_token=fake.token,
+        telegram_webhook_secret=SECRET,
+        telegram_api_url=fake.url,
         anthropic_api_key=API_KEY,
         anthropic_base_url=anthropic.url,
         ai_attempts=1,
         ai_backoff=0.0,
         ai_timeout=5.0,
-        google_client_id="hostile-client.apps.googleusercontent.com",
-        google_client_secret="hostile-google-secret",
         allowed_return_origins=(RETURN_ORIGIN,),
+        # Nothing here may reach Microsoft: an identity provider that refuses every connection.
+        microsoft_oidc_authority="https://127.0.0.1:9/ms",
     )
-    client = TestClient(TestServer(create_app(settings), port=0))
+    app = create_app(settings)
+    app[GMAIL_TIMING] = app[OUTLOOK_TIMING] = FAST
+    # Graph validates the notification URL before it creates a subscription: listen where it points.
+    client = TestClient(TestServer(app, port=port))
     await client.start_server()
     tg = TgGateway(client, settings, fake)
     # These tests are about what a request may reach, not about pacing: sends never wait here.
@@ -193,9 +242,12 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World
     try:
         alice = await _tenant(tg, dedicated, "alice", 111000111, -100111000111)
         bob = await _tenant(tg, dedicated, "bob", 222000222, -100222000222)
-        yield World(tg, dedicated, anthropic, alice, bob)
+        world = World(tg, dedicated, anthropic, google, graph, alice, bob)
+        for tenant in (alice, bob):
+            await _connect_mail(world, tenant)
+        yield world
     finally:
         await client.close()
         await wipe(settings.key_prefix)
-        for part in (anthropic, dedicated, fake):
+        for part in reversed(parts):
             await part.close()

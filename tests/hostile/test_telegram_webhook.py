@@ -62,7 +62,7 @@ def samples() -> list[dict[str, Any]]:
     ]
 
 
-@pytest.mark.asyncio(loop_scope="module")
+@pytest.mark.asyncio(loop_scope="package")
 @FUZZ
 @given(
     bot_id=st.one_of(st.just(str(tgs.BOT_ID)), hs.path_parts),
