@@ -97,10 +97,11 @@ class Subscriptions:
 
     async def owners(self, items: list[dict[str, Any]]) -> list[str | None]:
         """The user each item belongs to, or None when its subscription or clientState does not check out."""
-        ids = {item.get("subscriptionId") for item in items}
+        # Only strings can name a subscription (a list or an object here is not even hashable).
+        ids = {sub_id for item in items if isinstance(sub_id := item.get("subscriptionId"), str)}
         known: dict[str, tuple[bytes | None, bytes | None]] = {}
         for sub_id in ids:
-            if isinstance(sub_id, str) and SUBSCRIPTION_ID.match(sub_id):
+            if SUBSCRIPTION_ID.match(sub_id):
                 user, digest = await self._redis.hmget(self._index(sub_id), ["user", "state"])
                 known[sub_id] = (user, digest)
         out: list[str | None] = []
