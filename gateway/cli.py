@@ -69,9 +69,7 @@ def _serve(settings: config.Settings, role: str) -> int:
 
 async def _run(settings: config.Settings, role: str) -> None:
     app = create_app(settings, role)
-    runner = web.AppRunner(
-        app, access_log=None, handle_signals=False, shutdown_timeout=5.0, keepalive_timeout=http.IDLE_TIMEOUT
-    )
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0, **http.server_options())
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
