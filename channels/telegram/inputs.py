@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
 import orjson
 from aiohttp import BodyPartReader, web
 
-from gateway.errors import BadRequest, PayloadTooLarge
+from gateway import http
+from gateway.errors import ApiError, BadRequest, PayloadTooLarge
 from gateway.http import read_json_object
 
 from .wire import Upload
@@ -16,6 +18,8 @@ from .wire import Upload
 MAX_FIELDS = 1 << 20
 MAX_UPLOAD = 50 * 1024 * 1024  # Telegram's own limit for files a bot sends
 MAX_PARTS = 32
+MIN_UPLOAD_RATE = 64 * 1024
+"""Bytes a second an upload must average (after http.BODY_TIMEOUT) to be read to its end."""
 # Bot API parameter names are snake_case words; anything else cannot be a parameter, and names,
 # file names and types with control characters cannot even be written into the upstream request.
 _NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
@@ -41,42 +45,66 @@ async def _read(request: web.Request) -> tuple[dict[str, Any], list[Upload]]:
     if ctype == "application/json":
         return await read_json_object(request, limit=MAX_FIELDS), []
     if ctype == "application/x-www-form-urlencoded":
+        _refuse_declared(request, MAX_FIELDS)
         try:
-            form = await request.post()
+            async with asyncio.timeout(http.BODY_TIMEOUT):
+                form = await request.post()
+        except TimeoutError:
+            raise _too_slow() from None
         except ValueError as exc:
             raise BadRequest("invalid_form", "could not read the form body") from exc
         return {k: v for k, v in form.items() if isinstance(v, str)}, []
     if ctype == "multipart/form-data":
-        return await _multipart(request)
+        _refuse_declared(request, MAX_UPLOAD + MAX_PARTS * MAX_FIELDS)
+        try:
+            return await _multipart(request)
+        except TimeoutError:
+            raise _too_slow() from None
     raise BadRequest("unsupported_media_type", "send JSON, form-encoded or multipart/form-data", status=415)
+
+
+def _refuse_declared(request: web.Request, limit: int) -> None:
+    # Refused on the declared length, before waiting for a body that will not be read anyway.
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge("payload_too_large", f"body over {limit} bytes")
+
+
+def _too_slow() -> ApiError:
+    return ApiError("body_timeout", "the request body did not arrive in time", status=408)
 
 
 async def _multipart(request: web.Request) -> tuple[dict[str, Any], list[Upload]]:
     params: dict[str, Any] = {}
     uploads: list[Upload] = []
     total = 0
+    # An upload may take long, but not forever: BODY_TIMEOUT, plus the time its bytes so far need at
+    # MIN_UPLOAD_RATE. A client trickling bytes runs out of time; a big file on a fair link does not.
+    loop = asyncio.get_running_loop()
+    start = loop.time()
     try:
-        reader = await request.multipart()
-        for _ in range(MAX_PARTS + 1):
-            part = await reader.next()
-            if part is None:
-                return params, uploads
-            if not isinstance(part, BodyPartReader) or not part.name:
-                raise BadRequest("invalid_multipart", "every part needs a name")
-            chunks: list[bytes] = []
-            while chunk := await part.read_chunk(1 << 16):
-                total += len(chunk)
-                if total > MAX_UPLOAD:
-                    raise PayloadTooLarge("payload_too_large", f"uploads over {MAX_UPLOAD} bytes")
-                chunks.append(chunk)
-            data = b"".join(chunks)
-            if part.filename is None:
-                if len(data) > MAX_FIELDS:
-                    raise PayloadTooLarge("payload_too_large", f"a field over {MAX_FIELDS} bytes")
-                params[part.name] = data.decode("utf-8", errors="strict")
-            else:
-                ctype = part.headers.get("Content-Type", "application/octet-stream")
-                uploads.append(Upload(part.name, part.filename, ctype, data))
+        async with asyncio.timeout(http.BODY_TIMEOUT) as deadline:
+            reader = await request.multipart()
+            for _ in range(MAX_PARTS + 1):
+                part = await reader.next()
+                if part is None:
+                    return params, uploads
+                if not isinstance(part, BodyPartReader) or not part.name:
+                    raise BadRequest("invalid_multipart", "every part needs a name")
+                chunks: list[bytes] = []
+                while chunk := await part.read_chunk(1 << 16):
+                    total += len(chunk)
+                    if total > MAX_UPLOAD:
+                        raise PayloadTooLarge("payload_too_large", f"uploads over {MAX_UPLOAD} bytes")
+                    chunks.append(chunk)
+                    deadline.reschedule(start + http.BODY_TIMEOUT + total / MIN_UPLOAD_RATE)
+                data = b"".join(chunks)
+                if part.filename is None:
+                    if len(data) > MAX_FIELDS:
+                        raise PayloadTooLarge("payload_too_large", f"a field over {MAX_FIELDS} bytes")
+                    params[part.name] = data.decode("utf-8", errors="strict")
+                else:
+                    ctype = part.headers.get("Content-Type", "application/octet-stream")
+                    uploads.append(Upload(part.name, part.filename, ctype, data))
     except (ValueError, UnicodeDecodeError, AssertionError) as exc:
         raise BadRequest("invalid_multipart", "could not read the multipart body") from exc
     raise BadRequest("invalid_multipart", f"at most {MAX_PARTS} parts")
