@@ -153,7 +153,13 @@ class Registry:
         if len(parts) != 3 or parts[0] != "ast" or not USER_ID.match(parts[1]):
             return None
         user_id = parts[1]
-        stored = await self._redis.hmget(self._keys.user(user_id), ["token_hash", "old_token_hash", "old_until"])
+        stored = await self._redis.hmget(
+            self._keys.user(user_id), ["token_hash", "old_token_hash", "old_until", "erasing"]
+        )
+        if stored[3] is not None:
+            # Erasure was accepted: from that moment the user's server reaches nothing (no token
+            # leases, no sends), even while the background steps still run.
+            return None
         offered = _hash(token)
         if stored[0] is not None and hmac.compare_digest(offered, _s(stored[0])):
             return UserId(user_id)
