@@ -1,0 +1,212 @@
+"""Volume and time: a body over its endpoint's limit is refused with 413 while it is still
+coming in (never read whole), and a client that sends its request head or body too slowly is
+cut off instead of holding a handler."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import pytest_asyncio
+from aiohttp.test_utils import TestClient, TestServer
+
+from channels.telegram.inputs import MAX_UPLOAD
+from gateway import http
+from gateway.app import create_app
+from tests.channels.conftest import SECRET, TgGateway, tg_settings
+from tests.conftest import random_public_key, wipe
+from tests.hostile import rawhttp
+from tests.hostile.conftest import World
+from tests.support import telegram as tgs
+from tests.support.telegram import FakeTelegram
+
+JSON = {"Content-Type": "application/json"}
+BOUNDARY = "hostile-boundary-7MA4YWxkTrZu0gW"
+MULTIPART_HEAD = (
+    f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="chat_id"\r\n\r\n111000111\r\n'
+    f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="document"; filename="big.bin"\r\n'
+    "Content-Type: application/octet-stream\r\n\r\n"
+).encode()
+
+
+def address(client: TestClient[Any, Any]) -> tuple[str, int]:
+    assert client.port is not None
+    return client.host, client.port
+
+
+def limits(world: World) -> list[tuple[str, dict[str, str], int, bytes]]:
+    """(path, headers, the endpoint's limit, what the body starts with) for every body-reading endpoint."""
+    alice = world.alice.auth
+    push = {"Authorization": f"Bearer {world.google.push_token()}", **JSON}
+    return [
+        (f"/telegram/webhook/{tgs.BOT_ID}", {"X-Telegram-Bot-Api-Secret-Token": SECRET, **JSON}, 1 << 20, b""),
+        ("/gmail/push", push, 64 << 10, b""),
+        ("/outlook/notify", JSON, 1 << 20, b""),
+        ("/outlook/lifecycle", JSON, 1 << 20, b""),
+        ("/v1/telegram/sendMessage", {**alice, **JSON}, 1 << 20, b""),
+        ("/v1/telegram/sendMessage", {**alice, "Content-Type": "application/x-www-form-urlencoded"}, 1 << 20, b""),
+        (
+            "/v1/telegram/sendDocument",
+            {**alice, "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+            MAX_UPLOAD,
+            MULTIPART_HEAD,
+        ),
+        ("/v1/connections/google/token", {**alice, **JSON}, 4096, b""),
+        ("/v1/ai/messages", {**alice, **JSON}, 32 << 20, b""),
+    ]
+
+
+@pytest.mark.asyncio(loop_scope="package")
+async def test_a_body_over_the_limit_is_refused_while_it_is_still_coming(world: World):
+    host, port = address(world.client)
+    before = await world.effects()
+    for path, headers, limit, prefix in limits(world):
+        upload = await rawhttp.endless_upload(host, port, path, headers, prefix=prefix)
+        assert upload.answer.status == 413, (path, upload.answer.status, upload.answer.body)
+        assert orjson.loads(upload.answer.body)["error"] == "payload_too_large", path
+        # Refused soon after the limit was passed: never read to the end (256 MiB were planned).
+        assert limit < upload.sent + len(prefix) + (1 << 16) and upload.sent < limit + (8 << 20), (path, upload.sent)
+    assert await world.effects() == before
+
+
+@pytest.mark.asyncio(loop_scope="package")
+async def test_a_declared_length_over_the_limit_is_refused_before_any_body(world: World):
+    answers = {}
+    for path, headers, _limit, _prefix in limits(world):
+        reader, writer = await asyncio.open_connection(*address(world.client))
+        try:
+            writer.write(request_head(path, {**headers, "Content-Length": 1 << 40}))
+            answers[path, headers["Content-Type"]] = (await asyncio.wait_for(rawhttp.read_answer(reader), 10.0)).status
+        except TimeoutError:
+            answers[path, headers["Content-Type"]] = 0
+        finally:
+            writer.close()
+    assert set(answers.values()) == {413}, answers
+
+
+@pytest.mark.asyncio(loop_scope="package")
+async def test_without_the_webhook_secret_not_even_an_endless_body_is_read(world: World):
+    host, port = address(world.client)
+    before = await world.effects()
+    for path, headers in (
+        (f"/telegram/webhook/{tgs.BOT_ID}", {"X-Telegram-Bot-Api-Secret-Token": "wrong", **JSON}),
+        ("/gmail/push", {"Authorization": "Bearer not.a.jwt", **JSON}),
+        ("/v1/ai/messages", {"Authorization": "Bearer ast.alice.forged", **JSON}),
+    ):
+        upload = await rawhttp.endless_upload(host, port, path, headers)
+        assert upload.answer.status == 401, (path, upload.answer.status)
+        assert upload.sent < 8 << 20, (path, upload.sent)
+    assert await world.effects() == before
+
+
+# -- slow clients ------------------------------------------------------------------------------
+
+SLOW = 1.0
+"""The server's idle and body timeouts in these tests (the real ones are http.IDLE_TIMEOUT and
+http.BODY_TIMEOUT); every trickle below would take a minute or more to finish."""
+
+
+@pytest_asyncio.fixture
+async def slow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[TgGateway, str]]:
+    """A gateway run with the options `ally-gateway serve` uses, timeouts shortened; and a server token."""
+    monkeypatch.setattr(http, "IDLE_TIMEOUT", SLOW)
+    monkeypatch.setattr(http, "BODY_TIMEOUT", SLOW)
+    fake = FakeTelegram()
+    await fake.start()
+    settings = tg_settings(tmp_path, fake)
+    server = TestServer(create_app(settings), port=0)
+    await server.start_server(**http.server_options())
+    client = TestClient(server)
+    gw = TgGateway(client, settings, fake)
+    try:
+        resp = await gw.admin(
+            "PUT",
+            "/admin/v1/users/slowpoke",
+            json={"server_url": "http://127.0.0.1:9/ally", "server_public_key": random_public_key()},
+        )
+        yield gw, (await resp.json())["server_token"]
+    finally:
+        await client.close()
+        await wipe(settings.key_prefix)
+        await fake.close()
+
+
+def request_head(path: str, headers: dict[str, Any]) -> bytes:
+    lines = [f"POST {path} HTTP/1.1", "Host: gateway", *(f"{k}: {v}" for k, v in headers.items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def test_a_connection_that_never_sends_a_request_is_closed(slow: tuple[TgGateway, str]):
+    gw, _token = slow
+    reader, writer = await asyncio.open_connection(*address(gw.client))
+    try:
+        assert await asyncio.wait_for(reader.read(), 15.0) == b""
+    finally:
+        writer.close()
+
+
+async def test_a_request_head_sent_a_byte_at_a_time_is_cut_off(slow: tuple[TgGateway, str]):
+    gw, _token = slow
+    head = request_head(f"/telegram/webhook/{tgs.BOT_ID}", {"X-Padding": "p" * 600, "Content-Length": 2})
+    received, elapsed, given = await rawhttp.trickle(*address(gw.client), head, every=0.05, limit=20.0)
+    assert given < len(head), "the whole head got through"
+    assert elapsed < 20.0 and received == b"", (elapsed, received)
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type", "body"),
+    [
+        (f"/telegram/webhook/{tgs.BOT_ID}", "application/json", b'{"update_id": 1, "message": {}}' + b" " * 900),
+        ("/v1/telegram/sendMessage", "application/json", b'{"text": "slow"}' + b" " * 900),
+        ("/v1/telegram/sendMessage", "application/x-www-form-urlencoded", b"text=" + b"s" * 900),
+        (
+            "/v1/telegram/sendDocument",
+            f"multipart/form-data; boundary={BOUNDARY}",
+            MULTIPART_HEAD + b"d" * 900 + f"\r\n--{BOUNDARY}--\r\n".encode(),
+        ),
+    ],
+)
+async def test_a_body_sent_a_byte_at_a_time_gets_408_and_frees_the_handler(
+    slow: tuple[TgGateway, str], path: str, content_type: str, body: bytes
+):
+    gw, token = slow
+    headers = {
+        "Content-Type": content_type,
+        "Content-Length": len(body),
+        "Authorization": f"Bearer {token}",
+        "X-Telegram-Bot-Api-Secret-Token": SECRET,
+    }
+    head = request_head(path, headers)
+    reader, writer = await asyncio.open_connection(*address(gw.client))
+    writer.write(head)
+    received, elapsed, given = await _trickle_body(reader, writer, body)
+    assert given < len(body), "the whole body got through"
+    assert received.startswith(b"HTTP/1.1 408"), received[:200]
+    assert b'"error":"body_timeout"' in received
+    assert elapsed < 20.0
+
+
+async def _trickle_body(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes
+) -> tuple[bytes, float, int]:
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    answered = asyncio.create_task(reader.read(65536))
+    given = 0
+    try:
+        for byte in body:
+            if answered.done() or loop.time() - start > 20.0:
+                break
+            writer.write(bytes([byte]))
+            await writer.drain()
+            given += 1
+            await asyncio.sleep(0.05)
+        received = await asyncio.wait_for(answered, 5.0)
+        return received, loop.time() - start, given
+    finally:
+        answered.cancel()
+        writer.close()
