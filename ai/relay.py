@@ -43,7 +43,7 @@ from gateway import metrics
 from gateway.auth import require_server
 from gateway.config import Settings
 from gateway.errors import ApiError, ClosedError, ConfigError, StorageError
-from gateway.http import json_response, read_json_object
+from gateway.http import json_response, read_json_object, write_within
 from gateway.keys import SERVICES, SETTINGS
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ async def _stream(request: web.Request, meter: Meter, user_id: str, opened: Open
     outcome = "ok"
     try:
         await response.prepare(request)
-        outcome = await _pass_events(response, opened, counter)
+        outcome = await _pass_events(request, response, opened, counter)
     except ConnectionError:
         outcome = "caller_gone"
     except Exception:
@@ -154,7 +154,9 @@ async def _stream(request: web.Request, meter: Meter, user_id: str, opened: Open
         log.exception("relaying the stream failed")
         outcome = "relay_error"
         with contextlib.suppress(Exception):
-            await response.write(error_event("api_error", "the gateway failed while relaying the stream"))
+            await write_within(
+                request, response, error_event("api_error", "the gateway failed while relaying the stream")
+            )
     finally:
         # Shielded: a caller that went away must not cost the usage its request incurred.
         await asyncio.shield(_finish(meter, user_id, opened, counter.tokens, outcome))
@@ -164,24 +166,27 @@ async def _stream(request: web.Request, meter: Meter, user_id: str, opened: Open
     return response
 
 
-async def _pass_events(response: web.StreamResponse, opened: Opened, counter: StreamCounter) -> str:
+async def _pass_events(
+    request: web.Request, response: web.StreamResponse, opened: Opened, counter: StreamCounter
+) -> str:
+    # Every write is bounded: a caller that stops reading must not hold the model's stream open.
     try:
         async for batch in opened.events():
             for event in batch:
                 counter.see(event)
             # Events that arrived together leave together: one write, not one per event.
-            await response.write(b"".join(event.raw for event in batch))
+            await write_within(request, response, b"".join(event.raw for event in batch))
     except StreamBroken as exc:
         if not counter.stopped:
-            await response.write(error_event("api_error", _BROKEN[exc.reason]))
+            await write_within(request, response, error_event("api_error", _BROKEN[exc.reason]))
             return f"stream_{exc.reason}"
     if counter.stopped:
         if opened.leftover:
-            await response.write(opened.leftover)
+            await write_within(request, response, opened.leftover)
         return "ok"
     if counter.errored:
         return "stream_error"
-    await response.write(error_event("api_error", _BROKEN["ended"]))
+    await write_within(request, response, error_event("api_error", _BROKEN["ended"]))
     return "stream_ended"
 
 

@@ -89,6 +89,19 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         request_id.reset(token)
 
 
+async def write_within(request: web.Request, response: web.StreamResponse, data: bytes) -> None:
+    """Write part of a streamed answer. A caller that has taken none of it for BODY_TIMEOUT has its
+    connection aborted (ConnectionResetError here): a client that stops reading must not hold the
+    handler, nor what it streams from, for as long as it keeps the connection open."""
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT):
+            await response.write(data)
+    except TimeoutError:
+        if request.transport is not None:
+            request.transport.abort()
+        raise ConnectionResetError("the caller stopped reading") from None
+
+
 async def read_body(request: web.Request, *, limit: int) -> bytes:
     """The whole body, refused with 413 as soon as it is known to exceed `limit` (from the
     Content-Length header, or while it streams in) and with 408 when it comes too slowly."""

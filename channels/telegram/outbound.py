@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from gateway import http
 from gateway.auth import require_server
 from gateway.errors import ApiError, BadRequest, Forbidden, NotFound
 from gateway.http import error_response, json_response
@@ -205,7 +206,10 @@ async def download(request: web.Request) -> web.StreamResponse:
         await response.prepare(request)
         try:
             async for chunk in upstream.content.iter_chunked(CHUNK):
-                await response.write(chunk)
+                await http.write_within(request, response, chunk)
+        except ConnectionError:
+            log.info("telegram file download abandoned by the caller")
+            return response
         except (aiohttp.ClientError, TimeoutError) as exc:
             # Headers are gone already: cut the connection so the client sees a broken download.
             log.info("telegram file download broke off", extra={"error": type(exc).__name__})
