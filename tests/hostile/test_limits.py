@@ -5,6 +5,8 @@ cut off instead of holding a handler."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,8 @@ from tests.conftest import random_public_key, wipe
 from tests.hostile import rawhttp
 from tests.hostile.conftest import World
 from tests.support import telegram as tgs
+from tests.support.anthropic import stream
+from tests.support.dedicated import DedicatedServer
 from tests.support.telegram import FakeTelegram
 
 JSON = {"Content-Type": "application/json"}
@@ -210,3 +214,59 @@ async def _trickle_body(
     finally:
         answered.cancel()
         writer.close()
+
+
+async def test_a_download_the_client_never_reads_is_cut_off(slow: tuple[TgGateway, str], dedicated: DedicatedServer):
+    gw, _token = slow
+    created = await gw.create_user(dedicated, "reader")
+    await gw.link_private(dedicated, "reader", tgs.person(515000515, "Rita", "rita"))
+    size = 48 << 20  # far more than the socket buffers on both sides hold
+    document = gw.fake.add_file(os.urandom(size), "documents/big.bin")
+    person = tgs.person(515000515, "Rita", "rita")
+    resp = await gw.post_update(tgs.message(tgs.private_chat(person), person, document=document))
+    assert resp.status == 200
+    reader, writer = await asyncio.open_connection(*address(gw.client))
+    try:
+        writer.write(
+            f"GET /v1/telegram/files/{document['file_id']} HTTP/1.1\r\nHost: gateway\r\n"
+            f"Authorization: Bearer {created['server_token']}\r\n\r\n".encode()
+        )
+        await asyncio.sleep(SLOW * 4)  # reading nothing while the gateway's writes stall
+        got = 0
+        with contextlib.suppress(ConnectionError):
+            while chunk := await asyncio.wait_for(reader.read(1 << 20), 10.0):
+                got += len(chunk)
+    finally:
+        writer.close()
+    assert 0 < got < size, "the gateway kept the download open for a client that did not read"
+
+
+@pytest.mark.asyncio(loop_scope="package")
+async def test_an_ai_stream_the_client_never_reads_is_cut_off(world: World, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(http, "BODY_TIMEOUT", SLOW)
+    world.anthropic.plan("claude-bulky-stream", stream(tuple("x" * 4096 for _ in range(12_000))))
+    ask = orjson.dumps(
+        {
+            "model": "claude-bulky-stream",
+            "max_tokens": 64,
+            "stream": True,
+            "messages": [{"role": "user", "content": "hi"}],
+        }
+    )
+    reader, writer = await asyncio.open_connection(*address(world.client))
+    try:
+        head = request_head("/v1/ai/messages", {**world.alice.auth, **JSON, "Content-Length": len(ask)})
+        writer.write(head + ask)
+        await asyncio.sleep(SLOW * 4)  # reading nothing while the relay's writes stall
+        received = bytearray()
+        # Until the server hangs up, or the chunked body ends (the connection is kept alive then).
+        with contextlib.suppress(ConnectionError, TimeoutError):
+            while not received.endswith(b"\r\n0\r\n\r\n"):
+                chunk = await asyncio.wait_for(reader.read(1 << 20), 10.0)
+                if not chunk:
+                    break
+                received += chunk
+    finally:
+        writer.close()
+    assert received.startswith(b"HTTP/1.1 200")
+    assert b"message_stop" not in received, "the relay kept the stream open for a client that did not read"

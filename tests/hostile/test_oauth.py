@@ -105,7 +105,7 @@ async def test_a_genuine_state_with_anything_else_ends_at_the_return_url_with_a_
         "genuine": {name: value},
         "missing": {},
         "forged": {name: data.draw(cookies.map(lambda c: "".join(c.values())[:40] or "x"))},
-        "other_name": {name[:-1] + "0": value},
+        "other_name": {name[:-1] + "x": value},  # cookie names end in hex: never the genuine one
     }[cookie]
     before = await world.effects()
     query = urlencode({"state": state, **extra})
