@@ -144,10 +144,13 @@ async def read_json_object(request: web.Request, *, limit: int = MAX_JSON_BODY) 
 def bearer(request: web.Request) -> str:
     header = request.headers.get("Authorization", "")
     scheme, _, value = header.partition(" ")
-    if scheme.lower() != "bearer" or not value.strip():
+    # Every credential the gateway issues or accepts is ASCII; header bytes that are not UTF-8
+    # arrive as lone surrogates, which no later step could even encode.
+    if scheme.lower() != "bearer" or not value.strip() or not value.isascii():
         raise Unauthorized("unauthorized", "missing or malformed bearer token")
     return value.strip()
 
 
 def constant_time_equal(a: str, b: str) -> bool:
-    return hmac.compare_digest(a.encode(), b.encode())
+    # surrogateescape: a header's undecodable bytes compare as the bytes they were, never raise.
+    return hmac.compare_digest(a.encode("utf-8", "surrogateescape"), b.encode("utf-8", "surrogateescape"))

@@ -249,7 +249,8 @@ async def callback(request: web.Request) -> web.Response:
         return _outcome(provider, return_url, BAD_STATE, cookie)
     if time.time() > float(record["expires_at"]):
         return _outcome(provider, return_url, EXPIRED_SESSION, cookie)
-    if not offered or not hmac.compare_digest(_digest(offered), record["binding"].decode()):
+    # Bindings are ASCII; a cookie with bytes that are not UTF-8 (lone surrogates) cannot be one.
+    if not offered or not offered.isascii() or not hmac.compare_digest(_digest(offered), record["binding"].decode()):
         return _outcome(provider, return_url, BAD_STATE, cookie)
     if "error" in params:
         return _outcome(

@@ -25,7 +25,9 @@ class Identity:
     """Every secret the webhook accepts: the configured one, or one derived per master key (rotation)."""
 
     def secret_ok(self, offered: str | None) -> bool:
-        if not offered:
+        # Telegram's secrets are A-Za-z0-9_-; a header with other bytes (even ones that are not
+        # UTF-8, which arrive as lone surrogates and cannot be encoded) is simply wrong.
+        if not offered or not offered.isascii():
             return False
         # Every candidate is compared, so timing does not say which one (or whether any) matched.
         matched = False
