@@ -231,7 +231,7 @@ async def test_a_download_the_client_never_reads_is_cut_off(slow: tuple[TgGatewa
             f"GET /v1/telegram/files/{document['file_id']} HTTP/1.1\r\nHost: gateway\r\n"
             f"Authorization: Bearer {created['server_token']}\r\n\r\n".encode()
         )
-        await asyncio.sleep(SLOW * 4)  # reading nothing while the gateway's writes stall
+        await asyncio.sleep(SLOW * 6)  # reading nothing while the gateway's writes stall
         got = 0
         with contextlib.suppress(ConnectionError):
             while chunk := await asyncio.wait_for(reader.read(1 << 20), 10.0):
@@ -257,7 +257,7 @@ async def test_an_ai_stream_the_client_never_reads_is_cut_off(world: World, monk
     try:
         head = request_head("/v1/ai/messages", {**world.alice.auth, **JSON, "Content-Length": len(ask)})
         writer.write(head + ask)
-        await asyncio.sleep(SLOW * 4)  # reading nothing while the relay's writes stall
+        await asyncio.sleep(SLOW * 6)  # reading nothing while the relay's writes stall
         received = bytearray()
         # Until the server hangs up, or the chunked body ends (the connection is kept alive then).
         with contextlib.suppress(ConnectionError, TimeoutError):
