@@ -12,6 +12,7 @@ outbound   the server API: Bot API calls and the file proxy
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,7 +22,7 @@ from aiohttp import web
 from gateway.keys import ROLE, SERVICES
 from gateway.tls import client_context
 
-from . import ingress, outbound
+from . import ingress, inputs, outbound
 from .channel import TELEGRAM, Telegram, storage_errors
 from .identity import identity_of
 
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 
 
 def setup(app: web.Application) -> None:
+    for category in inputs.MALFORMED_PARTS:
+        warnings.filterwarnings("error", category=category)
     app.router.add_post("/telegram/webhook/{bot_id}", storage_errors(ingress.webhook))
     app.router.add_post("/admin/v1/users/{user_id}/telegram/link", storage_errors(ingress.create_link))
     app.router.add_get("/v1/telegram/files/{file_id}", storage_errors(outbound.download))

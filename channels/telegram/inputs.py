@@ -8,6 +8,8 @@ from typing import Any
 
 import orjson
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.multipart import BadContentDispositionHeader, BadContentDispositionParam
 
 from gateway import http
 from gateway.errors import ApiError, BadRequest, PayloadTooLarge
@@ -24,6 +26,9 @@ MIN_UPLOAD_RATE = 64 * 1024
 # file names and types with control characters cannot even be written into the upstream request.
 _NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+MALFORMED_PARTS = (BadContentDispositionHeader, BadContentDispositionParam)
+"""aiohttp's warnings for a Content-Disposition it cannot read; `setup` makes them errors, so such a
+part is refused (400) instead of half-read and reported on stderr with its file name in it."""
 
 
 async def read_call(request: web.Request) -> tuple[dict[str, Any], list[Upload]]:
@@ -51,7 +56,7 @@ async def _read(request: web.Request) -> tuple[dict[str, Any], list[Upload]]:
                 form = await request.post()
         except TimeoutError:
             raise _too_slow() from None
-        except ValueError as exc:
+        except (ValueError, LookupError) as exc:  # LookupError: a charset Python does not know
             raise BadRequest("invalid_form", "could not read the form body") from exc
         return {k: v for k, v in form.items() if isinstance(v, str)}, []
     if ctype == "multipart/form-data":
@@ -105,7 +110,7 @@ async def _multipart(request: web.Request) -> tuple[dict[str, Any], list[Upload]
                 else:
                     ctype = part.headers.get("Content-Type", "application/octet-stream")
                     uploads.append(Upload(part.name, part.filename, ctype, data))
-    except (ValueError, UnicodeDecodeError, AssertionError) as exc:
+    except (ValueError, UnicodeDecodeError, AssertionError, HttpProcessingError, *MALFORMED_PARTS) as exc:
         raise BadRequest("invalid_multipart", "could not read the multipart body") from exc
     raise BadRequest("invalid_multipart", f"at most {MAX_PARTS} parts")
 
