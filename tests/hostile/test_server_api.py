@@ -252,3 +252,81 @@ async def test_parameter_names_the_bot_api_cannot_take_are_400_and_never_sent(wo
     assert answer.status == 400, answer.body
     assert assert_error_json(answer) == "invalid_parameter"
     assert len(world.tg.fake.calls) == calls
+
+
+part_headers = st.lists(
+    st.sampled_from(
+        [
+            b'Content-Disposition: form-data; name="text"',
+            b'Content-Disposition: form-data; name="document"; filename="a.pdf"',
+            b"Content-Disposition: form-data; name*=UTF-8''%C3%A9",
+            b"Content-Disposition: form-data; name=\"document\"; filename*=UTF-8''%FF%FE.pdf",
+            b"Content-Disposition: attachment",
+            b"Content-Disposition: form-data",
+            b'Content-Disposition: form-data; name="chat_id"',
+            b"Content-Type: multipart/mixed; boundary=inner",
+            b"Content-Type: text/plain; charset=utf-16",
+            b"Content-Type: \x01\x02",
+            b"Content-Transfer-Encoding: base64",
+            b"Content-Transfer-Encoding: quoted-printable",
+            b"Content-Transfer-Encoding: x-unknown",
+            b"Content-Encoding: gzip",
+            b"Content-Encoding: deflate",
+            b"Content-Encoding: br",
+            b"Content-Length: 99999",
+        ]
+    ),
+    max_size=4,
+)
+
+
+@st.composite
+def multipart_bodies(draw: st.DrawFn) -> tuple[bytes, bytes]:
+    """(boundary, body): parts with odd headers and contents, sometimes unterminated or misframed."""
+    boundary = draw(st.sampled_from([b"b0undary", b"x", b"-" * 70, b"with space"]))
+    body = b""
+    for _ in range(draw(st.integers(0, 4))):
+        body += draw(st.sampled_from([b"--" + boundary + b"\r\n", b"--" + boundary + b"\n", b"--wrong\r\n"]))
+        body += b"".join(h + b"\r\n" for h in draw(part_headers)) + b"\r\n"
+        body += draw(st.one_of(st.binary(max_size=64), st.sampled_from([b"aGVsbG8=", b"=ZZ", b"\x1f\x8b\x08\x00"])))
+        body += b"\r\n"
+    body += draw(st.sampled_from([b"--" + boundary + b"--\r\n", b"", b"--" + boundary + b"\r\n"]))
+    return boundary, body
+
+
+@FUZZ
+@given(method=st.sampled_from(["sendMessage", "sendDocument", "sendPhoto"]), multipart=multipart_bodies())
+async def test_malformed_multipart_is_a_4xx_and_sends_nothing(
+    world: World, method: str, multipart: tuple[bytes, bytes]
+):
+    boundary, body = multipart
+    headers = {**world.alice.auth, "Content-Type": f'multipart/form-data; boundary="{boundary.decode()}"'}
+    before = await world.effects()
+    answer = await read(await world.client.post(f"/v1/telegram/{method}", data=body, headers=headers))
+    assert_sane(answer, world.secrets)
+    assert answer.status in (200, 400, 403, 404, 413, 415), (answer.status, answer.body)
+    after = await world.effects()
+    assert after.events_in == before.events_in
+    if is_gateway_refusal(answer):
+        assert after.bot_api_calls == before.bot_api_calls
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("application/x-www-form-urlencoded; charset=no-such-codec", b"text=hi"),
+        ("application/x-www-form-urlencoded; charset=utf-16", b"text=%FF%FE"),
+        ("application/json; charset=no-such-codec", b'{"text": "hi"}'),
+        ("multipart/form-data", b'--b\r\nContent-Disposition: form-data; name="text"\r\n\r\nhi\r\n--b--\r\n'),
+    ],
+)
+async def test_an_unknown_charset_or_a_missing_boundary_is_a_4xx(world: World, content_type: str, body: bytes):
+    before = await world.effects()
+    headers = {**world.alice.auth, "Content-Type": content_type}
+    answer = await read(await world.client.post("/v1/telegram/sendMessage", data=body, headers=headers))
+    assert_sane(answer, world.secrets)
+    if "json" in content_type:
+        assert answer.status == 200  # JSON is UTF-8 whatever the header says, as RFC 8259 has it
+        return
+    assert 400 <= answer.status < 500, (answer.status, answer.body)
+    assert (await world.effects()).bot_api_calls == before.bot_api_calls
