@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from typing import cast
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
+
+MAX_CONNECTIONS = 256
+POOL_WAIT = 5.0
 
 
 def connect(url: str, *, cluster: bool = False) -> Redis:
@@ -19,11 +22,16 @@ def connect(url: str, *, cluster: bool = False) -> Redis:
     if cluster:
         # RedisCluster speaks the same command API; callers treat both alike.
         return cast(Redis, RedisCluster.from_url(url, retry=retry, retry_on_error=errors))
-    return Redis.from_url(
+    # A blocking pool: under a burst, a command waits (up to POOL_WAIT) for a free connection
+    # instead of failing at once with MaxConnectionsError, which turned load into 503s and
+    # delivery retries.
+    pool = BlockingConnectionPool.from_url(
         url,
         retry=retry,
         retry_on_error=errors,
         health_check_interval=30,
         socket_connect_timeout=5,
-        max_connections=512,
+        max_connections=MAX_CONNECTIONS,
+        timeout=POOL_WAIT,
     )
+    return Redis.from_pool(pool)
