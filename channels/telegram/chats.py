@@ -2,8 +2,10 @@
 
 Keys:
 - `tg:chat:<chat_id>` (global) → the user id the chat routes to;
-- `{u:<id>}:tg:chats` hash chat_id → `{"type", "linked_at", "via"}`; `{u:<id>}:tg:private` → the
-  default private chat;
+- `{u:<id>}:tg:chats` hash chat_id → `{"type", "linked_at", "via"}`, and its field `private` → the
+  default private chat (chat ids are integers, so no chat's field can be named `private`). Older
+  versions kept the default in its own key `{u:<id>}:tg:private`; it is moved into the hash the
+  first time it is read, and wins over the field while it exists (only an older writer makes it);
 - `tg:code:<sha256(code)>` (global, 15 min) → `{user, used_by}`; `{u:<id>}:tg:codes` the user's
   outstanding code hashes (so erasure finds them);
 - `{u:<id>}:tg:files` / `{u:<id>}:tg:cbq`: SHA-256 prefixes of the file ids and callback query
@@ -32,6 +34,9 @@ CODE_TTL = 15 * 60
 FILES_KEPT = 30 * 24 * 3600
 FILES_MAX = 20_000
 CALLBACKS_KEPT = 24 * 3600
+PRIVATE = "private"
+"""The field of `{u:<id>}:tg:chats` that names the default private chat."""
+LEGACY_PRIVATE = "tg:private"
 
 Kind = Literal["files", "cbq"]
 
@@ -46,6 +51,16 @@ if not used then
 end
 if used == ARGV[1] then return {2, user} end
 return {3, ''}
+"""
+# KEYS: the chats hash, the older default-chat key. → the default private chat, moved into the hash.
+_DEFAULT = """
+local legacy = redis.call('GET', KEYS[2])
+if legacy then
+  redis.call('HSET', KEYS[1], 'private', legacy)
+  redis.call('DEL', KEYS[2])
+  return legacy
+end
+return redis.call('HGET', KEYS[1], 'private')
 """
 # KEYS: chat mapping. ARGV: user. Deletes the mapping only if it still names that user.
 _RELEASE = """
@@ -89,9 +104,13 @@ class Chats:
         self._keys = keys
         self._redeem = redis.register_script(_REDEEM)
         self._release = redis.register_script(_RELEASE)
+        self._default = redis.register_script(_DEFAULT)
 
     def _chat(self, chat_id: int) -> str:
         return self._keys.global_key(f"tg:chat:{chat_id}")
+
+    def _chats(self, user_id: str) -> str:
+        return self._keys.user_key(user_id, "tg:chats")
 
     async def owner(self, chat_id: int) -> str | None:
         raw = await self._redis.get(self._chat(chat_id))
@@ -104,11 +123,18 @@ class Chats:
         if before is not None and before != user_id:
             await self._drop_from_user(before, chat_id)
         info = {"type": chat_type, "linked_at": iso(time.time()), "via": via}
-        existing = await self._redis.hget(self._keys.user_key(user_id, "tg:chats"), str(chat_id))
-        if existing is None or before != user_id:
-            await self._redis.hset(self._keys.user_key(user_id, "tg:chats"), str(chat_id), orjson.dumps(info))
+        chats = self._chats(user_id)
+        fields: dict[str, bytes | str] = {}
+        if before != user_id or await self._redis.hget(chats, str(chat_id)) is None:
+            fields[str(chat_id)] = orjson.dumps(info)
         if chat_type == "private":
-            await self._redis.set(self._keys.user_key(user_id, "tg:private"), str(chat_id))
+            fields[PRIVATE] = str(chat_id)
+        if fields:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.hset(chats, mapping=fields)
+            if PRIVATE in fields:
+                pipe.delete(self._keys.user_key(user_id, LEGACY_PRIVATE))
+            await pipe.execute()
         return before if before != user_id else None
 
     async def unlink(self, user_id: str, chat_id: int) -> bool:
@@ -117,20 +143,22 @@ class Chats:
         return released
 
     async def _drop_from_user(self, user_id: str, chat_id: int) -> None:
-        await self._redis.hdel(self._keys.user_key(user_id, "tg:chats"), str(chat_id))
-        private = self._keys.user_key(user_id, "tg:private")
-        if await self._redis.get(private) == str(chat_id).encode():
-            await self._redis.delete(private)
+        chats = self._chats(user_id)
+        await self._redis.hdel(chats, str(chat_id))
+        if await self.private_chat(user_id) == chat_id:
+            await self._redis.hdel(chats, PRIVATE)
             # Another linked private chat (a second Telegram account) becomes the default.
             for info in (await self.of_user(user_id)).values():
                 if info.type == "private":
-                    await self._redis.set(private, str(info.chat_id))
+                    await self._redis.hset(chats, PRIVATE, str(info.chat_id))
                     break
 
     async def of_user(self, user_id: str) -> dict[int, ChatInfo]:
-        raw = await self._redis.hgetall(self._keys.user_key(user_id, "tg:chats"))
+        raw = await self._redis.hgetall(self._chats(user_id))
         out: dict[int, ChatInfo] = {}
         for key, value in raw.items():
+            if key == PRIVATE.encode():
+                continue
             data = orjson.loads(value)
             chat_id = int(key)
             out[chat_id] = ChatInfo(chat_id, data["type"], data["linked_at"], data["via"])
@@ -140,14 +168,15 @@ class Chats:
         """The chat's record if it is linked to this user now (the global mapping decides)."""
         if await self.owner(chat_id) != user_id:
             return None
-        raw = await self._redis.hget(self._keys.user_key(user_id, "tg:chats"), str(chat_id))
+        raw = await self._redis.hget(self._chats(user_id), str(chat_id))
         if raw is None:
             return None
         data = orjson.loads(raw)
         return ChatInfo(chat_id, data["type"], data["linked_at"], data["via"])
 
     async def private_chat(self, user_id: str) -> int | None:
-        raw = await self._redis.get(self._keys.user_key(user_id, "tg:private"))
+        keys = [self._chats(user_id), self._keys.user_key(user_id, LEGACY_PRIVATE)]
+        raw = await self._default(keys=keys)
         return int(raw) if raw is not None else None
 
     async def new_code(self, user_id: str) -> tuple[str, float]:
@@ -192,5 +221,5 @@ class Chats:
 
     async def purge(self, user_id: str) -> None:
         """Delete every Telegram key under the user's tag (a late write raced its erasure)."""
-        names = ("tg:chats", "tg:private", "tg:codes", "tg:files", "tg:cbq")
+        names = ("tg:chats", LEGACY_PRIVATE, "tg:codes", "tg:files", "tg:cbq")
         await self._redis.delete(*(self._keys.user_key(user_id, n) for n in names))
