@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
@@ -15,13 +15,30 @@ MAX_CONNECTIONS = 256
 POOL_WAIT = 5.0
 
 
+class _Cluster(RedisCluster):  # type: ignore[misc]
+    """A RedisCluster that learns the slot map before it routes a command.
+
+    redis-py 8.1.0 picks a command's node before it initializes a fresh client: with no slot
+    map yet, a keyed command (SET, EVALSHA, ...) is routed as keyless to a random node, which
+    answers MOVED. Every fifth MOVED makes the client close all of its connections, including
+    those other commands are using at that moment; those then fail with `AttributeError:
+    'NoneType' object has no attribute 'writelines'`, which is no RedisError, so it is neither
+    retried nor answered 503. Initializing first (a no-op once the map is known) routes every
+    command by its key, and a burst on a fresh client meets no MOVED at all.
+    """
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        await self.initialize()
+        return await super().execute_command(*args, **kwargs)
+
+
 def connect(url: str, *, cluster: bool = False) -> Redis:
     """A client that retries briefly on connection loss (Redis restarts are ridden through)."""
     retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3)
     errors = [RedisConnectionError, RedisTimeoutError, ConnectionResetError]
     if cluster:
         # RedisCluster speaks the same command API; callers treat both alike.
-        return cast(Redis, RedisCluster.from_url(url, retry=retry, retry_on_error=errors))
+        return cast(Redis, _Cluster.from_url(url, retry=retry, retry_on_error=errors))
     # A blocking pool: under a burst, a command waits (up to POOL_WAIT) for a free connection
     # instead of failing at once with MaxConnectionsError, which turned load into 503s and
     # delivery retries.

@@ -3,9 +3,12 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import redis
+
 from gateway import storage
 from gateway.storage import connect
-from tests.conftest import REDIS_URL
+from tests.conftest import REDIS_URL, wipe
+from tests.support.redis_servers import RedisCluster
 
 
 async def test_a_burst_larger_than_the_pool_waits_for_connections_instead_of_failing():
@@ -18,3 +21,31 @@ async def test_a_burst_larger_than_the_pool_waits_for_connections_instead_of_fai
         assert [r for r in results if r is not None] == []
     finally:
         await redis.aclose()
+
+
+def _moved_replies(cluster: RedisCluster) -> int:
+    """MOVED answers the cluster's nodes have given so far."""
+    total = 0
+    for node in cluster.nodes:
+        with redis.Redis(port=node.port) as client:
+            total += int(client.info("errorstats").get("errorstat_MOVED", {}).get("count", 0))
+    return total
+
+
+async def test_a_burst_on_a_fresh_cluster_client_is_routed_by_key_and_all_succeeds(redis_cluster: RedisCluster):
+    prefix = f"t{uuid.uuid4().hex[:12]}:"
+    moved_before = _moved_replies(redis_cluster)
+    try:
+        for round_ in range(5):
+            # A new client each round: the burst arrives before it knows the slot map.
+            client = connect(redis_cluster.url, cluster=True)
+            try:
+                burst = [client.set(f"{prefix}{round_}:{i}", b"v") for i in range(100)]
+                results = await asyncio.gather(*burst, return_exceptions=True)
+            finally:
+                await client.aclose()
+            assert [r for r in results if r is not True] == []
+        # No command was sent to a node that does not own its key.
+        assert _moved_replies(redis_cluster) == moved_before
+    finally:
+        await wipe(prefix, redis_cluster.url, cluster=True)
