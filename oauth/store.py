@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from oauth.vault import Vault
+from oauth.vault import DataKey, Vault
 from routing.keys import Keys
 
 PROVIDERS = ("google", "microsoft")
@@ -127,14 +127,47 @@ class ConnectionStore:
 
     async def get(self, user_id: str, provider: str) -> tuple[Connection, bytes] | None:
         """The record and its still-sealed tokens, or None."""
-        raw = await self._redis.hgetall(self.key(user_id, provider))
+        found = await self._read(user_id, provider)
+        return (found[0], found[1]) if found is not None else None
+
+    async def open(self, connection: Connection, sealed: bytes) -> Tokens:
+        context = (connection.provider, connection.account)
+        return Tokens.loads(await self._vault.decrypt(connection.user_id, context, sealed))
+
+    async def load(self, user_id: str, provider: str) -> tuple[Connection, Tokens] | None:
+        """The record and its tokens: one round trip (the record and the data key together)."""
+        found = await self._read(user_id, provider)
+        if found is None:
+            return None
+        connection, sealed, data_key = found
+        return connection, Tokens.loads(data_key.decrypt((provider, connection.account), sealed))
+
+    async def all(self, user_id: str) -> list[Connection]:
+        pipe = self._redis.pipeline(transaction=False)
+        for provider in PROVIDERS:
+            pipe.hgetall(self.key(user_id, provider))
+        self._vault.read_wrapped(pipe, user_id)
+        *records, wrapped = await pipe.execute()
+        found = [await self._parse(user_id, p, raw, wrapped) for p, raw in zip(PROVIDERS, records, strict=True)]
+        return [c for c, _, _ in filter(None, found)]
+
+    async def _read(self, user_id: str, provider: str) -> tuple[Connection, bytes, DataKey] | None:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hgetall(self.key(user_id, provider))
+        self._vault.read_wrapped(pipe, user_id)
+        raw, wrapped = await pipe.execute()
+        return await self._parse(user_id, provider, raw, wrapped)
+
+    async def _parse(
+        self, user_id: str, provider: str, raw: dict[bytes, bytes], wrapped: bytes | None
+    ) -> tuple[Connection, bytes, DataKey] | None:
         if not raw or b"version" not in raw or b"account" not in raw:
             return None
-        account = (await self._vault.decrypt(user_id, ("connection", provider), raw[b"account"])).decode()
+        data_key = await self._vault.opened(user_id, wrapped)
         connection = Connection(
             user_id=user_id,
             provider=provider,
-            account=account,
+            account=data_key.decrypt(("connection", provider), raw[b"account"]).decode(),
             status=_s(raw.get(b"status")) or CONNECTED,
             reason=_s(raw.get(b"reason")) or None,
             scopes=tuple(_s(raw.get(b"scopes")).split()),
@@ -142,30 +175,17 @@ class ConnectionStore:
             updated_at=float(_s(raw.get(b"updated_at")) or 0),
             version=int(_s(raw.get(b"version")) or 0),
         )
-        return connection, raw.get(b"tokens", b"")
-
-    async def open(self, connection: Connection, sealed: bytes) -> Tokens:
-        context = (connection.provider, connection.account)
-        return Tokens.loads(await self._vault.decrypt(connection.user_id, context, sealed))
-
-    async def load(self, user_id: str, provider: str) -> tuple[Connection, Tokens] | None:
-        found = await self.get(user_id, provider)
-        if found is None:
-            return None
-        return found[0], await self.open(*found)
-
-    async def all(self, user_id: str) -> list[Connection]:
-        found = [await self.get(user_id, p) for p in PROVIDERS]
-        return [c for c, _ in filter(None, found)]
+        return connection, raw.get(b"tokens", b""), data_key
 
     async def put(self, user_id: str, provider: str, account: str, tokens: Tokens, *, connected_at: float) -> int:
         """Store a (re)connected grant whatever was there; return the new version."""
         now = time.time()
+        data_key = await self._vault.data_key(user_id, create=True)
         fields: list[str | bytes] = [
             "account",
-            await self._vault.encrypt(user_id, ("connection", provider), account.encode()),
+            data_key.encrypt(("connection", provider), account.encode()),
             "tokens",
-            await self._vault.encrypt(user_id, (provider, account), tokens.dumps()),
+            data_key.encrypt((provider, account), tokens.dumps()),
             "status",
             CONNECTED,
             "reason",

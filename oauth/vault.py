@@ -4,7 +4,10 @@ Stored forms:
 - data key (`{u:<id>}:dek`): `kid` `.` nonce(12) || AESGCM(master[kid], dek, aad="ally-gateway/v1|<id>|dek")
 - a ciphertext:              nonce(12) || AESGCM(dek, plaintext, aad="ally-gateway/v1|<id>|<context...>")
 
-Deleting the data key makes every ciphertext of that user unreadable (crypto-shredding).
+Deleting the data key makes every ciphertext of that user unreadable (crypto-shredding). Every
+decryption reads the wrapped key from Redis (alone, or in the same round trip as the record it
+opens), so a shredded key opens nothing from the moment it is deleted; only the unwrapping is
+cached per process, by user and stored bytes.
 Rotation re-wraps data keys under the active (first) master key while old kids
 still decrypt, so the gateway keeps serving during it.
 """
@@ -15,10 +18,12 @@ import logging
 import os
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from gateway.config import MasterKey
 from gateway.errors import KeyShredded, VaultError
@@ -28,6 +33,8 @@ log = logging.getLogger(__name__)
 
 AAD_PREFIX = "ally-gateway/v1"
 _NONCE = 12
+CACHED_KEYS = 10_000
+"""Opened data keys kept per process (least recently used go first)."""
 
 # Store a new data key unless one exists, and only for a user that exists and is not being
 # erased: a late write must not bring a shredded user's key material back.
@@ -51,6 +58,24 @@ def aad(user_id: str, *context: str) -> bytes:
     return "|".join((AAD_PREFIX, user_id, *context)).encode()
 
 
+@dataclass(frozen=True, slots=True)
+class DataKey:
+    """One user's opened data key, as read for one request (it reads nothing itself)."""
+
+    user_id: str
+    aead: AESGCM = field(repr=False)
+
+    def encrypt(self, context: Sequence[str], plaintext: bytes) -> bytes:
+        nonce = os.urandom(_NONCE)
+        return nonce + self.aead.encrypt(nonce, plaintext, aad(self.user_id, *context))
+
+    def decrypt(self, context: Sequence[str], blob: bytes) -> bytes:
+        try:
+            return self.aead.decrypt(blob[:_NONCE], blob[_NONCE:], aad(self.user_id, *context))
+        except InvalidTag as exc:
+            raise VaultError("ciphertext does not open for this user and context") from exc
+
+
 class Vault:
     def __init__(self, redis: Redis, keys: Keys, ring: Sequence[MasterKey]) -> None:
         if not ring:
@@ -59,7 +84,7 @@ class Vault:
         self._keys = keys
         self._ring = {k.kid: AESGCM(k.key) for k in ring}
         self._active = ring[0].kid
-        self._cache: OrderedDict[bytes, AESGCM] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, bytes], AESGCM] = OrderedDict()
         self._swap = redis.register_script(_SWAP)
         self._create = redis.register_script(_CREATE)
 
@@ -82,43 +107,52 @@ class Vault:
         except InvalidTag as exc:
             raise VaultError("data key does not open under its master key") from exc
 
-    async def _dek(self, user_id: str, *, create: bool) -> AESGCM:
+    def read_wrapped(self, pipe: Pipeline, user_id: str) -> None:
+        """Queue the read of the user's wrapped data key on `pipe`; hand its answer to `opened`.
+
+        A caller reads a record and the key that opens it in one round trip this way."""
+        pipe.get(self._keys.dek(user_id))
+
+    async def opened(self, user_id: str, wrapped: bytes | None) -> DataKey:
+        """The data key from what `read_wrapped` answered; KeyShredded when there is none."""
+        if wrapped is None:
+            raise KeyShredded("no data key for this user")
+        return DataKey(user_id, self._open(user_id, wrapped))
+
+    async def data_key(self, user_id: str, *, create: bool = False) -> DataKey:
+        """The user's data key, read once (and made first if `create` and there is none)."""
         key = self._keys.dek(user_id)
         stored: bytes | None = await self._redis.get(key)
-        if stored is None:
-            if not create:
-                raise KeyShredded("no data key for this user")
+        if stored is None and create:
             candidate = self._wrap(user_id, AESGCM.generate_key(256))
             created = int(await self._create(keys=[key, self._keys.user(user_id)], args=[candidate]))
             if created < 0:
                 raise KeyShredded("the user is gone or being erased")
-            if not created:
-                stored = await self._redis.get(key)
-                if stored is None:
-                    raise KeyShredded("data key vanished while it was created")
-            else:
-                stored = candidate
-        cached = self._cache.get(stored)
+            stored = candidate if created else await self._redis.get(key)
+            if stored is None:
+                raise KeyShredded("data key vanished while it was created")
+        return await self.opened(user_id, stored)
+
+    def _open(self, user_id: str, wrapped: bytes) -> AESGCM:
+        """Unwrap once per process: the cache is keyed by the user and the bytes just read from
+        Redis, so it only answers for the key Redis holds now (a key made after shredding is new
+        random bytes under a new nonce, and a key copied to another user opens nothing for them)."""
+        cache_key = (user_id, wrapped)
+        cached = self._cache.get(cache_key)
         if cached is not None:
-            self._cache.move_to_end(stored)
+            self._cache.move_to_end(cache_key)
             return cached
-        aead = AESGCM(self._unwrap(user_id, stored))
-        self._cache[stored] = aead
-        if len(self._cache) > 10_000:
+        aead = AESGCM(self._unwrap(user_id, wrapped))
+        self._cache[cache_key] = aead
+        if len(self._cache) > CACHED_KEYS:
             self._cache.popitem(last=False)
         return aead
 
     async def encrypt(self, user_id: str, context: Sequence[str], plaintext: bytes) -> bytes:
-        aead = await self._dek(user_id, create=True)
-        nonce = os.urandom(_NONCE)
-        return nonce + aead.encrypt(nonce, plaintext, aad(user_id, *context))
+        return (await self.data_key(user_id, create=True)).encrypt(context, plaintext)
 
     async def decrypt(self, user_id: str, context: Sequence[str], blob: bytes) -> bytes:
-        aead = await self._dek(user_id, create=False)
-        try:
-            return aead.decrypt(blob[:_NONCE], blob[_NONCE:], aad(user_id, *context))
-        except InvalidTag as exc:
-            raise VaultError("ciphertext does not open for this user and context") from exc
+        return (await self.data_key(user_id)).decrypt(context, blob)
 
     def seal_global(self, context: Sequence[str], plaintext: bytes) -> bytes:
         """Encrypt under the active master key itself: for records that must outlive a user's data
@@ -140,6 +174,8 @@ class Vault:
 
     async def shred(self, user_id: str) -> None:
         await self._redis.delete(self._keys.dek(user_id))
+        for cache_key in [k for k in self._cache if k[0] == user_id]:
+            del self._cache[cache_key]
 
     async def rotate(self, user_ids: Sequence[str]) -> int:
         """Re-wrap these users' data keys under the active kid; return how many changed."""

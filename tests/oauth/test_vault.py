@@ -81,6 +81,42 @@ async def test_shredding_the_data_key_makes_every_ciphertext_unreadable_for_good
         await vault.decrypt("carol", ("google", "carol@example.test"), sealed)
 
 
+async def test_a_key_opened_in_this_process_is_not_used_after_another_process_shreds_it(redis: Redis, keys: Keys):
+    await register(redis, keys, "dana")
+    ring = [key("k1")]
+    reader = ConnectionStore(redis, keys, Vault(redis, keys, ring))
+    await reader.put("dana", "google", "dana@example.test", tokens(1), connected_at=time.time())
+    sealed = await redis.hget(reader.key("dana", "google"), "tokens")
+    assert (await reader.load("dana", "google")) is not None  # the opened key is cached now
+    # Erasure deletes the key in another process; this one still has it opened in memory.
+    await Vault(redis, keys, ring).shred("dana")
+    with pytest.raises(KeyShredded):
+        await reader.load("dana", "google")
+    with pytest.raises(KeyShredded):
+        await reader.all("dana")
+    # The user id comes back with a new key: what the old key sealed stays unreadable.
+    writer = Vault(redis, keys, ring)
+    await writer.encrypt("dana", ("x",), b"new life")
+    with pytest.raises(VaultError):
+        await reader.load("dana", "google")
+    with pytest.raises(VaultError):
+        await Vault(redis, keys, ring).decrypt("dana", ("google", "dana@example.test"), sealed or b"")
+
+
+async def test_a_data_key_copied_to_another_user_does_not_open_for_them(redis: Redis, keys: Keys):
+    await register(redis, keys, "erin", "finn")
+    vault = Vault(redis, keys, [key("k1")])
+    sealed = await vault.encrypt("erin", ("note",), b"erin's")
+    assert await vault.decrypt("erin", ("note",), sealed) == b"erin's"
+    # Finn's slot holds Erin's wrapped key, which this process has opened before: it is bound to
+    # Erin's id and must not open for Finn, neither from Redis nor from what is kept in memory.
+    await redis.set(keys.dek("finn"), await redis.get(keys.dek("erin")) or b"")
+    with pytest.raises(VaultError):
+        await vault.decrypt("finn", ("note",), sealed)
+    with pytest.raises(VaultError):
+        await vault.encrypt("finn", ("note",), b"finn's")
+
+
 async def test_records_sealed_under_the_master_key_are_bound_to_their_context(redis: Redis, keys: Keys):
     vault = Vault(redis, keys, [key("k1")])
     sealed = vault.seal_global(("revocation", "abc"), b"1//refresh")
