@@ -7,9 +7,11 @@ Coordination across processes lives in Redis:
 - `{u:<id>}:txn`: the transaction in flight, its exact body, so a retry is byte-identical;
 - `{u:<id>}:q`: the stream of sealed events; entries leave it only when acknowledged.
 
-Only the lease holder sends, and it re-checks (and extends) its lease right before every
-attempt, with an attempt timeout of at most half the lease: a worker that stalled or
-lost Redis cannot overlap with the one that took over. Every script touches the keys of
+Only the lease holder sends: the script that opens (or re-reads) the transaction before every
+attempt checks and extends the lease in the same atomic step, and an attempt times out after
+at most half the lease, so a worker that stalled or lost Redis cannot overlap with the one
+that took over. The same script returns the user's server URL and webhook secrets, so an
+event costs the worker about four round trips: open, acknowledge, leave `due`, release. Every script touches the keys of
 one user only (one hash slot), so all of this works on Redis Cluster; the global `due`
 set is written with plain commands, and a periodic sweep re-schedules any user whose
 queue is not empty but who fell out of `due` (a crash between queueing and scheduling,
@@ -33,13 +35,14 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from gateway import metrics
+from gateway import batching, metrics
+from gateway.batching import Batcher
 from gateway.errors import ApiError, ClosedError, GatewayError
 from gateway.types import SealedEvent
 from routing import signing
 from routing.keys import Keys
 from routing.queue import iso_now, new_id
-from routing.registry import Registry
+from routing.registry import Registry, Target
 from routing.sealing import seal
 from routing.urls import validate_server_url
 
@@ -57,11 +60,83 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+# KEYS: lease, queue, txn. ARGV: owner. Releases the lease only when there is nothing left to do
+# (empty queue, no transaction); returns 1 when there is, and the lease is kept.
+_RELEASE_IF_IDLE = """
+if redis.call('XLEN', KEYS[2]) > 0 or redis.call('EXISTS', KEYS[3]) == 1 then return 1 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 0
 """
-# KEYS: txn, queue, counters. ARGV: txn_id. Deletes the acknowledged entries and the txn;
+# Opens the user's transaction in one step (contract §4: one in flight, same txn_id and body on
+# every retry). KEYS: lease, txn, queue, user record. ARGV: owner, lease ms, hold cutoff ms, max
+# events, a new txn_id, and optionally a sealed `gateway.expired` event with the count it reports.
+# Fences first: only the lease holder gets anything, and its lease is extended past the attempt.
+# Returns {kind, trimmed, ...}:
+#   {0, 0}                    lease lost: stop;
+#   {1, trimmed, txn_id, body, count, first_ms, channels, url, secret, old secret, old until}:
+#                             the transaction to send (the one in flight, or a new one);
+#   {2, trimmed}              nothing to send;
+#   {3, trimmed, expired}     events passed the hold TTL: seal a `gateway.expired` event with
+#                             `expired` and call again with it (the count is kept in the txn key
+#                             meanwhile, so a crash here loses no count).
+_OPEN = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {0, 0} end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local cutoff = ARGV[3]
+local user = redis.call('HMGET', KEYS[4], 'server_url', 'secret', 'old_secret', 'old_until')
+local function target(reply)
+  for i = 1, 4 do reply[#reply + 1] = user[i] or '' end
+  return reply
+end
+local txn = redis.call('HMGET', KEYS[2], 'txn_id', 'body', 'count', 'first_ms', 'channels', 'expired', 'pending')
+local expired = tonumber(txn[7] or '0')
+if txn[1] then
+  if tonumber(txn[4]) >= tonumber(cutoff) then
+    return target({1, 0, txn[1], txn[2], txn[3], txn[4], txn[5]})
+  end
+  -- The transaction itself passed the hold TTL: what it reported as expired is carried over,
+  -- and its surviving events are sent again in a new transaction.
+  expired = expired + tonumber(txn[6] or '0')
+  redis.call('DEL', KEYS[2])
+end
+local trimmed = redis.call('XTRIM', KEYS[3], 'MINID', cutoff .. '-0')
+expired = expired + trimmed
+local prefix = ARGV[6]
+if expired > 0 and tonumber(ARGV[7]) ~= expired then
+  redis.call('HSET', KEYS[2], 'pending', expired)
+  return {3, trimmed, expired}
+end
+local limit = tonumber(ARGV[4])
+if expired > 0 then limit = limit - 1 end
+local entries = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', limit)
+if #entries == 0 and expired == 0 then return {2, trimmed} end
+local events, channels = {}, {}
+if expired > 0 then
+  events[1] = prefix
+  channels['gateway'] = 1
+end
+for _, entry in ipairs(entries) do
+  local fields, event, channel = entry[2], nil, 'unknown'
+  for j = 1, #fields, 2 do
+    if fields[j] == 'e' then event = fields[j + 1] elseif fields[j] == 'c' then channel = fields[j + 1] end
+  end
+  events[#events + 1] = event
+  channels[channel] = (channels[channel] or 0) + 1
+end
+local first_ms, trim_to = ARGV[8], ''
+if #entries > 0 then
+  first_ms = string.match(entries[1][1], '^(%d+)')
+  local ms, seq = string.match(entries[#entries][1], '^(%d+)-(%d+)$')
+  trim_to = ms .. '-' .. (tonumber(seq) + 1)
+end
+local body = '{"txn_id":"' .. ARGV[5] .. '","events":[' .. table.concat(events, ',') .. ']}'
+local counted = cjson.encode(channels)
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[2], 'txn_id', ARGV[5], 'body', body, 'trim_to', trim_to, 'count', #events,
+  'first_ms', first_ms, 'expired', expired, 'attempts', 0, 'channels', counted)
+return target({1, trimmed, ARGV[5], body, tostring(#events), first_ms, counted})
+"""
+# KEYS: txn, queue, counters. ARGV: txn_id, now. Deletes the acknowledged entries and the txn;
 # returns {acknowledged count (-1: not the txn in flight), events still queued}.
 _ACK = """
 if redis.call('HGET', KEYS[1], 'txn_id') ~= ARGV[1] then return {-1, redis.call('XLEN', KEYS[2])} end
@@ -98,9 +173,19 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return float(min(RETRY_AFTER_MAX, max(RETRY_AFTER_MIN, seconds)))
 
 
-def _next_id(stream_id: bytes) -> str:
-    ms, _, seq = stream_id.decode().partition("-")
-    return f"{ms}-{int(seq or 0) + 1}"
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """A transaction ready to send, with where to send it (None: the user has no server now)."""
+
+    txn_id: str
+    body: bytes
+    count: int
+    first_ms: int
+    channels: dict[str, int]
+    target: Target | None
+
+
+_LOST = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,8 +232,10 @@ class DeliveryWorker:
         self._wakeup = asyncio.Event()
         self._closed = False
         self._release = redis.register_script(_RELEASE)
-        self._renew = redis.register_script(_RENEW)
+        self._release_if_idle = redis.register_script(_RELEASE_IF_IDLE)
+        self._open = redis.register_script(_OPEN)
         self._ack = redis.register_script(_ACK)
+        self._batch = Batcher(redis)
 
     def wake(self, _user_id: str | None = None) -> None:
         self._wakeup.set()
@@ -241,7 +328,12 @@ class DeliveryWorker:
         free = self._concurrency - len(self._active)
         if free <= 0:
             return self._poll
-        due = await self._redis.zrangebyscore(self._keys.due, "-inf", now, start=0, num=free + len(self._active) + 50)
+        # One round trip: who is due now, and when the next one after them is.
+        look = self._redis.pipeline(transaction=False)
+        limit = free + len(self._active) + 50
+        look.zrangebyscore(self._keys.due, "-inf", now, start=0, num=limit)
+        look.zrangebyscore(self._keys.due, f"({now}", "+inf", start=0, num=1, withscores=True)
+        due, upcoming = await look.execute()
         candidates: list[str] = []
         for raw in due:
             user_id = raw.decode()
@@ -271,10 +363,13 @@ class DeliveryWorker:
             task.add_done_callback(functools.partial(self._finished, user_id))
         if len(self._skip_until) > 10_000:
             self._skip_until = {u: t for u, t in self._skip_until.items() if t > now}
-        nxt = await self._redis.zrange(self._keys.due, 0, 0, withscores=True)
-        if not nxt:
+        # Users due now but not claimed (served here already, or leased elsewhere) are looked at
+        # again when their delivery finishes (`_finished` wakes the loop) or within one poll.
+        if len(due) >= limit and claimed:
+            return 0.0  # more may be due than this round read
+        if not upcoming:
             return self._poll
-        return max(0.0, min(self._poll, float(nxt[0][1]) - time.time()))
+        return max(0.0, min(self._poll, float(upcoming[0][1]) - time.time()))
 
     def _finished(self, user_id: str, _task: asyncio.Task[None]) -> None:
         self._active.pop(user_id, None)
@@ -282,24 +377,36 @@ class DeliveryWorker:
 
     async def _serve(self, user_id: str) -> None:
         """Deliver this user's queue while we hold the lease; on failure, schedule the retry."""
+        released = False
         try:
             queued = True
             while not self._closed:
-                # After an acknowledgement that left the queue empty there is nothing to read.
-                txn = await self._current_txn(user_id) if queued else None
-                if txn is None:
-                    await self._redis.zrem(self._keys.due, user_id)
-                    if await self._redis.xlen(self._keys.queue(user_id)):
-                        await self._redis.zadd(self._keys.due, {user_id: time.time()})
-                        queued = True
-                        continue
+                # After an acknowledgement that left the queue empty there is nothing to open.
+                opened = await self._open_txn(user_id) if queued else None
+                if opened is _LOST:
                     return
-                # Fence: only the lease holder sends, and the lease outlives this attempt.
-                if not await self._renew(keys=[self._keys.lease(user_id)], args=[self._owner, self._lease_ms]):
-                    return
-                outcome = await self._send(user_id, txn)
+                if opened is None:
+                    # Out of `due` first, then the last look: an event queued after that look
+                    # put the user back into `due` itself (its ZADD NX found no entry).
+                    # Both in one round trip, in this order.
+                    _, busy = await self._batch.run(
+                        batching.command(lambda p: p.zrem(self._keys.due, user_id)),
+                        batching.script(
+                            self._release_if_idle,
+                            [self._keys.lease(user_id), self._keys.queue(user_id), self._keys.txn(user_id)],
+                            [self._owner],
+                        ),
+                    )
+                    if not busy:
+                        released = True
+                        return
+                    await self._redis.zadd(self._keys.due, {user_id: time.time() + self._lease_ms / 1000})
+                    queued = True
+                    continue
+                assert isinstance(opened, Opened)
+                outcome = await self._send(user_id, opened)
                 if outcome.ok:
-                    queued = await self._acknowledge(user_id, txn) > 0
+                    queued = await self._acknowledge(user_id, opened) > 0
                 else:
                     await self._schedule_retry(user_id, outcome)
                     return
@@ -312,66 +419,45 @@ class DeliveryWorker:
             with contextlib.suppress(RedisError):
                 await self._redis.zadd(self._keys.due, {user_id: time.time() + 5.0})
         finally:
-            with contextlib.suppress(RedisError, OSError):
-                released = await self._release(keys=[self._keys.lease(user_id)], args=[self._owner])
-                if released and self._closed:
-                    # A clean stop interrupted this user: let another process take over now,
-                    # not when the placeholder due time set at lease time comes round.
-                    await self._redis.zadd(self._keys.due, {user_id: time.time()}, xx=True)
+            if not released:
+                with contextlib.suppress(RedisError, OSError):
+                    done = await self._release(keys=[self._keys.lease(user_id)], args=[self._owner])
+                    if done and self._closed:
+                        # A clean stop interrupted this user: let another process take over now,
+                        # not when the placeholder due time set at lease time comes round.
+                        await self._redis.zadd(self._keys.due, {user_id: time.time()}, xx=True)
 
-    async def _current_txn(self, user_id: str) -> dict[str, bytes] | None:
-        """The transaction in flight, or a new one from the head of the queue (None when empty)."""
-        txn_key = self._keys.txn(user_id)
-        queue = self._keys.queue(user_id)
-        cutoff_ms = int((time.time() - self._hold_ttl) * 1000)
-        # One round trip (all three keys are the user's, one hash slot): the transaction in flight,
-        # the queue trimmed of expired entries, and its head. Trimming cannot touch a live
-        # transaction's entries: they are the oldest in the queue and younger than the cutoff
-        # unless the transaction itself has expired, which is handled below.
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.hgetall(txn_key)
-        pipe.xtrim(queue, minid=f"{cutoff_ms}-0")
-        pipe.xrange(queue, "-", "+", count=MAX_BATCH)
-        txn, trimmed, entries = await pipe.execute()
-        carried = 0
-        if txn:
-            first_ms = int(txn.get(b"first_ms", b"0") or 0)
-            if first_ms and first_ms >= cutoff_ms:
-                return {k.decode(): v for k, v in txn.items()}
-            carried = int(txn.get(b"expired", b"0") or 0)
-            await self._redis.delete(txn_key)
-        expired = carried + int(trimmed)
-        if expired - carried:
-            metrics.EVENTS_EXPIRED.inc(expired - carried)
-        if expired:
-            entries = entries[: MAX_BATCH - 1]  # one place for the gateway.expired event
-        if not entries and not expired:
-            return None
-        events: list[bytes] = []
-        first_ms = int(time.time() * 1000)
-        if expired:
-            events.append(await self._expired_event(user_id, expired))
-        channels: dict[str, int] = {"gateway": 1} if expired else {}
-        for _stream_id, fields in entries:
-            events.append(fields[b"e"])
-            channel = str(orjson.loads(fields[b"e"]).get("channel", "unknown"))
-            channels[channel] = channels.get(channel, 0) + 1
-        if entries:
-            first_ms = int(entries[0][0].decode().partition("-")[0])
-        txn_id = new_id("txn")
-        body = b'{"txn_id":' + orjson.dumps(txn_id) + b',"events":[' + b",".join(events) + b"]}"
-        record = {
-            "txn_id": txn_id.encode(),
-            "body": body,
-            "trim_to": _next_id(entries[-1][0]).encode() if entries else b"",
-            "count": str(len(events)).encode(),
-            "first_ms": str(first_ms).encode(),
-            "expired": str(expired).encode(),
-            "attempts": b"0",
-            "channels": orjson.dumps(channels),
-        }
-        await self._redis.hset(txn_key, mapping=record)
-        return {k: v for k, v in record.items()}
+    async def _open_txn(self, user_id: str) -> Opened | object | None:
+        """The transaction to send now (the one in flight or a new one from the head of the
+        queue), None when there is nothing to send, `_LOST` when the lease is no longer ours."""
+        keys = [self._keys.lease(user_id), self._keys.txn(user_id), self._keys.queue(user_id), self._keys.user(user_id)]
+        prefix: tuple[bytes, int] = (b"", 0)
+        for _ in range(5):
+            now_ms = int(time.time() * 1000)
+            cutoff_ms = now_ms - int(self._hold_ttl * 1000)
+            args = [self._owner, self._lease_ms, cutoff_ms, MAX_BATCH, new_id("txn"), *prefix, now_ms]
+            reply = await self._batch.call(batching.script(self._open, keys, args))
+            if int(reply[1]):
+                metrics.EVENTS_EXPIRED.inc(int(reply[1]))
+            kind = int(reply[0])
+            if kind == 0:
+                return _LOST
+            if kind == 2:
+                return None
+            if kind == 3:
+                count = int(reply[2])
+                prefix = (await self._expired_event(user_id, count), count)
+                continue
+            txn_id, body, count, first_ms, channels = reply[2:7]
+            return Opened(
+                txn_id.decode(),
+                body,
+                int(count),
+                int(first_ms),
+                orjson.loads(channels) if channels else {},
+                await self._registry.target_from(user_id, [v or None for v in reply[7:11]]),
+            )
+        raise GatewayError("events kept expiring while a transaction was opened")
 
     async def _expired_event(self, user_id: str, count: int) -> bytes:
         event_id = new_id("evt")
@@ -381,8 +467,8 @@ class DeliveryWorker:
         )
         return orjson.dumps(sealed.as_json())
 
-    async def _send(self, user_id: str, txn: dict[str, bytes]) -> Outcome:
-        target = await self._registry.target(user_id)
+    async def _send(self, user_id: str, txn: Opened) -> Outcome:
+        target = txn.target
         if target is None:
             return Outcome(False, None)
         if self._closed:
@@ -396,8 +482,8 @@ class DeliveryWorker:
                 metrics.DELIVERIES.labels("refused_url").inc()
                 log.warning("delivery refused: server_url is not allowed in production")
                 return Outcome(False, None)
-        txn_id = txn["txn_id"].decode()
-        body = txn["body"].decode()
+        txn_id = txn.txn_id
+        body = txn.body.decode()
         headers = signing.headers(target.secrets[0], txn_id, body)
         if len(target.secrets) > 1:
             extra = [signing.headers(s, txn_id, body)["webhook-signature"] for s in target.secrets[1:]]
@@ -407,7 +493,7 @@ class DeliveryWorker:
         started = time.monotonic()
         try:
             async with self._session.put(
-                url, data=txn["body"], headers=headers, timeout=self._timeout, allow_redirects=False
+                url, data=txn.body, headers=headers, timeout=self._timeout, allow_redirects=False
             ) as resp:
                 # The answer is not used; a hostile server must not make us buffer it all.
                 await resp.content.read(MAX_ANSWER_BYTES)
@@ -431,20 +517,16 @@ class DeliveryWorker:
         log.info("delivery refused", extra={"txn_id": txn_id, "status": status})
         return Outcome(False, status, retry_after)
 
-    async def _acknowledge(self, user_id: str, txn: dict[str, bytes]) -> int:
+    async def _acknowledge(self, user_id: str, txn: Opened) -> int:
         """Drop the acknowledged events; return how many events are still queued."""
-        n, queued = await self._ack(
-            keys=[self._keys.txn(user_id), self._keys.queue(user_id), self._keys.counters(user_id)],
-            args=[txn["txn_id"], repr(time.time())],
-        )
+        keys = [self._keys.txn(user_id), self._keys.queue(user_id), self._keys.counters(user_id)]
+        n, queued = await self._batch.call(batching.script(self._ack, keys, [txn.txn_id, repr(time.time())]))
         n = int(n)
         if n > 0:
             # Counted by channel when the transaction was built (a txn from before that: "unknown").
-            channels: dict[str, int] = orjson.loads(txn["channels"]) if txn.get("channels") else {"unknown": n}
-            for channel, count in channels.items():
+            for channel, count in (txn.channels or {"unknown": n}).items():
                 metrics.EVENTS_OUT.labels(channel).inc(count)
-            first_ms = int(txn["first_ms"])
-            metrics.DELIVERY_LATENCY.observe(max(0.0, time.time() - first_ms / 1000))
+            metrics.DELIVERY_LATENCY.observe(max(0.0, time.time() - txn.first_ms / 1000))
         return int(queued)
 
     async def _schedule_retry(self, user_id: str, outcome: Outcome) -> None:

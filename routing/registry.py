@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
@@ -24,6 +25,7 @@ from routing.sealing import parse_public_key
 from routing.signing import new_secret
 
 OVERLAP = 24 * 3600
+TARGET_FIELDS = ("server_url", "secret", "old_secret", "old_until")
 _SECRET_CONTEXT = ("webhook_secret",)
 
 
@@ -116,17 +118,26 @@ class Registry:
         return bool(await self._redis.hexists(self._keys.user(user_id), "server_url"))
 
     async def public_key(self, user_id: str) -> X25519PublicKey:
+        return (await self.sealing_key(user_id))[1]
+
+    async def sealing_key(self, user_id: str) -> tuple[bytes, X25519PublicKey]:
+        """The server's key as stored (base64url) and parsed, read from Redis now."""
         raw = await self._redis.hget(self._keys.user(user_id), "server_public_key")
         if raw is None:
             raise NotFound("user_not_found", "no such user")
         cached = self._pubkeys.get(user_id)
         if cached is not None and cached[0] == raw:
-            return cached[1]
-        key = parse_public_key(raw.decode())
+            return cached
+        entry = (raw, parse_public_key(raw.decode()))
         if len(self._pubkeys) > 100_000:
             self._pubkeys.clear()
-        self._pubkeys[user_id] = (raw, key)
-        return key
+        self._pubkeys[user_id] = entry
+        return entry
+
+    def cached_sealing_key(self, user_id: str) -> tuple[bytes, X25519PublicKey] | None:
+        """The key this process last read for the user, if any. It may be stale: whoever uses it
+        must have Redis compare it with the stored key in the same atomic step as the write."""
+        return self._pubkeys.get(user_id)
 
     async def rotate(self, user_id: str) -> Credentials:
         key = self._keys.user(user_id)
@@ -168,7 +179,11 @@ class Registry:
         return None
 
     async def target(self, user_id: str) -> Target | None:
-        values = await self._redis.hmget(self._keys.user(user_id), ["server_url", "secret", "old_secret", "old_until"])
+        return await self.target_from(user_id, await self._redis.hmget(self._keys.user(user_id), TARGET_FIELDS))
+
+    async def target_from(self, user_id: str, values: Sequence[bytes | None]) -> Target | None:
+        """The target from the user record's `TARGET_FIELDS`, read by the caller (delivery reads
+        them in the same script that opens a transaction)."""
         if values[0] is None or values[1] is None:
             return None
         found = [await self._secret(user_id, values[1])]

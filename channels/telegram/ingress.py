@@ -187,7 +187,9 @@ class Ingress:
         if code is not None:
             await self._start(update, chat, code)
             return
-        owner = await self._owner(chat.chat_id)
+        # No separate erasure check on this path: the hand-over refuses a user being erased in the
+        # same atomic step as the write, and `_handoff` then unlinks the chat.
+        owner = await self.chats.owner(chat.chat_id)
         uid = update.update_id
         items: list[Item] = []
         if owner is None:
