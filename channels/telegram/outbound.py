@@ -69,6 +69,9 @@ async def authorize(
 ) -> ChatInfo | None:
     """Check every id the call names against what this user owns; fill in the default chat."""
     chats = channel.chats
+    if method in ("answerCallbackQuery", "getFile"):
+        # These take no chat: a chat id given anyway (anyone's) is not passed on to Telegram.
+        params.pop("chat_id", None)
     if method == "answerCallbackQuery":
         query = params.get("callback_query_id")
         if not isinstance(query, str) or not await chats.knows(user_id, "cbq", query):

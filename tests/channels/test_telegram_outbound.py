@@ -161,6 +161,11 @@ async def test_files_from_incoming_updates_stream_through_the_gateway(tg: TgGate
     assert resp.status == 200 and await resp.read() == content
     got = await tg.client.post("/v1/telegram/getFile", json={"file_id": ref["file_id"]}, headers=auth)
     assert (await got.json())["result"]["file_path"] == "documents/file_9.pdf"
+    # getFile takes no chat: someone else's chat id sent along does not travel to Telegram.
+    extra = await tg.client.post(
+        "/v1/telegram/getFile", json={"file_id": ref["file_id"], "chat_id": BOB["id"]}, headers=auth
+    )
+    assert extra.status == 200 and "chat_id" not in tg.fake.sent("getFile")[-1].params
     # Telegram no longer has it: its own JSON comes back.
     del tg.fake.files[ref["file_id"]]
     gone = await tg.client.get(f"/v1/telegram/files/{ref['file_id']}", headers=auth)
