@@ -1,10 +1,15 @@
 """Envelope encryption: AES-256-GCM under a per-user data key, wrapped by a master key.
 
 Stored forms:
-- data key (`{u:<id>}:dek`): `kid` `.` nonce(12) || AESGCM(master[kid], dek, aad="ally-gateway/v1|<id>|dek")
-- a ciphertext:              nonce(12) || AESGCM(dek, plaintext, aad="ally-gateway/v1|<id>|<context...>")
+- data key (field `dek` of the user record `{u:<id>}:user`):
+                `kid` `.` nonce(12) || AESGCM(master[kid], dek, aad="ally-gateway/v1|<id>|dek")
+- a ciphertext: nonce(12) || AESGCM(dek, plaintext, aad="ally-gateway/v1|<id>|<context...>")
 
-Deleting the data key makes every ciphertext of that user unreadable (crypto-shredding). Every
+Older versions kept the data key in its own key `{u:<id>}:dek`; the first read of a user's key
+moves it into the record (`keys rotate` moves every user's). The key lives and dies with the
+user record: deleting the record (erasure's first step) or the field makes every ciphertext of
+that user unreadable (crypto-shredding), and nothing writes the field of a record that is gone
+or being erased. Every
 decryption reads the wrapped key from Redis (alone, or in the same round trip as the record it
 opens), so a shredded key opens nothing from the moment it is deleted; only the unwrapping is
 cached per process, by user and stored bytes.
@@ -36,18 +41,31 @@ _NONCE = 12
 CACHED_KEYS = 10_000
 """Opened data keys kept per process (least recently used go first)."""
 
-# Store a new data key unless one exists, and only for a user that exists and is not being
-# erased: a late write must not bring a shredded user's key material back.
-_CREATE = """
-if redis.call('EXISTS', KEYS[2]) == 0 or redis.call('HEXISTS', KEYS[2], 'erasing') == 1 then return -1 end
-if redis.call('SET', KEYS[1], ARGV[1], 'NX') then return 1 end
-return 0
+FIELD = "dek"
+
+# KEYS: the user record, the older data key. ARGV: a new wrapped key, or '' to make none.
+# → the wrapped key: the record's, else the older key moved into the record, else the new one.
+# Only for a user that exists, and no new key for one being erased: a late write must not bring
+# a shredded user's key material back.
+_KEY = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local stored = redis.call('HGET', KEYS[1], 'dek')
+if stored then return stored end
+stored = redis.call('GET', KEYS[2])
+if stored then
+  redis.call('HSET', KEYS[1], 'dek', stored)
+  redis.call('DEL', KEYS[2])
+  return stored
+end
+if ARGV[1] == '' or redis.call('HEXISTS', KEYS[1], 'erasing') == 1 then return false end
+redis.call('HSET', KEYS[1], 'dek', ARGV[1])
+return ARGV[1]
 """
 
 # Replace the stored data key only if it is still the one we read (rotation vs. shredding).
 _SWAP = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2])
+if redis.call('HGET', KEYS[1], 'dek') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'dek', ARGV[2])
   return 1
 end
 return 0
@@ -86,7 +104,7 @@ class Vault:
         self._active = ring[0].kid
         self._cache: OrderedDict[tuple[str, bytes], AESGCM] = OrderedDict()
         self._swap = redis.register_script(_SWAP)
-        self._create = redis.register_script(_CREATE)
+        self._key = redis.register_script(_KEY)
 
     @property
     def active_kid(self) -> str:
@@ -111,27 +129,30 @@ class Vault:
         """Queue the read of the user's wrapped data key on `pipe`; hand its answer to `opened`.
 
         A caller reads a record and the key that opens it in one round trip this way."""
-        pipe.get(self._keys.dek(user_id))
+        pipe.hget(self._keys.user(user_id), FIELD)
 
     async def opened(self, user_id: str, wrapped: bytes | None) -> DataKey:
         """The data key from what `read_wrapped` answered; KeyShredded when there is none."""
+        if wrapped is None:
+            wrapped = await self._stored(user_id)  # still in the older layout, or none
         if wrapped is None:
             raise KeyShredded("no data key for this user")
         return DataKey(user_id, self._open(user_id, wrapped))
 
     async def data_key(self, user_id: str, *, create: bool = False) -> DataKey:
         """The user's data key, read once (and made first if `create` and there is none)."""
-        key = self._keys.dek(user_id)
-        stored: bytes | None = await self._redis.get(key)
-        if stored is None and create:
-            candidate = self._wrap(user_id, AESGCM.generate_key(256))
-            created = int(await self._create(keys=[key, self._keys.user(user_id)], args=[candidate]))
-            if created < 0:
+        wrapped: bytes | None = await self._redis.hget(self._keys.user(user_id), FIELD)
+        if wrapped is None and create:
+            wrapped = await self._stored(user_id, self._wrap(user_id, AESGCM.generate_key(256)))
+            if wrapped is None:
                 raise KeyShredded("the user is gone or being erased")
-            stored = candidate if created else await self._redis.get(key)
-            if stored is None:
-                raise KeyShredded("data key vanished while it was created")
-        return await self.opened(user_id, stored)
+        return await self.opened(user_id, wrapped)
+
+    async def _stored(self, user_id: str, new: bytes = b"") -> bytes | None:
+        """The wrapped key after moving an older layout's into the record (or storing `new`)."""
+        keys = [self._keys.user(user_id), self._keys.dek(user_id)]
+        stored: bytes | None = await self._key(keys=keys, args=[new])
+        return stored
 
     def _open(self, user_id: str, wrapped: bytes) -> AESGCM:
         """Unwrap once per process: the cache is keyed by the user and the bytes just read from
@@ -173,27 +194,31 @@ class Vault:
             raise VaultError("record does not open under its master key") from exc
 
     async def shred(self, user_id: str) -> None:
+        await self._redis.hdel(self._keys.user(user_id), FIELD)
         await self._redis.delete(self._keys.dek(user_id))
         for cache_key in [k for k in self._cache if k[0] == user_id]:
             del self._cache[cache_key]
 
     async def rotate(self, user_ids: Sequence[str]) -> int:
-        """Re-wrap these users' data keys under the active kid; return how many changed."""
+        """Re-wrap these users' data keys under the active kid (moving any still in the older layout
+        into the user record first); return how many changed."""
         changed = 0
         for user_id in user_ids:
-            key = self._keys.dek(user_id)
-            stored: bytes | None = await self._redis.get(key)
+            stored = await self._stored(user_id)
             if stored is None or stored.startswith(self._active.encode() + b"."):
                 continue
             rewrapped = self._wrap(user_id, self._unwrap(user_id, stored))
-            if await self._swap(keys=[key], args=[stored, rewrapped]):
+            if await self._swap(keys=[self._keys.user(user_id)], args=[stored, rewrapped]):
                 changed += 1
         return changed
 
     async def status(self, user_ids: Sequence[str]) -> dict[str, int]:
         counts: Counter[str] = Counter()
         for user_id in user_ids:
-            stored: bytes | None = await self._redis.get(self._keys.dek(user_id))
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.hget(self._keys.user(user_id), FIELD)
+            pipe.get(self._keys.dek(user_id))
+            stored = next(filter(None, await pipe.execute()), None)
             if stored is not None:
                 counts[stored.partition(b".")[0].decode(errors="replace")] += 1
         return dict(counts)

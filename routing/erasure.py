@@ -13,8 +13,8 @@ Steps, in order:
                fails (a provider is down) is recorded and the local erasure goes on; a hook
                records its own retry of the remote part.
 2. delivery  — take the user's delivery lease, so no transaction is in flight and none starts.
-3. keys      — delete the user record (no handoff succeeds after this), the data key
-               (crypto-shredding: every ciphertext of the user is unreadable from here on),
+3. keys      — delete the user record (no handoff succeeds after this) with the data key it
+               holds (crypto-shredding: every ciphertext of the user is unreadable from here on),
                then every key under the user's hash tag; then the user's entries in global sets.
 """
 
@@ -224,7 +224,8 @@ class Eraser:
         return False
 
     async def delete_user_keys(self, user_id: str) -> int:
-        # The record first (handoff and the vault refuse a user without one), then the data key.
+        # The record first: it holds the data key, and handoff and the vault refuse a user without
+        # one. Then the data key of a user stored by an older version, which kept it on its own.
         deleted = int(await self._redis.delete(self._keys.user(user_id)))
         deleted += int(await self._redis.delete(self._keys.dek(user_id)))
         batch: list[bytes] = []

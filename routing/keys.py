@@ -20,6 +20,7 @@ class Keys:
         return f"{self.user_tag(user_id)}:user"
 
     def dek(self, user_id: str) -> str:
+        """Where older versions kept the user's data key (now the field `dek` of `user`)."""
         return f"{self.user_tag(user_id)}:dek"
 
     def queue(self, user_id: str) -> str:

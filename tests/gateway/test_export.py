@@ -72,7 +72,7 @@ async def test_export_matches_its_schema_and_holds_no_secret(gateway: Gateway, d
     record = await services.redis.hgetall(services.keys.user("exported"))
     secrets = [created["server_token"], created["webhook_secret"], created["webhook_secret"].removeprefix("whsec_")]
     secrets.append(record[b"token_hash"].decode())
-    for raw in (record[b"secret"], await services.redis.get(services.keys.dek("exported"))):
+    for raw in (record[b"secret"], record[b"dek"]):
         secrets += encodings(raw)
     for key in gateway.settings.master_keys:
         secrets += encodings(key.key)

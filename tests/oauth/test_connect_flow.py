@@ -311,7 +311,7 @@ async def test_erasure_revokes_the_grant_and_a_revocation_owed_to_a_down_provide
     revocations = gateway.services.broker.revocations
     assert await revocations.pending() == 1
     redis = gateway.services.redis
-    assert await redis.get(gateway.services.keys.dek("kim")) is None
+    assert not await redis.exists(gateway.services.keys.user("kim"), gateway.services.keys.dek("kim"))
     names = [k.decode() async for k in redis.scan_iter(match=f"{gateway.settings.key_prefix}*")]
     assert not any("kim" in name for name in names)
     assert (await gateway.admin("GET", "/admin/v1/users/kim")).status == 404

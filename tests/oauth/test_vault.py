@@ -13,10 +13,12 @@ from redis.asyncio import Redis
 
 from gateway.config import MasterKey
 from gateway.errors import KeyShredded, VaultError
+from gateway.storage import connect
 from oauth.store import ConnectionStore, Tokens
 from oauth.vault import Vault
 from routing.keys import Keys
 from tests.conftest import ADMIN_TOKEN, REDIS_URL, wipe
+from tests.support.redis_servers import RedisCluster
 
 
 @pytest.fixture
@@ -38,6 +40,14 @@ async def redis() -> AsyncIterator[Redis]:
     client = Redis.from_url(REDIS_URL)
     yield client
     await client.aclose()
+
+
+async def to_old_layout(redis: Redis, keys: Keys, user: str) -> None:
+    """Store the user's data key as older versions did: in a key of its own, not in the record."""
+    wrapped = await redis.hget(keys.user(user), "dek")
+    assert wrapped is not None
+    await redis.hdel(keys.user(user), "dek")
+    await redis.set(keys.dek(user), wrapped)
 
 
 def key(kid: str) -> MasterKey:
@@ -110,11 +120,55 @@ async def test_a_data_key_copied_to_another_user_does_not_open_for_them(redis: R
     assert await vault.decrypt("erin", ("note",), sealed) == b"erin's"
     # Finn's slot holds Erin's wrapped key, which this process has opened before: it is bound to
     # Erin's id and must not open for Finn, neither from Redis nor from what is kept in memory.
-    await redis.set(keys.dek("finn"), await redis.get(keys.dek("erin")) or b"")
+    await redis.hset(keys.user("finn"), "dek", await redis.hget(keys.user("erin"), "dek") or b"")
     with pytest.raises(VaultError):
         await vault.decrypt("finn", ("note",), sealed)
     with pytest.raises(VaultError):
         await vault.encrypt("finn", ("note",), b"finn's")
+
+
+async def test_a_data_key_stored_the_old_way_opens_and_moves_into_the_user_record(redis: Redis, keys: Keys):
+    await register(redis, keys, "gus", "hana")
+    ring = [key("k1")]
+    store = ConnectionStore(redis, keys, Vault(redis, keys, ring))
+    for user in ("gus", "hana"):
+        await store.put(user, "google", f"{user}@example.test", tokens(1), connected_at=time.time())
+        await to_old_layout(redis, keys, user)
+    # A process that never saw these keys reads Gus's connection, then writes for Hana: both use
+    # the key they had, which now lives in their records.
+    fresh = ConnectionStore(redis, keys, Vault(redis, keys, ring))
+    found = await fresh.load("gus", "google")
+    assert found is not None and found[1].refresh_token == "1//refresh-1"
+    await fresh.put("hana", "microsoft", "hana@example.test", tokens(2), connected_at=time.time())
+    for user, providers in (("gus", ["google"]), ("hana", ["google", "microsoft"])):
+        assert await redis.exists(keys.dek(user)) == 0
+        assert await redis.hget(keys.user(user), "dek") is not None
+        assert [c.provider for c in await fresh.all(user)] == providers
+    # Shredding takes a key in either layout.
+    await to_old_layout(redis, keys, "gus")
+    await Vault(redis, keys, ring).shred("gus")
+    with pytest.raises(KeyShredded):
+        await fresh.load("gus", "google")
+
+
+async def test_connections_and_their_data_key_are_read_together_on_a_redis_cluster_too(
+    redis_cluster: RedisCluster, keys: Keys
+):
+    cluster = connect(redis_cluster.url, cluster=True)
+    try:
+        for user in ("ida", "jon"):
+            await cluster.hset(keys.user(user), mapping={"server_url": "https://srv.example"})
+        store = ConnectionStore(cluster, keys, Vault(cluster, keys, [key("k1")]))
+        for n, user in enumerate(("ida", "jon")):
+            await store.put(user, "google", f"{user}@example.test", tokens(n), connected_at=time.time())
+        await to_old_layout(cluster, keys, "jon")
+        for n, user in enumerate(("ida", "jon")):
+            found = await store.load(user, "google")
+            assert found is not None and found[1].refresh_token == f"1//refresh-{n}"
+            assert [c.account for c in await store.all(user)] == [f"{user}@example.test"]
+    finally:
+        await cluster.aclose()
+        await wipe(keys.prefix, redis_cluster.url, cluster=True)
 
 
 async def test_records_sealed_under_the_master_key_are_bound_to_their_context(redis: Redis, keys: Keys):
@@ -139,6 +193,8 @@ async def test_keys_rotate_rewraps_every_data_key_while_every_token_stays_readab
     await register(redis, keys, *users)
     for n, user in enumerate(users):
         await old.put(user, "google", f"{user}@example.test", tokens(n), connected_at=time.time())
+    for user in users[::2]:
+        await to_old_layout(redis, keys, user)
 
     # The fleet already runs with k2 active and k1 still known (docs/oauth.md, rotation step 2).
     reader_vault = Vault(redis, keys, [k2, k1])
@@ -176,6 +232,7 @@ async def test_keys_rotate_rewraps_every_data_key_while_every_token_stays_readab
     report = (await status.communicate())[0].decode()
     assert "k2: 150 data key(s)" in report
     assert "k1:" not in report
+    assert [k async for k in redis.scan_iter(match=keys.dek("*"))] == []  # every key is in its record
     # k1 can now leave the ring: everything opens under k2 alone.
     only_new = ConnectionStore(redis, keys, Vault(redis, keys, [k2]))
     for n, user in enumerate(users):

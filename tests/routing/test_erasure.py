@@ -56,7 +56,7 @@ async def test_erasure_removes_every_trace_and_shreds_the_data_key(gateway: Gate
 
     # Copied aside before the delete: a ciphertext of the user and the wrapped data key.
     ciphertext = await services.redis.hget(services.keys.user(erased), "secret")
-    wrapped = await services.redis.get(services.keys.dek(erased))
+    wrapped = await services.redis.hget(services.keys.user(erased), "dek")
     assert ciphertext is not None and wrapped is not None
 
     # A provider that is down, and one that takes its time.
@@ -119,9 +119,9 @@ async def test_erasure_removes_every_trace_and_shreds_the_data_key(gateway: Gate
     ring = {k.kid: AESGCM(k.key) for k in gateway.settings.master_keys}
     candidates: list[AESGCM] = list(ring.values())
     for key, parts in snapshot.items():
-        if key.endswith(b":dek"):
+        if key.endswith(b":user") and b"dek" in parts[::2]:
             owner = key.decode().split("{u:")[1].split("}")[0]
-            kid, _, blob = parts[0].partition(b".")
+            kid, _, blob = dict(zip(parts[::2], parts[1::2], strict=True))[b"dek"].partition(b".")
             candidates.append(AESGCM(ring[kid.decode()].decrypt(blob[:12], blob[12:], aad(owner, "dek"))))
     assert len(candidates) > len(ring)  # the kept user's data key is among them
     for candidate in candidates:
@@ -190,7 +190,7 @@ async def test_vault_refuses_to_create_key_material_for_a_user_being_erased(
     await gateway.create_user(dedicated, user)
     services = gateway.services
     await services.redis.hset(services.keys.user(user), "erasing", b"1")
-    await services.redis.delete(services.keys.dek(user))
+    await services.redis.hdel(services.keys.user(user), "dek")
     with pytest.raises(KeyShredded):
         await services.vault.encrypt(user, ("late", "write"), b"token")
-    assert await services.redis.get(services.keys.dek(user)) is None
+    assert await services.redis.hget(services.keys.user(user), "dek") is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -15,7 +16,7 @@ from redis.exceptions import RedisError, ResponseError
 from gateway.commands.doctor.report import Report
 from gateway.config import Settings
 from gateway.embedded import EmbeddedRedis
-from oauth.vault import aad
+from oauth.vault import FIELD, aad
 from routing.keys import Keys
 
 TIMEOUT = 5.0
@@ -83,6 +84,17 @@ async def _config(redis: Redis, name: str) -> str | None:
     return str(value) if value is not None else None
 
 
+async def _wrapped_keys(redis: Redis, keys: Keys) -> AsyncIterator[tuple[str, bytes]]:
+    """(user id, wrapped data key) for every data key stored: the field `dek` of each user record,
+    and the keys of their own that older versions stored (until a read or `keys rotate` moves them)."""
+    for kind in ("user", "dek"):
+        async for key in redis.scan_iter(match=f"{keys.prefix}{{u:*}}:{kind}", count=1000):
+            user_id = key.decode().split("{u:", 1)[1].rsplit("}:" + kind, 1)[0]
+            stored = await (redis.hget(key, FIELD) if kind == "user" else redis.get(key))
+            if stored is not None:  # erased meanwhile, or a record without a key yet
+                yield user_id, bytes(stored)
+
+
 async def check_key_ring(redis: Redis, settings: Settings, report: Report) -> None:
     """Every data key must be wrapped by a kid in the ring, and open under it."""
     keys = Keys(settings.key_prefix)
@@ -91,12 +103,8 @@ async def check_key_ring(redis: Redis, settings: Settings, report: Report) -> No
     by_kid: Counter[str] = Counter()
     unknown: Counter[str] = Counter()
     broken = 0
-    async for key in redis.scan_iter(match=f"{keys.prefix}{{u:*}}:dek", count=1000):
-        user_id = key.decode().split("{u:", 1)[1].rsplit("}:dek", 1)[0]
-        stored = await redis.get(key)
-        if stored is None:
-            continue  # erased meanwhile
-        kid, _, blob = bytes(stored).partition(b".")
+    async for user_id, stored in _wrapped_keys(redis, keys):
+        kid, _, blob = stored.partition(b".")
         name = kid.decode(errors="replace")
         master = ring.get(name)
         if master is None:
