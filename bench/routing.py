@@ -375,12 +375,38 @@ async def run(results: Results, *, rounds: int, ingress: str = "telegram", profi
                 rounds=lat["gateway"]["ack99"],
             )
         )
+        await cpu_per_event(results, bench, gw / 2, rounds)
         if profile_seconds > 0:
             await profile_gateway(results, bench, fleet, 0.8 * gw, profile_seconds)
     finally:
         await fleet.stop()
         if telegram is not None:
             await telegram.close()
+
+
+async def cpu_per_event(results: Results, bench: Routing, rate: float, rounds: int) -> None:
+    """CPU time per event of both systems at one rate (half the gateway's max): the figure that
+    noise on a shared machine moves least, since waiting for a busy CPU costs no CPU time."""
+    cpu: dict[str, list[float]] = {"gateway": [], "redis": [], "forwarder": []}
+    for r in range(rounds):
+        for system in ("baseline", "gateway") if r % 2 == 0 else ("gateway", "baseline"):
+            s = await bench.step(system, rate, STEP)
+            log("  cpu " + s.line())
+            for process, us in s.cpu_us.items():
+                cpu[process].append(us)
+    results.add(
+        Row(
+            "routing",
+            "CPU time per event, gateway process, at half its max rate",
+            median(cpu["gateway"]),
+            "µs",
+            median(cpu["forwarder"]),
+            "thin forwarder at the same rate",
+            rounds=cpu["gateway"],
+        )
+    )
+    redis = median(cpu["redis"])
+    results.add(Row("routing", "CPU time per event, Redis server, same steps", redis, "µs", rounds=cpu["redis"]))
 
 
 async def profile_gateway(results: Results, bench: Routing, fleet: Fleet, rate: float, seconds: float) -> None:
