@@ -1,12 +1,29 @@
-"""What the Gmail watch and the Graph subscription lifecycles share: timing, back-off, state fields."""
+"""What the Gmail watch and the Graph subscription lifecycles share: timing, back-off, the
+per-user state hash written only while connected, and how a lifecycle is wired into the
+process (renewal loop, broker hooks, status/export/erase hooks)."""
 
 from __future__ import annotations
 
 import random
 import time
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
+from channels.tokens import TokenSource
 from gateway.errors import ProviderError
+from gateway.services import Services
+from routing.schedule import DueSet
+
+# KEYS: state hash. ARGV: field, value pairs ('' value deletes the field). Writes only while the
+# connection still exists, so an upkeep step finishing after a disconnect cannot bring the state back.
+_UPDATE = """
+if redis.call('HEXISTS', KEYS[1], 'account') == 0 then return 0 end
+for i = 1, #ARGV, 2 do
+  if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[1], ARGV[i])
+  else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+return 1
+"""
 
 
 @dataclass(frozen=True)
@@ -42,3 +59,77 @@ def number(values: dict[bytes, bytes], name: str) -> float:
         return float(text(values, name) or 0)
     except ValueError:
         return 0.0
+
+
+def reason(exc: Exception) -> str:
+    """What a state hash and a log line may say about a failure: a code, never a message."""
+    if isinstance(exc, ProviderError):
+        return exc.reason
+    return type(exc).__name__
+
+
+class Upkeep:
+    """One mail channel's per-user upkeep: the `{u:<id>}:<NAME>` state hash (with the sealed
+    `account` while connected) and the due set saying when each user is looked after next."""
+
+    NAME: ClassVar[str]
+    PROVIDER: ClassVar[str]
+
+    def __init__(self, services: Services, tokens: TokenSource, due: DueSet) -> None:
+        self._s = services
+        self._redis = services.redis
+        self._tokens = tokens
+        self.due = due
+        self._update = services.redis.register_script(_UPDATE)
+
+    def _state(self, user_id: str) -> str:
+        return self._s.keys.user_key(user_id, self.NAME)
+
+    async def _set(self, user_id: str, **fields: str | int | float) -> bool:
+        args: list[str] = []
+        for name, value in fields.items():
+            args += [name, str(value)]
+        return bool(int(await self._update(keys=[self._state(user_id)], args=args)))
+
+    async def renew_now(self, user_id: str) -> None:
+        await self.due.run_now(user_id, self.renew)
+
+    async def renew(self, user_id: str) -> float | None:
+        """Look after this user now; return when to look again (None: stop)."""
+        raise NotImplementedError
+
+    async def connected(self, user_id: str, account: str) -> None:
+        raise NotImplementedError
+
+    async def disconnected(self, user_id: str) -> None:
+        raise NotImplementedError
+
+    async def status(self, user_id: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def export(self, user_id: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def install(self, *, enabled: bool, timing: Timing, loop: str) -> None:
+        """Register the renewal loop and the connect/disconnect hooks (when the provider is
+        configured), and the per-user status, export and erase hooks (always)."""
+        services = self._s
+        if enabled:
+
+            async def run() -> None:
+                await self.due.run(self.renew, poll=timing.poll, concurrency=timing.concurrency, name=loop)
+
+            async def connected(user_id: str, provider: str, account: str) -> None:
+                if provider == self.PROVIDER:
+                    await self.connected(user_id, account)
+
+            async def disconnected(user_id: str, provider: str, account: str) -> None:
+                if provider == self.PROVIDER:
+                    await self.disconnected(user_id)
+
+            services.loops[loop] = run
+            services.broker.on_connected.append(connected)
+            services.broker.on_disconnect.append(disconnected)
+        services.hooks.status[self.NAME] = self.status
+        services.hooks.export[self.NAME] = self.export
+        services.hooks.erase[self.NAME] = self.disconnected

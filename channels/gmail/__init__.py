@@ -16,7 +16,7 @@ from aiohttp import web
 from channels.gmail import push
 from channels.gmail.api import GmailApi
 from channels.gmail.oidc import PushVerifier
-from channels.gmail.watches import PROVIDER, Watches
+from channels.gmail.watches import Watches
 from channels.renewal import Timing
 from channels.tokens import BrokerTokens
 from gateway.keys import SERVICES
@@ -57,26 +57,9 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     app[GMAIL] = Gmail(verifier, watches, api)
     if not verifier.configured:
         log.warning("gmail pushes cannot be verified: ALLY_GMAIL_PUSH_AUDIENCE or _SERVICE_ACCOUNT unset")
-    if settings.google_enabled and settings.gmail_pubsub_topic:
-
-        async def loop() -> None:
-            await due.run(watches.renew, poll=timing.poll, concurrency=timing.concurrency, name="gmail-watch")
-
-        services.loops["gmail-watch"] = loop
-
-        async def connected(user_id: str, provider: str, account: str) -> None:
-            if provider == PROVIDER:
-                await watches.connected(user_id, account)
-
-        async def disconnected(user_id: str, provider: str, account: str) -> None:
-            if provider == PROVIDER:
-                await watches.disconnected(user_id)
-
-        services.broker.on_connected.append(connected)
-        services.broker.on_disconnect.append(disconnected)
-    services.hooks.status["gmail"] = watches.status
-    services.hooks.export["gmail"] = watches.export
-    services.hooks.erase["gmail"] = watches.disconnected
+    watches.install(
+        enabled=settings.google_enabled and bool(settings.gmail_pubsub_topic), timing=timing, loop="gmail-watch"
+    )
     try:
         yield
     finally:

@@ -18,10 +18,10 @@ import time
 from typing import Any
 
 from channels.gmail.api import GmailApi
-from channels.renewal import backoff, iso, number, text
+from channels.renewal import Upkeep, backoff, iso, number, reason, text
 from channels.tokens import TokenSource
 from gateway import metrics
-from gateway.errors import ClosedError, GatewayError, NotFound, ProviderError, ReauthRequired, VaultError
+from gateway.errors import ClosedError, GatewayError, NotFound, ReauthRequired, VaultError
 from gateway.services import Services
 from gateway.types import Event
 from routing.queue import Item
@@ -32,14 +32,6 @@ log = logging.getLogger(__name__)
 PROVIDER = "google"
 RENEW_EVERY = 24 * 3600.0
 _ACCOUNT = ("gmail", "account")
-
-# KEYS: state hash. ARGV: field, value pairs. Writes only while the connection still exists,
-# so a renewal finishing after a disconnect cannot bring the state back.
-_UPDATE = """
-if redis.call('HEXISTS', KEYS[1], 'account') == 0 then return 0 end
-for i = 1, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-return 1
-"""
 
 # KEYS: state hash. ARGV: history id (decimal, no leading zeros). Raises last_history_id.
 # historyIds are unsigned 64-bit: compared as decimal strings, since Lua numbers are doubles.
@@ -67,31 +59,21 @@ def history_above(new: str, last: str) -> bool:
     return not last or int(new) > int(last)
 
 
-class Watches:
+class Watches(Upkeep):
+    NAME = "gmail"
+    PROVIDER = PROVIDER
+
     def __init__(
         self, services: Services, api: GmailApi, tokens: TokenSource, due: DueSet, *, topic: str | None
     ) -> None:
-        self._s = services
-        self._redis = services.redis
+        super().__init__(services, tokens, due)
         self._api = api
-        self._tokens = tokens
-        self.due = due
         self._topic = topic
-        self._update = services.redis.register_script(_UPDATE)
         self._advance = services.redis.register_script(_ADVANCE)
         self._unindex = services.redis.register_script(_UNINDEX)
 
-    def _state(self, user_id: str) -> str:
-        return self._s.keys.user_key(user_id, "gmail")
-
     def _index(self, addr: str) -> str:
         return self._s.keys.global_key(f"gmail:addr:{addr}")
-
-    async def _set(self, user_id: str, **fields: str | int | float) -> bool:
-        args: list[str] = []
-        for name, value in fields.items():
-            args += [name, str(value)]
-        return bool(int(await self._update(keys=[self._state(user_id)], args=args)))
 
     # --- ingress -------------------------------------------------------------------------------
 
@@ -138,9 +120,6 @@ class Watches:
         await self._redis.set(self._index(addr), user_id)
         await self.renew_now(user_id)
 
-    async def renew_now(self, user_id: str) -> None:
-        await self.due.run_now(user_id, self.renew)
-
     async def disconnected(self, user_id: str) -> None:
         """Stop the watch at Google (best effort) and forget the address and the state."""
         await self.due.remove(user_id)
@@ -150,7 +129,7 @@ class Watches:
                 await self._api.stop(await self._tokens(user_id, PROVIDER))
             except (GatewayError, ClosedError) as exc:
                 # The watch then ends by itself within 7 days; its pushes find no address and are dropped.
-                log.info("gmail watch not stopped at Google", extra={"user_id": user_id, "reason": _reason(exc)})
+                log.info("gmail watch not stopped at Google", extra={"user_id": user_id, "reason": reason(exc)})
         addr = text(state, "addr")
         if addr:
             await self._unindex(keys=[self._index(addr)], args=[user_id])
@@ -181,13 +160,13 @@ class Watches:
             fields: dict[str, str | int | float] = {
                 "status": "failing",
                 "failures": failures + 1,
-                "last_error": _reason(exc),
+                "last_error": reason(exc),
             }
             if lapsed:
                 fields["lapsed"] = lapsed
             await self._set(user_id, **fields)
             metrics.MAIL_UPKEEP.labels("gmail", "failed").inc()
-            log.warning("gmail watch renewal failed", extra={"user_id": user_id, "reason": _reason(exc)})
+            log.warning("gmail watch renewal failed", extra={"user_id": user_id, "reason": reason(exc)})
             return time.time() + backoff(failures + 1, exc)
         expired = 0 < number(state, "expiration") <= now_ms()
         lapsed = text(state, "lapsed") or (str(now_ms()) if expired else "")
@@ -250,9 +229,3 @@ class Watches:
             "expires_at": iso(number(state, "expiration") / 1000),
             "last_history_id": text(state, "last_history_id") or None,
         }
-
-
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, ProviderError):
-        return exc.reason
-    return type(exc).__name__

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from channels.outlook import ingress
 from channels.outlook.graph import Graph
-from channels.outlook.subscriptions import PROVIDER, Subscriptions
+from channels.outlook.subscriptions import Subscriptions
 from channels.renewal import Timing
 from channels.tokens import BrokerTokens
 from gateway.keys import SERVICES
@@ -44,26 +44,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     due = DueSet(services.redis, services.keys, "outlook", lease=timing.lease)
     subs = Subscriptions(services, graph, BrokerTokens(services.broker), due, public_url=settings.public_url)
     app[OUTLOOK] = Outlook(subs, graph)
-    if settings.microsoft_enabled:
-
-        async def loop() -> None:
-            await due.run(subs.renew, poll=timing.poll, concurrency=timing.concurrency, name="outlook-subscription")
-
-        services.loops["outlook-subscription"] = loop
-
-        async def connected(user_id: str, provider: str, account: str) -> None:
-            if provider == PROVIDER:
-                await subs.connected(user_id, account)
-
-        async def disconnected(user_id: str, provider: str, account: str) -> None:
-            if provider == PROVIDER:
-                await subs.disconnected(user_id)
-
-        services.broker.on_connected.append(connected)
-        services.broker.on_disconnect.append(disconnected)
-    services.hooks.status["outlook"] = subs.status
-    services.hooks.export["outlook"] = subs.export
-    services.hooks.erase["outlook"] = subs.disconnected
+    subs.install(enabled=settings.microsoft_enabled, timing=timing, loop="outlook-subscription")
     yield
 
 

@@ -24,7 +24,7 @@ import time
 from typing import Any
 
 from channels.outlook.graph import Graph, Subscription
-from channels.renewal import backoff, iso, number, text
+from channels.renewal import Upkeep, backoff, iso, number, reason, text
 from channels.tokens import TokenSource
 from gateway import metrics
 from gateway.errors import GatewayError, NotFound, ProviderError, ReauthRequired
@@ -43,16 +43,6 @@ RENEW_AHEAD = 3 * 24 * 3600.0
 SUBSCRIPTION_ID = re.compile(r"^[A-Za-z0-9-]{1,128}$")
 _ACCOUNT = ("outlook", "account")
 
-# KEYS: state hash. ARGV: field, value pairs ('' value deletes the field). Only while connected.
-_UPDATE = """
-if redis.call('HEXISTS', KEYS[1], 'account') == 0 then return 0 end
-for i = 1, #ARGV, 2 do
-  if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[1], ARGV[i])
-  else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-end
-return 1
-"""
-
 # KEYS: state hash. ARGV: subscription id, action, resync reason ('' for none).
 # A lifecycle request for the user's current subscription; `recreate` wins over `reauthorize`.
 _ASK = """
@@ -69,29 +59,19 @@ def state_hash(client_state: str) -> str:
     return hashlib.sha256(client_state.encode()).hexdigest()
 
 
-class Subscriptions:
+class Subscriptions(Upkeep):
+    NAME = "outlook"
+    PROVIDER = PROVIDER
+
     def __init__(self, services: Services, graph: Graph, tokens: TokenSource, due: DueSet, *, public_url: str) -> None:
-        self._s = services
-        self._redis = services.redis
+        super().__init__(services, tokens, due)
         self._graph = graph
-        self._tokens = tokens
-        self.due = due
         self._notify_url = public_url.rstrip("/") + "/outlook/notify"
         self._lifecycle_url = public_url.rstrip("/") + "/outlook/lifecycle"
-        self._update = services.redis.register_script(_UPDATE)
         self._ask = services.redis.register_script(_ASK)
-
-    def _state(self, user_id: str) -> str:
-        return self._s.keys.user_key(user_id, "outlook")
 
     def _index(self, subscription_id: str) -> str:
         return self._s.keys.global_key(f"outlook:sub:{subscription_id}")
-
-    async def _set(self, user_id: str, **fields: str | int | float) -> bool:
-        args: list[str] = []
-        for name, value in fields.items():
-            args += [name, str(value)]
-        return bool(int(await self._update(keys=[self._state(user_id)], args=args)))
 
     # --- ingress -------------------------------------------------------------------------------
 
@@ -168,9 +148,6 @@ class Subscriptions:
         await self._redis.hsetnx(key, "status", "pending")
         await self.renew_now(user_id)
 
-    async def renew_now(self, user_id: str) -> None:
-        await self.due.run_now(user_id, self.renew)
-
     async def disconnected(self, user_id: str) -> None:
         """Delete the subscription at Graph (best effort) and forget it."""
         await self.due.remove(user_id)
@@ -186,7 +163,7 @@ class Subscriptions:
             await self._graph.delete(await self._tokens(user_id, PROVIDER), sub_id)
         except GatewayError as exc:
             # It then expires by itself within 7 days; its notifications find no subscription and are dropped.
-            log.info("graph subscription not deleted", extra={"user_id": user_id, "reason": _reason(exc)})
+            log.info("graph subscription not deleted", extra={"user_id": user_id, "reason": reason(exc)})
 
     # --- renewal -------------------------------------------------------------------------------
 
@@ -264,13 +241,13 @@ class Subscriptions:
         fields: dict[str, str | int | float] = {
             "status": "failing",
             "failures": failures + 1,
-            "last_error": _reason(exc),
+            "last_error": reason(exc),
         }
         if 0 < number(state, "expires_at") <= time.time() and not text(state, "resync"):
             fields["resync"] = "subscription_lapsed"
         await self._set(user_id, **fields)
         metrics.MAIL_UPKEEP.labels("outlook", "failed").inc()
-        log.warning("graph subscription upkeep failed", extra={"user_id": user_id, "reason": _reason(exc)})
+        log.warning("graph subscription upkeep failed", extra={"user_id": user_id, "reason": reason(exc)})
         return time.time() + backoff(failures + 1, exc)
 
     # --- per-user hooks ------------------------------------------------------------------------
@@ -294,9 +271,3 @@ class Subscriptions:
         if not state:
             return {"subscription": "none", "expires_at": None}
         return {"subscription": text(state, "status") or "pending", "expires_at": iso(number(state, "expires_at"))}
-
-
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, ProviderError):
-        return exc.reason
-    return type(exc).__name__
