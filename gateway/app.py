@@ -22,6 +22,7 @@ from gateway.config import Settings
 from gateway.embedded import EmbeddedRedis
 from gateway.http import errors_middleware, stamp_request_id
 from gateway.keys import ROLE, SERVICES, SETTINGS
+from gateway.listener import head_deadline_middleware
 from gateway.services import Services
 from gateway.storage import connect
 from gateway.tls import client_context
@@ -48,7 +49,7 @@ MAX_BODY = 1 << 20
 def create_app(settings: Settings, role: str = "all") -> web.Application:
     if role not in (*ROLES, OPERATOR):
         raise ValueError(f"role must be one of {ROLES}")
-    app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[head_deadline_middleware, errors_middleware], client_max_size=MAX_BODY)
     app.on_response_prepare.append(stamp_request_id)
     app[SETTINGS] = settings
     app[ROLE] = role

@@ -16,9 +16,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from aiohttp import web
-
-from gateway import config, http, logs
+from gateway import config, listener, logs
 from gateway.app import ROLES, create_app
 from gateway.commands import doctor, keys, user
 from gateway.devsecrets import with_dev_secrets
@@ -69,7 +67,7 @@ def _serve(settings: config.Settings, role: str) -> int:
 
 async def _run(settings: config.Settings, role: str) -> None:
     app = create_app(settings, role)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0, **http.server_options())
+    runner = listener.runner(app)
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -77,7 +75,7 @@ async def _run(settings: config.Settings, role: str) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         if role != "worker":
-            site = web.TCPSite(runner, settings.host, settings.port, backlog=1024, reuse_address=True)
+            site = listener.Site(runner, settings.host, settings.port)
             await site.start()
             port = runner.addresses[0][1] if runner.addresses else settings.port
             log.info(

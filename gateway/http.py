@@ -20,18 +20,8 @@ log = logging.getLogger(__name__)
 
 MAX_JSON_BODY = 1 << 20
 BODY_TIMEOUT = 30.0
-"""Seconds a client gets to send a whole body; a slower one gets 408 and frees the handler."""
-IDLE_TIMEOUT = 75.0
-"""Seconds an idle or half-sent connection is kept open by the HTTP server."""
-
-
-def server_options() -> dict[str, Any]:
-    """How the HTTP server runs (`ally-gateway serve`). aiohttp starts the keep-alive timer when a
-    connection opens and only resets it after an answer, so it also bounds how long a client may
-    take to send its request line and headers: a client trickling a header byte at a time is cut
-    off after IDLE_TIMEOUT like an idle one. Bodies have their own deadline (BODY_TIMEOUT)."""
-    return {"keepalive_timeout": IDLE_TIMEOUT}
-
+"""Seconds a client gets to send a whole body; a slower one gets 408 and frees the handler.
+Connection-level limits (idle connections, request heads) are in `gateway.listener`."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -7,20 +7,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 import pytest_asyncio
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from channels.telegram.inputs import MAX_UPLOAD
-from gateway import http
+from gateway import http, listener
 from gateway.app import create_app
 from tests.channels.conftest import SECRET, TgGateway, tg_settings
-from tests.conftest import random_public_key, wipe
+from tests.conftest import make_settings, random_public_key, wipe
 from tests.hostile import rawhttp
 from tests.hostile.conftest import World
 from tests.support import telegram as tgs
@@ -110,20 +111,21 @@ async def test_without_the_webhook_secret_not_even_an_endless_body_is_read(world
 # -- slow clients ------------------------------------------------------------------------------
 
 SLOW = 1.0
-"""The server's idle and body timeouts in these tests (the real ones are http.IDLE_TIMEOUT and
+"""The server's idle and body timeouts in these tests (the real ones are listener.IDLE_TIMEOUT and
 http.BODY_TIMEOUT); every trickle below would take a minute or more to finish."""
 
 
 @pytest_asyncio.fixture
 async def slow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[TgGateway, str]]:
-    """A gateway run with the options `ally-gateway serve` uses, timeouts shortened; and a server token."""
-    monkeypatch.setattr(http, "IDLE_TIMEOUT", SLOW)
+    """A gateway run with aiohttp's server options `ally-gateway serve` uses, timeouts shortened;
+    and a server token."""
+    monkeypatch.setattr(listener, "IDLE_TIMEOUT", SLOW)
     monkeypatch.setattr(http, "BODY_TIMEOUT", SLOW)
     fake = FakeTelegram()
     await fake.start()
     settings = tg_settings(tmp_path, fake)
     server = TestServer(create_app(settings), port=0)
-    await server.start_server(**http.server_options())
+    await server.start_server(**listener.server_options())
     client = TestClient(server)
     gw = TgGateway(client, settings, fake)
     try:
@@ -153,12 +155,88 @@ async def test_a_connection_that_never_sends_a_request_is_closed(slow: tuple[TgG
         writer.close()
 
 
-async def test_a_request_head_sent_a_byte_at_a_time_is_cut_off(slow: tuple[TgGateway, str]):
-    gw, _token = slow
-    head = request_head(f"/telegram/webhook/{tgs.BOT_ID}", {"X-Padding": "p" * 600, "Content-Length": 2})
-    received, elapsed, given = await rawhttp.trickle(*address(gw.client), head, every=0.05, limit=20.0)
-    assert given < len(head), "the whole head got through"
-    assert elapsed < 20.0 and received == b"", (elapsed, received)
+Serve = Callable[[float], Awaitable[tuple[str, int]]]
+
+
+@pytest_asyncio.fixture
+async def serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Serve]:
+    """Start a gateway listening as `ally-gateway serve` does, with the request-head deadline
+    shortened (the idle timeout stays listener.IDLE_TIMEOUT, 75 s); answer its address."""
+    settings = make_settings(tmp_path)
+    runners: list[web.AppRunner] = []
+
+    async def start(header_timeout: float) -> tuple[str, int]:
+        monkeypatch.setattr(listener, "HEADER_TIMEOUT", header_timeout)
+        runner = listener.runner(create_app(settings))
+        runners.append(runner)
+        await runner.setup()
+        await listener.Site(runner, "127.0.0.1", 0).start()
+        host, port = runner.addresses[0][:2]
+        return str(host), int(port)
+
+    try:
+        yield start
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+        await wipe(settings.key_prefix)
+
+
+HEAD = 2.0
+"""The request-head deadline in these tests (the real one is listener.HEADER_TIMEOUT, 15 s)."""
+TRICKLED_HEAD = request_head("/healthz", {"X-Padding": "p" * 600})
+"""A head that takes five minutes at one byte every half second."""
+
+
+async def get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str) -> rawhttp.RawAnswer:
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: gateway\r\n\r\n".encode())
+    return await asyncio.wait_for(rawhttp.read_answer(reader), 10.0)
+
+
+async def test_a_request_head_sent_a_byte_at_a_time_is_cut_off(serve: Serve):
+    host, port = await serve(HEAD)
+    received, elapsed, given = await rawhttp.trickle(host, port, TRICKLED_HEAD, every=0.5, limit=60.0)
+    assert given < len(TRICKLED_HEAD), "the whole head got through"
+    # Closed without an answer, by the head deadline: the idle timeout (75 s) is far off.
+    assert received == b"" and elapsed < 30.0, (elapsed, received)
+
+
+async def test_a_new_connection_that_sends_nothing_is_closed_at_the_head_deadline(serve: Serve):
+    reader, writer = await asyncio.open_connection(*await serve(HEAD))
+    try:
+        assert await asyncio.wait_for(reader.read(), 30.0) == b""
+    finally:
+        writer.close()
+
+
+async def test_slow_heads_do_not_keep_other_clients_waiting(serve: Serve):
+    host, port = await serve(5.0)
+    tricklers = [
+        asyncio.create_task(rawhttp.trickle(host, port, TRICKLED_HEAD, every=0.5, limit=60.0)) for _ in range(20)
+    ]
+    await asyncio.sleep(1.0)  # each has sent a byte or two of its head
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        answer = await get(reader, writer, "/healthz")
+    finally:
+        writer.close()
+    assert answer.status == 200
+    assert not any(t.done() for t in tricklers), "answered only once the slow clients were gone"
+    for received, elapsed, given in await asyncio.gather(*tricklers):
+        assert given < len(TRICKLED_HEAD) and received == b"" and elapsed < 30.0, (given, received, elapsed)
+
+
+async def test_a_keep_alive_connection_may_idle_longer_than_the_head_deadline(serve: Serve):
+    reader, writer = await asyncio.open_connection(*await serve(HEAD))
+    try:
+        assert (await get(reader, writer, "/healthz")).status == 200
+        await asyncio.sleep(2.5 * HEAD)  # idle, not sending a head: the idle timeout (75 s) applies
+        assert (await get(reader, writer, "/healthz")).status == 200
+        # A later head that trickles is cut off like the first one would be.
+        writer.write(b"GET /hea")
+        assert await asyncio.wait_for(reader.read(), 30.0) == b""
+    finally:
+        writer.close()
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,139 @@
+"""The HTTP listener of `ally-gateway serve`: aiohttp's server, with a deadline on request heads.
+
+aiohttp closes a connection that stays idle (`keepalive_timeout`), but it has no deadline for a
+request head that has begun: a client sending a header byte every few seconds holds its
+connection, a file descriptor and a task until the idle timeout, and a few thousand such
+clients exhaust the process. Every connection's protocol is therefore wrapped in a
+`HeadDeadline`, and `head_deadline_middleware` tells it when the app has a request in hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+
+from gateway.http import Handler
+
+IDLE_TIMEOUT = 75.0
+"""Seconds a connection may stay open without sending a request (keep-alive)."""
+HEADER_TIMEOUT = 15.0
+"""Seconds a client gets to send a whole request head: from the connection opening, or from the
+first byte of a later request's head. Clients send a head in one go; a slower one is cut off."""
+BACKLOG = 1024
+
+
+def server_options() -> dict[str, Any]:
+    """aiohttp's own server options for the gateway (request heads get their deadline from `Site`)."""
+    return {"keepalive_timeout": IDLE_TIMEOUT}
+
+
+def runner(app: web.Application) -> web.AppRunner:
+    return web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0, **server_options())
+
+
+class HeadDeadline(asyncio.Protocol):
+    """One connection: aiohttp's protocol, closed when a request head is not complete in time.
+
+    The deadline runs from the connection opening and, between requests, from the first byte
+    of the next head; the app taking the request ends it. A connection that sends nothing
+    between requests is left to the idle timeout. Bodies have their own deadline
+    (`gateway.http.BODY_TIMEOUT`).
+    """
+
+    __slots__ = ("_busy", "_inner", "_timeout", "_timer", "_transport")
+
+    def __init__(self, inner: web.RequestHandler, timeout: float) -> None:
+        self._inner = inner
+        self._timeout = timeout
+        self._timer: asyncio.TimerHandle | None = None
+        self._transport: asyncio.BaseTransport | None = None
+        self._busy = False
+
+    @classmethod
+    def of(cls, request: web.BaseRequest) -> HeadDeadline | None:
+        transport = request.transport
+        protocol = transport.get_protocol() if transport is not None else None
+        return protocol if isinstance(protocol, cls) else None
+
+    def request_started(self) -> None:
+        self._busy = True
+        self._disarm()
+
+    def request_finished(self) -> None:
+        self._busy = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+        self._inner.connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        if not self._busy and self._timer is None:
+            self._arm()
+        self._inner.data_received(data)
+
+    def eof_received(self) -> None:
+        # aiohttp's protocol answers None, so the transport closes once the client half-closes.
+        self._inner.eof_received()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._disarm()
+        self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+    def _arm(self) -> None:
+        self._timer = asyncio.get_running_loop().call_later(self._timeout, self._overdue)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _overdue(self) -> None:
+        self._timer = None
+        if not self._busy and self._transport is not None:
+            self._transport.close()
+
+
+@web.middleware
+async def head_deadline_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The request's head is complete: its deadline ends; the next head's starts with its first byte."""
+    deadline = HeadDeadline.of(request)
+    if deadline is None:  # served by a plain aiohttp site (tests)
+        return await handler(request)
+    deadline.request_started()
+    try:
+        return await handler(request)
+    finally:
+        deadline.request_finished()
+
+
+class Site(web.BaseSite):
+    """A TCP site like aiohttp's `TCPSite`, whose connections are `HeadDeadline`s."""
+
+    __slots__ = ("_host", "_port")
+
+    def __init__(self, runner: web.BaseRunner, host: str, port: int) -> None:
+        super().__init__(runner, backlog=BACKLOG)
+        self._host = host
+        self._port = port
+
+    @property
+    def name(self) -> str:
+        return f"http://{self._host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        server = self._runner.server
+        assert server is not None
+        timeout = HEADER_TIMEOUT
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: HeadDeadline(server(), timeout), self._host, self._port, backlog=self._backlog, reuse_address=True
+        )
