@@ -17,6 +17,8 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
+from gateway import batching
+from gateway.batching import Batcher
 from oauth.vault import DataKey, Vault
 from routing.keys import Keys
 
@@ -111,6 +113,10 @@ def _s(value: bytes | None) -> str:
     return value.decode() if value is not None else ""
 
 
+def _hgetall(key: str) -> batching.Call:
+    return batching.command(lambda pipe: pipe.hgetall(key))
+
+
 class ConnectionStore:
     def __init__(self, redis: Redis, keys: Keys, vault: Vault) -> None:
         self._redis = redis
@@ -118,6 +124,7 @@ class ConnectionStore:
         self._vault = vault
         self._cas = redis.register_script(_CAS)
         self._put = redis.register_script(_PUT)
+        self._batch = Batcher(redis)
 
     def key(self, user_id: str, provider: str) -> str:
         return self._keys.user_key(user_id, f"oauth:{provider}")
@@ -143,20 +150,20 @@ class ConnectionStore:
         return connection, Tokens.loads(data_key.decrypt((provider, connection.account), sealed))
 
     async def all(self, user_id: str) -> list[Connection]:
-        pipe = self._redis.pipeline(transaction=False)
-        for provider in PROVIDERS:
-            pipe.hgetall(self.key(user_id, provider))
-        self._vault.read_wrapped(pipe, user_id)
-        *records, wrapped = await pipe.execute()
+        *records, wrapped = await self._records(user_id, *PROVIDERS)
         found = [await self._parse(user_id, p, raw, wrapped) for p, raw in zip(PROVIDERS, records, strict=True)]
         return [c for c, _, _ in filter(None, found)]
 
     async def _read(self, user_id: str, provider: str) -> tuple[Connection, bytes, DataKey] | None:
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.hgetall(self.key(user_id, provider))
-        self._vault.read_wrapped(pipe, user_id)
-        raw, wrapped = await pipe.execute()
+        raw, wrapped = await self._records(user_id, provider)
         return await self._parse(user_id, provider, raw, wrapped)
+
+    async def _records(self, user_id: str, *providers: str) -> list[Any]:
+        """The records, then the wrapped data key: one round trip, shared with the reads of other
+        requests made in the same turn of the event loop (on one Redis; a cluster gets one each)."""
+        reads = [_hgetall(self.key(user_id, p)) for p in providers]
+        wrapped = batching.command(lambda pipe: self._vault.read_wrapped(pipe, user_id))
+        return await self._batch.run(*reads, wrapped)
 
     async def _parse(
         self, user_id: str, provider: str, raw: dict[bytes, bytes], wrapped: bytes | None
