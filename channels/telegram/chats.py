@@ -28,6 +28,7 @@ from typing import Any, Literal
 import orjson
 from redis.asyncio import Redis
 
+from gateway.batching import Batcher, command
 from routing.keys import Keys
 
 CODE_TTL = 15 * 60
@@ -102,6 +103,7 @@ class Chats:
     def __init__(self, redis: Redis, keys: Keys) -> None:
         self._redis = redis
         self._keys = keys
+        self._batch = Batcher(redis)
         self._redeem = redis.register_script(_REDEEM)
         self._release = redis.register_script(_RELEASE)
         self._default = redis.register_script(_DEFAULT)
@@ -113,7 +115,9 @@ class Chats:
         return self._keys.user_key(user_id, "tg:chats")
 
     async def owner(self, chat_id: int) -> str | None:
-        raw = await self._redis.get(self._chat(chat_id))
+        # Every update asks this first: concurrent webhooks share one round trip.
+        key = self._chat(chat_id)
+        raw = await self._batch.call(command(lambda p: p.get(key)))
         return raw.decode() if raw is not None else None
 
     async def link(self, user_id: str, chat_id: int, chat_type: str, via: str) -> str | None:
