@@ -1,5 +1,5 @@
 """One gateway process, configured from `ALLY_*` like `ally-gateway serve`, run the same way
-(uvloop, `create_app`, access log off), printing `READY <port>` once it listens.
+(uvloop, `create_app`, the same runner and listening site), printing `READY <port>` once it listens.
 
 It adds one route that exists only here: `POST /bench/ingress/{user_id}` takes a Telegram
 update and calls `services.handoff` exactly as a channel does (seal, durable queue, dedup
@@ -15,7 +15,7 @@ import signal
 import orjson
 from aiohttp import web
 
-from gateway import config, logs
+from gateway import config, listener, logs
 from gateway.app import create_app
 from gateway.keys import SERVICES
 from gateway.types import Event
@@ -36,9 +36,9 @@ async def main(role: str) -> None:
     logs.configure("WARNING")
     app = create_app(settings, role)
     app.router.add_post("/bench/ingress/{user_id}", core_ingress)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
+    runner = listener.runner(app)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, backlog=2048, reuse_address=True)
+    site = listener.Site(runner, settings.host, settings.port)
     await site.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -6,8 +6,10 @@ own pass through the client. `Batcher` queues the calls made while the loop runs
 work and sends them together as soon as that work yields: one write, one read, no added wait
 (the flush is the next callback of the loop, not a timer). Each caller gets its own replies or
 its own error, as if it had made its calls alone. A batch is a pipeline, not a transaction:
-each script in it stays atomic on its own, and the calls of one `run` go out in their order,
-on one connection, before anything queued after them.
+each script in it stays atomic on its own, and the calls of one `run` go out together, in their
+order, on one connection. Calls of different batches (more than `MAX_BATCH` at once, or made
+while an earlier batch is still out) may run in any order relative to each other, as separate
+commands from concurrent callers would.
 
 redis-py's cluster pipeline refuses scripts, so on Redis Cluster every call is sent on its own
 (in order, one after the other): same results, no batching.

@@ -10,7 +10,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from gateway.batching import Batcher, Queue, command, script
+from gateway.batching import MAX_BATCH, Batcher, Queue, command, script
 from gateway.storage import connect
 from tests.conftest import REDIS_URL, wipe
 from tests.support.redis_server import RedisServer
@@ -53,8 +53,9 @@ async def test_concurrent_calls_share_round_trips_and_each_gets_its_own_reply(re
     def add(i: int) -> Queue:
         return lambda p: p.incrby(f"{prefix}n{i % 7}", i)
 
-    replies = await asyncio.gather(*(batch.call(command(add(i))) for i in range(300)))
-    assert counting.pipelines < 10
+    # Fewer calls than one batch holds: one pipeline, executed in call order.
+    replies = await asyncio.gather(*(batch.call(command(add(i))) for i in range(MAX_BATCH - 1)))
+    assert counting.pipelines == 1
     totals: dict[int, int] = {}
     for i in range(len(replies)):
         totals[i % 7] = totals.get(i % 7, 0) + i
@@ -62,6 +63,15 @@ async def test_concurrent_calls_share_round_trips_and_each_gets_its_own_reply(re
         assert int(await redis.get(f"{prefix}n{k}")) == total
     # Each reply is the value right after that caller's own increment, in call order.
     assert replies[:7] == list(range(7))
+
+
+async def test_more_calls_than_a_batch_holds_all_get_their_replies(redis: Redis, prefix: str):
+    counting = CountingRedis(redis)
+    batch = Batcher(cast(Redis, counting))
+    key = f"{prefix}many"
+    replies = await asyncio.gather(*(batch.call(command(lambda p: p.incr(key))) for _ in range(3 * MAX_BATCH)))
+    assert sorted(replies) == list(range(1, 3 * MAX_BATCH + 1))
+    assert 3 <= counting.pipelines <= 4
 
 
 async def test_the_calls_of_one_run_go_out_in_order_in_one_round_trip(redis: Redis, prefix: str):

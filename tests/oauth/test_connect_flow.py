@@ -102,7 +102,8 @@ async def test_connect_flow_stores_the_grant_and_returns_connected(
     redis = gateway.services.redis
     async for key in redis.scan_iter(match=f"{gateway.settings.key_prefix}*"):
         kind = await redis.type(key)
-        values = [await redis.get(key)] if kind == b"string" else []
+        # A key may go between the scan and the read (a delivery lease is released): skip it.
+        values = [v for v in [await redis.get(key)] if v is not None] if kind == b"string" else []
         if kind == b"hash":
             values = list((await redis.hgetall(key)).values())
         for value in values:
