@@ -7,6 +7,7 @@ import time
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import orjson
 import pytest
 
 from oauth.connect import FLOWS
@@ -133,6 +134,14 @@ async def test_refresh_honours_min_ttl_and_keeps_rotated_refresh_tokens(
     # Within 30 s of a refresh its token is returned even when min_ttl asks for more than it has.
     assert (await (await lease(gateway, created, provider, 3000)).json())["access_token"] == tokens[-1]
     assert (await world.auth.counts()).get("token:refresh_token") == 2
+    if provider == "microsoft":
+        # msal's cache is stored cut down to what those refreshes used: the account and its
+        # (rotated) refresh token; the access token is stored once, beside it.
+        stored = await gateway.services.broker.store.load("bob", provider)
+        assert stored is not None and stored[1].msal_cache
+        cache = orjson.loads(stored[1].msal_cache)
+        assert set(cache) <= {"Account", "RefreshToken", "AppMetadata"}
+        assert cache["Account"] and cache["RefreshToken"]
     assert len(set(tokens)) == 3
     resp = await gateway.client.get("/v1/connections", headers=auth(created))
     assert (await resp.json())[0]["status"] == "connected"
