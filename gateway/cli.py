@@ -67,8 +67,7 @@ def _serve(settings: config.Settings, role: str) -> int:
 
 async def _run(settings: config.Settings, role: str) -> None:
     app = create_app(settings, role)
-    runner = listener.runner(app)
-    await runner.setup()
+    runner = await listener.start(app)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

