@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.backoff import ExponentialBackoff
 from redis.driver_info import DriverInfo
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -20,6 +20,17 @@ POOL_WAIT = 5.0
 _DRIVER = DriverInfo()
 
 
+_TORN = "the cluster client closed a connection under a running command"
+
+
+class _ClusterPipeline(ClusterPipeline):  # type: ignore[misc]
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> Any:
+        try:
+            return await super().execute(raise_on_error, allow_redirections)
+        except AttributeError as exc:
+            raise RedisConnectionError(_TORN) from exc
+
+
 class _Cluster(RedisCluster):  # type: ignore[misc]
     """A RedisCluster that learns the slot map before it routes a command.
 
@@ -30,11 +41,23 @@ class _Cluster(RedisCluster):  # type: ignore[misc]
     'NoneType' object has no attribute 'writelines'`, which is no RedisError, so it is neither
     retried nor answered 503. Initializing first (a no-op once the map is known) routes every
     command by its key, and a burst on a fresh client meets no MOVED at all.
+
+    While slots really move (resharding, failover) the same reset can still happen; the
+    AttributeError it causes is then raised as the connection error it is, here and in
+    pipelines, so callers answer 503 (providers retry) instead of failing with a 500.
     """
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         await self.initialize()
-        return await super().execute_command(*args, **kwargs)
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except AttributeError as exc:
+            raise RedisConnectionError(_TORN) from exc
+
+    def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> Any:
+        if shard_hint:
+            return super().pipeline(transaction, shard_hint)  # refused there, with its message
+        return _ClusterPipeline(self, transaction)
 
 
 def connect(url: str, *, cluster: bool = False) -> Redis:

@@ -3,7 +3,10 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import pytest
 import redis
+import redis.asyncio.cluster
+import redis.exceptions
 
 from gateway import storage
 from gateway.storage import connect
@@ -49,3 +52,29 @@ async def test_a_burst_on_a_fresh_cluster_client_is_routed_by_key_and_all_succee
         assert _moved_replies(redis_cluster) == moved_before
     finally:
         await wipe(prefix, redis_cluster.url, cluster=True)
+
+
+async def test_a_connection_torn_down_under_a_cluster_command_is_a_redis_error(
+    redis_cluster: RedisCluster, monkeypatch: pytest.MonkeyPatch
+):
+    """What redis-py raises when it resets its connections under a running command (slots moving)
+    reaches callers as a RedisError, which they answer with 503, not as an AttributeError."""
+    client = connect(redis_cluster.url, cluster=True)
+    try:
+        await client.set("{t}:torn", "1")
+
+        async def torn(*_args: object, **_kwargs: object) -> None:
+            raise AttributeError("'NoneType' object has no attribute 'writelines'")
+
+        monkeypatch.setattr(redis.asyncio.cluster.RedisCluster, "execute_command", torn)
+        monkeypatch.setattr(redis.asyncio.cluster.ClusterPipeline, "execute", torn)
+        with pytest.raises(redis.exceptions.ConnectionError):
+            await client.get("{t}:torn")
+        pipe = client.pipeline(transaction=False)
+        pipe.get("{t}:torn")
+        with pytest.raises(redis.exceptions.ConnectionError):
+            await pipe.execute()
+    finally:
+        monkeypatch.undo()
+        await client.delete("{t}:torn")
+        await client.aclose()
