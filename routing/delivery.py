@@ -179,13 +179,13 @@ class Opened:
 
     txn_id: str
     body: bytes
-    count: int
     first_ms: int
     channels: dict[str, int]
     target: Target | None
 
 
-_LOST = object()
+class _LeaseLost(Exception):
+    """The lease is no longer this worker's: another one serves the user now."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,8 +383,6 @@ class DeliveryWorker:
             while not self._closed:
                 # After an acknowledgement that left the queue empty there is nothing to open.
                 opened = await self._open_txn(user_id) if queued else None
-                if opened is _LOST:
-                    return
                 if opened is None:
                     # Out of `due` first, then the last look: an event queued after that look
                     # put the user back into `due` itself (its ZADD NX found no entry).
@@ -403,13 +401,14 @@ class DeliveryWorker:
                     await self._redis.zadd(self._keys.due, {user_id: time.time() + self._lease_ms / 1000})
                     queued = True
                     continue
-                assert isinstance(opened, Opened)
                 outcome = await self._send(user_id, opened)
                 if outcome.ok:
                     queued = await self._acknowledge(user_id, opened) > 0
                 else:
                     await self._schedule_retry(user_id, outcome)
                     return
+        except _LeaseLost:
+            return
         except (RedisError, GatewayError, OSError) as exc:
             log.warning("delivery failed locally; will retry", extra={"error": type(exc).__name__})
             with contextlib.suppress(RedisError):
@@ -427,9 +426,9 @@ class DeliveryWorker:
                         # not when the placeholder due time set at lease time comes round.
                         await self._redis.zadd(self._keys.due, {user_id: time.time()}, xx=True)
 
-    async def _open_txn(self, user_id: str) -> Opened | object | None:
+    async def _open_txn(self, user_id: str) -> Opened | None:
         """The transaction to send now (the one in flight or a new one from the head of the
-        queue), None when there is nothing to send, `_LOST` when the lease is no longer ours."""
+        queue), None when there is nothing to send; `_LeaseLost` when the lease is not ours."""
         keys = [self._keys.lease(user_id), self._keys.txn(user_id), self._keys.queue(user_id), self._keys.user(user_id)]
         prefix: tuple[bytes, int] = (b"", 0)
         for _ in range(5):
@@ -441,18 +440,17 @@ class DeliveryWorker:
                 metrics.EVENTS_EXPIRED.inc(int(reply[1]))
             kind = int(reply[0])
             if kind == 0:
-                return _LOST
+                raise _LeaseLost
             if kind == 2:
                 return None
             if kind == 3:
                 count = int(reply[2])
                 prefix = (await self._expired_event(user_id, count), count)
                 continue
-            txn_id, body, count, first_ms, channels = reply[2:7]
+            txn_id, body, _count, first_ms, channels = reply[2:7]
             return Opened(
                 txn_id.decode(),
                 body,
-                int(count),
                 int(first_ms),
                 orjson.loads(channels) if channels else {},
                 await self._registry.target_from(user_id, [v or None for v in reply[7:11]]),
