@@ -13,11 +13,15 @@ commands from concurrent callers would.
 
 redis-py's cluster pipeline refuses scripts, so on Redis Cluster every call is sent on its own
 (in order, one after the other): same results, no batching.
+
+Components get their batcher from `shared(redis)`: one per client, so the calls the hand-over,
+the delivery worker, the chat lookup and the token broker make in one turn share one pipeline.
 """
 
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -117,3 +121,14 @@ class Batcher:
         for (_, future), reply in zip(batch, replies, strict=True):
             if not future.done():  # done: its caller was cancelled
                 future.set_result(reply)
+
+
+_SHARED: weakref.WeakKeyDictionary[Redis, Batcher] = weakref.WeakKeyDictionary()
+
+
+def shared(redis: Redis) -> Batcher:
+    """The one batcher of this client (made on first use, gone with the client)."""
+    batcher = _SHARED.get(redis)
+    if batcher is None:
+        batcher = _SHARED[redis] = Batcher(redis)
+    return batcher

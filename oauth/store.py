@@ -18,7 +18,6 @@ import orjson
 from redis.asyncio import Redis
 
 from gateway import batching
-from gateway.batching import Batcher
 from oauth.vault import DataKey, Vault
 from routing.keys import Keys
 
@@ -124,7 +123,7 @@ class ConnectionStore:
         self._vault = vault
         self._cas = redis.register_script(_CAS)
         self._put = redis.register_script(_PUT)
-        self._batch = Batcher(redis)
+        self._batch = batching.shared(redis)
 
     def key(self, user_id: str, provider: str) -> str:
         return self._keys.user_key(user_id, f"oauth:{provider}")

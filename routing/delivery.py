@@ -36,7 +36,6 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway import batching, metrics
-from gateway.batching import Batcher
 from gateway.errors import ApiError, ClosedError, GatewayError
 from gateway.types import SealedEvent
 from routing import signing
@@ -235,7 +234,7 @@ class DeliveryWorker:
         self._release_if_idle = redis.register_script(_RELEASE_IF_IDLE)
         self._open = redis.register_script(_OPEN)
         self._ack = redis.register_script(_ACK)
-        self._batch = Batcher(redis)
+        self._batch = batching.shared(redis)
 
     def wake(self, _user_id: str | None = None) -> None:
         self._wakeup.set()

@@ -19,7 +19,6 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway import batching, metrics
-from gateway.batching import Batcher
 from gateway.errors import NotFound, StorageError
 from gateway.types import Event, SealedEvent
 from routing.keys import Keys
@@ -92,7 +91,7 @@ class Handoff:
         self._wake = wake
         self._enqueue = redis.register_script(_ENQUEUE)
         self._schedule = redis.register_script(_SCHEDULE)
-        self._batch = Batcher(redis)
+        self._batch = batching.shared(redis)
 
     async def __call__(self, user_id: str, items: Sequence[Item], *, dedup_scope: str = "default") -> int:
         """Seal and durably queue `items` for `user_id`; return how many were new (not duplicates)."""

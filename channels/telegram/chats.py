@@ -28,7 +28,8 @@ from typing import Any, Literal
 import orjson
 from redis.asyncio import Redis
 
-from gateway.batching import Batcher, command
+from gateway import batching
+from gateway.batching import command
 from routing.keys import Keys
 
 CODE_TTL = 15 * 60
@@ -103,7 +104,7 @@ class Chats:
     def __init__(self, redis: Redis, keys: Keys) -> None:
         self._redis = redis
         self._keys = keys
-        self._batch = Batcher(redis)
+        self._batch = batching.shared(redis)
         self._redeem = redis.register_script(_REDEEM)
         self._release = redis.register_script(_RELEASE)
         self._default = redis.register_script(_DEFAULT)

@@ -10,7 +10,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from gateway.batching import MAX_BATCH, Batcher, Queue, command, script
+from gateway.batching import MAX_BATCH, Batcher, Queue, command, script, shared
 from gateway.storage import connect
 from tests.conftest import REDIS_URL, wipe
 from tests.support.redis_server import RedisServer
@@ -127,3 +127,14 @@ async def test_a_lost_connection_fails_every_call_of_the_batch():
         assert all(isinstance(r, Exception) for r in results)
     finally:
         await redis.aclose()
+
+
+async def test_components_on_one_client_share_one_batcher_and_one_pipeline(redis: Redis, prefix: str):
+    counting = cast(Redis, CountingRedis(redis))
+    first, second = shared(counting), shared(counting)
+    assert first is second
+    replies = await asyncio.gather(
+        first.call(command(lambda p: p.incr(f"{prefix}a"))), second.call(command(lambda p: p.incr(f"{prefix}b")))
+    )
+    assert list(replies) == [1, 1]
+    assert cast(CountingRedis, counting).pipelines == 1
