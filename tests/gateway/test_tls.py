@@ -1,34 +1,10 @@
 from __future__ import annotations
 
-import datetime as dt
-from pathlib import Path
-
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from gateway.errors import ConfigError
 from gateway.tls import client_context
-
-
-def write_ca(path: Path) -> None:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Ally private test CA")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+from tests.support.tlsca import mint
 
 
 def ca_subjects(context) -> list[str]:
@@ -41,10 +17,9 @@ def test_a_private_ca_is_added_to_the_system_store_not_put_in_its_place(tmp_path
     monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
     system = len(client_context().get_ca_certs())
     assert system > 0  # the machine's public CAs are loaded
-    write_ca(tmp_path / "ca.pem")
-    monkeypatch.setenv(variable, str(tmp_path / "ca.pem"))
+    monkeypatch.setenv(variable, str(mint(tmp_path).ca_file))
     context = client_context()
-    assert any("Ally private test CA" in s for s in ca_subjects(context))
+    assert any("Ally test CA" in s for s in ca_subjects(context))
     assert len(context.get_ca_certs()) == system + 1
 
 
