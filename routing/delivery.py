@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import email.utils
 import functools
+import io
 import logging
 import os
 import random
@@ -48,6 +49,9 @@ from routing.urls import validate_server_url
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 100
+# The largest transaction body a server must accept (docs/delivery.md). One event alone is far
+# smaller: ingress bodies are at most 1 MiB, about 1.4 MB once sealed and base64url-encoded.
+MAX_TXN_BYTES = 4 * 1024 * 1024
 BACKOFF_START = 1.0
 BACKOFF_CAP = 300.0
 RETRY_AFTER_MIN = 1.0
@@ -68,7 +72,8 @@ return 0
 """
 # Opens the user's transaction in one step (contract §4: one in flight, same txn_id and body on
 # every retry). KEYS: lease, txn, queue, user record. ARGV: owner, lease ms, hold cutoff ms, max
-# events, a new txn_id, and optionally a sealed `gateway.expired` event with the count it reports.
+# events, a new txn_id, optionally a sealed `gateway.expired` event with the count it reports,
+# now ms, and the largest body in bytes (MAX_TXN_BYTES).
 # Fences first: only the lease holder gets anything, and its lease is extended past the attempt.
 # Returns {kind, trimmed, ...}:
 #   {0, 0}                    lease lost: stop;
@@ -110,22 +115,29 @@ if expired > 0 then limit = limit - 1 end
 local entries = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', limit)
 if #entries == 0 and expired == 0 then return {2, trimmed} end
 local events, channels = {}, {}
+-- Room for the events' bytes: the body's own framing and the txn_id are outside it.
+local room, used, last = tonumber(ARGV[9]) - 64 - #ARGV[5], 0, nil
 if expired > 0 then
   events[1] = prefix
   channels['gateway'] = 1
+  used = #prefix + 1
 end
 for _, entry in ipairs(entries) do
   local fields, event, channel = entry[2], nil, 'unknown'
   for j = 1, #fields, 2 do
     if fields[j] == 'e' then event = fields[j + 1] elseif fields[j] == 'c' then channel = fields[j + 1] end
   end
+  -- The first event always goes; the others only while the body stays within its limit.
+  if #events > 0 and used + #event + 1 > room then break end
+  used = used + #event + 1
   events[#events + 1] = event
   channels[channel] = (channels[channel] or 0) + 1
+  last = entry
 end
 local first_ms, trim_to = ARGV[8], ''
-if #entries > 0 then
+if last then
   first_ms = string.match(entries[1][1], '^(%d+)')
-  local ms, seq = string.match(entries[#entries][1], '^(%d+)-(%d+)$')
+  local ms, seq = string.match(last[1], '^(%d+)-(%d+)$')
   trim_to = ms .. '-' .. (tonumber(seq) + 1)
 end
 local body = '{"txn_id":"' .. ARGV[5] .. '","events":[' .. table.concat(events, ',') .. ']}'
@@ -147,6 +159,11 @@ redis.call('HINCRBY', KEYS[3], 'events_out', n)
 redis.call('HSET', KEYS[3], 'last_ok_at', ARGV[2])
 return {n, redis.call('XLEN', KEYS[2])}
 """
+
+
+def _payload(body: bytes) -> bytes | io.BytesIO:
+    # aiohttp writes a bytes body of over 1 MiB in one go (and warns); a stream goes in chunks.
+    return io.BytesIO(body) if len(body) > 1 << 20 else body
 
 
 def backoff(attempts: int) -> float:
@@ -433,7 +450,7 @@ class DeliveryWorker:
         for _ in range(5):
             now_ms = int(time.time() * 1000)
             cutoff_ms = now_ms - int(self._hold_ttl * 1000)
-            args = [self._owner, self._lease_ms, cutoff_ms, MAX_BATCH, new_id("txn"), *prefix, now_ms]
+            args = [self._owner, self._lease_ms, cutoff_ms, MAX_BATCH, new_id("txn"), *prefix, now_ms, MAX_TXN_BYTES]
             reply = await self._batch.call(batching.script(self._open, keys, args))
             if int(reply[1]):
                 metrics.EVENTS_EXPIRED.inc(int(reply[1]))
@@ -490,7 +507,7 @@ class DeliveryWorker:
         started = time.monotonic()
         try:
             async with self._session.put(
-                url, data=txn.body, headers=headers, timeout=self._timeout, allow_redirects=False
+                url, data=_payload(txn.body), headers=headers, timeout=self._timeout, allow_redirects=False
             ) as resp:
                 # The answer is not used; a hostile server must not make us buffer it all.
                 await resp.content.read(MAX_ANSWER_BYTES)

@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 
 from gateway.types import Event
+from routing.delivery import MAX_TXN_BYTES
 from routing.queue import Item
 from tests.conftest import Gateway
 from tests.support.dedicated import DedicatedServer
@@ -55,6 +56,23 @@ async def test_batches_hold_at_most_100_events(gateway: Gateway, dedicated: Dedi
     sizes = [len(r.body["events"]) for r in dedicated.received]
     assert max(sizes) <= 100
     assert [e["payload"]["update_id"] for e in dedicated.events("dave")] == list(range(250))
+
+
+async def test_a_transaction_body_never_exceeds_the_documented_limit(gateway: Gateway, dedicated: DedicatedServer):
+    await gateway.create_user(dedicated, "erin")
+    dedicated.mode["erin"] = "down"
+    # Twelve events of ~0.7 MB once sealed: about 8 MB held, twice the largest body.
+    for n in range(12):
+        item = Item(Event("telegram.update", "telegram", {"update_id": n, "text": "x" * 500_000}), dedup=str(n))
+        await gateway.services.handoff("erin", [item], dedup_scope="tg")
+    dedicated.mode["erin"] = "ok"
+    await gateway.services.handoff.schedule("erin", now=True)
+    await dedicated.wait_for(lambda: len(dedicated.events("erin")) == 12, timeout=20)
+    delivered = {r.txn_id for r in dedicated.received}
+    sizes = [len(body) for txn, bodies in dedicated.bodies.items() if txn in delivered for body in bodies]
+    assert len(sizes) >= 3
+    assert max(sizes) <= MAX_TXN_BYTES
+    assert [e["payload"]["update_id"] for e in dedicated.events("erin")] == list(range(12))
 
 
 async def test_hanging_server_does_not_delay_another_user(gateway: Gateway, dedicated: DedicatedServer):

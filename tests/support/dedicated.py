@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from routing import signing
+from routing.delivery import MAX_TXN_BYTES
 from routing.sealing import b64url, open_sealed
 
 
@@ -71,7 +72,8 @@ class DedicatedServer:
         return out
 
     async def start(self) -> None:
-        app = web.Application()
+        # Accepts exactly the largest body the delivery docs promise a server, and no more.
+        app = web.Application(client_max_size=MAX_TXN_BYTES)
         app.router.add_put("/u/{user_id}/ally/v1/transactions/{txn_id}", self._handle)
         # A request whose client gave up is over: its handler is cancelled, so `in_flight`
         # counts what the gateway really has open.
