@@ -45,7 +45,9 @@ class StandIn:
     def __init__(self) -> None:
         self.webhook_url: str | None = None
         self.secret: str | None = None
-        self.update_ids = itertools.count(100_000_001)
+        # Seeded from the clock (milliseconds): the gateway keeps its dedup window across restarts,
+        # so a restarted stand-in must never reuse an update_id of an earlier run.
+        self.update_ids = itertools.count(int(time.time() * 1000))
         self.message_ids = itertools.count(1)
 
     async def params(self, request: web.Request) -> dict[str, Any]:
