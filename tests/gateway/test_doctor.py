@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 import time
@@ -166,4 +167,14 @@ async def test_a_bad_setting_is_reported_not_raised(tmp_path: Path):
     status, output = await doctor(settings, ALLY_HOLD_TTL="soon")
     assert status == 1
     assert "FAIL  configuration  ALLY_HOLD_TTL must be a whole number" in output
+    assert "Traceback" not in output
+
+
+async def test_run_away_from_the_data_dir_it_says_where_it_looked(tmp_path: Path):
+    # The embedded default (no ALLY_REDIS_URL) with a relative ALLY_DATA_DIR that is not there.
+    settings = make_settings(tmp_path, redis_url=None)
+    status, output = await doctor(settings, ALLY_DATA_DIR=".ally-not-here")
+    assert status == 1
+    assert re.search(rf"FAIL +data dir +no data dir at {re.escape(str(ROOT / '.ally-not-here'))} ", output)
+    assert f"relative to the working directory {ROOT}" in output
     assert "Traceback" not in output

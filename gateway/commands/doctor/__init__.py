@@ -17,7 +17,7 @@ import sys
 from typing import Any
 
 from gateway import config, logs
-from gateway.commands.doctor.configuration import check_configuration, check_providers
+from gateway.commands.doctor.configuration import check_configuration, check_data_dir, check_providers
 from gateway.commands.doctor.report import Report
 from gateway.commands.doctor.storage import check_key_ring, check_queues, check_redis, redis_target, shown_url
 from gateway.commands.doctor.telegram import check_telegram
@@ -49,6 +49,7 @@ async def diagnose(settings: config.Settings, report: Report) -> None:
     settings, dev = _existing_dev_secrets(settings)
     check_configuration(settings, report, dev)
     check_providers(settings, report)
+    check_data_dir(settings, report)
     target = redis_target(settings)
     redis = connect(target, cluster=settings.redis_cluster)
     try:

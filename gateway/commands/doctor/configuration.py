@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from gateway.commands.doctor.report import Report
@@ -40,6 +41,24 @@ def check_configuration(settings: Settings, report: Report, dev_secrets: list[st
         report.info(
             "configuration", f"key ring of {len(settings.master_keys)}, active kid {settings.master_keys[0].kid}"
         )
+
+
+def check_data_dir(settings: Settings, report: Report) -> None:
+    """Where the embedded default keeps its state; a relative ALLY_DATA_DIR depends on where
+    the command runs, so a doctor started elsewhere than the gateway says where it looked."""
+    if settings.redis_url is not None:
+        return
+    where = settings.data_dir.absolute()
+    if not settings.data_dir.is_dir():
+        report.fail(
+            "data dir",
+            f"no data dir at {where} (ALLY_DATA_DIR={settings.data_dir}, relative to the working directory "
+            f"{Path.cwd()}): run the doctor from the gateway's directory, with its environment",
+        )
+    elif not (settings.data_dir / "redis").exists():
+        report.warn("data dir", f"{where} holds no embedded Redis yet: the gateway has not run with this data dir")
+    else:
+        report.ok("data dir", str(where))
 
 
 def check_providers(settings: Settings, report: Report) -> None:
