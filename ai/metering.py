@@ -14,6 +14,7 @@ counts, the later value wins, as the SDK's own accumulator does).
 
 from __future__ import annotations
 
+import calendar
 import logging
 import time
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from redis.exceptions import RedisError
 
 from ai.errors import QuotaExceeded
 from ai.sse import SseEvent
+from gateway.clock import iso
 from gateway.errors import StorageError
 from routing.keys import Keys
 
@@ -108,7 +110,7 @@ def month_of(ts: float) -> str:
 def next_month_start(ts: float) -> str:
     year, month = time.gmtime(ts)[:2]
     year, month = (year + 1, 1) if month == 12 else (year, month + 1)
-    return f"{year:04d}-{month:02d}-01T00:00:00Z"
+    return iso(calendar.timegm((year, month, 1, 0, 0, 0)))
 
 
 def _months_back(ts: float, count: int) -> list[str]:

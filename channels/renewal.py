@@ -5,11 +5,11 @@ process (renewal loop, broker hooks, status/export/erase hooks)."""
 from __future__ import annotations
 
 import random
-import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from channels.tokens import TokenSource
+from gateway import clock
 from gateway.errors import ProviderError
 from gateway.services import Services
 from routing.schedule import DueSet
@@ -44,9 +44,7 @@ def backoff(failures: int, error: Exception | None = None) -> float:
 
 
 def iso(ts: float | None) -> str | None:
-    if not ts:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts * 1000) % 1000:03d}Z"
+    return clock.iso(ts) if ts else None
 
 
 def text(values: dict[bytes, bytes], name: str) -> str:

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from gateway import users
 from gateway.auth import require_admin
+from gateway.clock import iso
 from gateway.http import json_response, read_json_object
 from gateway.keys import SERVICES
 from gateway.services import Services
@@ -77,7 +78,7 @@ async def rotate_credentials(request: web.Request) -> web.Response:
             "user_id": user_id,
             "server_token": credentials.server_token,
             "webhook_secret": credentials.webhook_secret,
-            "previous_valid_until": users.iso(time.time() + OVERLAP),
+            "previous_valid_until": iso(time.time() + OVERLAP),
         }
     )
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import datetime as dt
 import logging
 import os
 import re
@@ -26,6 +25,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
+
+from gateway.clock import iso
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
@@ -169,7 +170,7 @@ def _exception(exc_type: type[BaseException], exc: BaseException | None) -> dict
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
+            "ts": iso(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": scrub(record.getMessage()),

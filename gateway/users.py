@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from gateway.clock import iso
 from gateway.errors import BadRequest, Conflict, NotFound
 from gateway.services import Services
 from gateway.types import USER_ID
@@ -22,10 +23,6 @@ def check_user_id(user_id: str) -> str:
     if not USER_ID.match(user_id):
         raise BadRequest("invalid_user_id", "user_id must match ^[A-Za-z0-9_-]{1,64}$")
     return user_id
-
-
-def iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts * 1000) % 1000:03d}Z"
 
 
 async def require_active(services: Services, user_id: str) -> None:

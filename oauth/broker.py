@@ -37,6 +37,7 @@ from redis.asyncio import Redis
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from gateway import metrics
+from gateway.clock import iso
 from gateway.config import Settings
 from gateway.errors import (
     BadRequest,
@@ -50,7 +51,7 @@ from gateway.errors import (
 from gateway.types import Event
 from oauth.providers import Grant, Provider
 from oauth.revocations import Revocations
-from oauth.store import CONNECTED, PROVIDERS, REAUTH_REQUIRED, Connection, ConnectionStore, Tokens, iso
+from oauth.store import CONNECTED, PROVIDERS, REAUTH_REQUIRED, Connection, ConnectionStore, Tokens
 from oauth.vault import Vault
 from routing.keys import Keys
 from routing.queue import Handoff, Item

@@ -18,6 +18,7 @@ import orjson
 from redis.asyncio import Redis
 
 from gateway import batching
+from gateway.clock import iso
 from oauth.vault import DataKey, Vault
 from routing.keys import Keys
 
@@ -102,10 +103,6 @@ class Connection:
 
     def detailed(self) -> dict[str, Any]:
         return {**self.public(), "reason": self.reason, "updated_at": iso(self.updated_at)}
-
-
-def iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts * 1000) % 1000:03d}Z"
 
 
 def _s(value: bytes | None) -> str:

@@ -37,11 +37,12 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway import batching, metrics
+from gateway.clock import iso_now
 from gateway.errors import ApiError, ClosedError, GatewayError
 from gateway.types import SealedEvent
 from routing import signing
 from routing.keys import Keys
-from routing.queue import iso_now, new_id
+from routing.queue import new_id
 from routing.registry import Registry, Target
 from routing.sealing import seal
 from routing.urls import validate_server_url

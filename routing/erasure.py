@@ -33,6 +33,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway import metrics
+from gateway.clock import iso_now
 from gateway.logs import bound_request_id, new_request_id
 from routing.keys import Keys
 
@@ -60,11 +61,6 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
-
-
-def _now_iso() -> str:
-    now = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
 
 
 class Eraser:
@@ -100,7 +96,7 @@ class Eraser:
 
     async def start(self, user_id: str) -> dict[str, Any]:
         """Record the erasure durably and run it in the background; joining one already running."""
-        record = {"started_at": _now_iso(), "step": "hooks", "hooks": {}}
+        record = {"started_at": iso_now(), "step": "hooks", "hooks": {}}
         await self._redis.hsetnx(self._records, user_id, orjson.dumps(record))
         # From here on the user is gone for every caller; handoff refuses a user marked erasing.
         await self._mark(keys=[self._keys.user(user_id)])

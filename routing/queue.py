@@ -7,7 +7,6 @@ provider as soon as it returns. Plaintext never leaves this function.
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -19,6 +18,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway import batching, metrics
+from gateway.clock import iso_now
 from gateway.errors import NotFound, StorageError
 from gateway.types import Event, SealedEvent
 from routing.keys import Keys
@@ -70,10 +70,6 @@ return 0
 def new_id(prefix: str) -> str:
     """Time-ordered, unguessable id: prefix + 10 hex of ms time + 14 hex random (under 32 chars)."""
     return f"{prefix}_{int(time.time() * 1000):010x}{os.urandom(7).hex()}"
-
-
-def iso_now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True, slots=True)

@@ -82,3 +82,34 @@ async def test_documented_user_status_has_the_members_of_a_real_status(gateway: 
     assert "telegram" in example
     del example["telegram"]
     assert same_shape(example, real) == []
+
+
+ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+
+def timestamps(value: Any, path: str = "$") -> list[tuple[str, Any]]:
+    """Every member named like a point in time (`…_at`, `…_until`), with its value."""
+    if isinstance(value, dict):
+        found = [(f"{path}.{k}", v) for k, v in value.items() if k.endswith(("_at", "_until")) and v is not None]
+        for k, v in value.items():
+            found += timestamps(v, f"{path}.{k}")
+        return found
+    if isinstance(value, list):
+        return [t for i, v in enumerate(value) for t in timestamps(v, f"{path}[{i}]")]
+    return []
+
+
+async def test_every_timestamp_answered_has_milliseconds_and_z(gateway: Gateway, dedicated: DedicatedServer):
+    await gateway.create_user(dedicated, "tess")
+    answers = []
+    for method, path in (
+        ("GET", "/admin/v1/users/tess"),
+        ("GET", "/admin/v1/users/tess/export"),
+        ("POST", "/admin/v1/users/tess/credentials/rotate"),
+    ):
+        resp = await gateway.admin(method, path)
+        assert resp.status == 200, await resp.text()
+        answers.append(await resp.json())
+    found = [t for answer in answers for t in timestamps(answer)]
+    assert {"$.created_at", "$.ai.resets_at", "$.previous_valid_until"} <= {p for p, _ in found}
+    assert [(p, v) for p, v in found if not (isinstance(v, str) and ISO_MS.match(v))] == []

@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from gateway.clock import iso
 from gateway.errors import ProviderError
 
 RESOURCE = "/me/mailFolders('inbox')/messages"
@@ -29,7 +30,7 @@ class Subscription:
 
 
 def graph_time(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso(ts)
 
 
 def parse_time(value: object) -> float:

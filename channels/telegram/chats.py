@@ -17,7 +17,6 @@ safe to repeat rather than atomic: the global mapping is the authority.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import secrets
 import time
@@ -30,6 +29,7 @@ from redis.asyncio import Redis
 
 from gateway import batching
 from gateway.batching import command
+from gateway.clock import iso
 from routing.keys import Keys
 
 CODE_TTL = 15 * 60
@@ -73,10 +73,6 @@ return 0
 
 def _h(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()[:32]
-
-
-def iso(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True, slots=True)

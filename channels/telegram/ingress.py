@@ -21,13 +21,14 @@ from telegram import Message, Update
 
 from gateway import metrics
 from gateway.admin import admin_user
+from gateway.clock import iso
 from gateway.errors import BadRequest, NotFound, Unauthorized
 from gateway.http import json_response, read_json_object
 from gateway.types import Event
 from routing.queue import Item
 
 from .channel import Telegram, telegram_of
-from .chats import ChatInfo, iso
+from .chats import ChatInfo
 
 log = logging.getLogger(__name__)
 

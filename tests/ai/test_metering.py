@@ -33,7 +33,7 @@ async def test_whole_answers_are_metered_from_their_usage(gateway: Gateway, anth
     assert body["models"] == {PRIMARY: {"input_tokens": 30, "output_tokens": 14, "requests": 2}}
     assert body["total_tokens"] == 44
     assert body["cap"] is None and body["remaining"] is None
-    assert body["resets_at"].endswith("-01T00:00:00Z")
+    assert body["resets_at"].endswith("-01T00:00:00.000Z")
 
 
 async def test_streams_are_metered_from_message_start_and_message_delta(
@@ -111,7 +111,7 @@ class TestCap:
         assert resp.status == 402
         body = await resp.json()
         assert body["error"] == "ai_quota_exceeded" and body["cap"] == 40 and body["used"] == 70
-        assert body["resets_at"].endswith("-01T00:00:00Z")
+        assert body["resets_at"].endswith("-01T00:00:00.000Z")
         assert len(anthropic_api.calls) == calls
         assert (await usage(gateway, headers)) | {"models": None} == {
             "month": month_of(time.time()),
