@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from pathlib import Path
@@ -83,10 +84,33 @@ async def test_export_matches_its_schema_and_holds_no_secret(gateway: Gateway, d
     assert scrub(shown) == shown
 
 
-async def test_export_of_unknown_or_erasing_user_is_404_and_needs_the_admin_token(gateway: Gateway):
+async def test_export_of_unknown_user_is_404_and_needs_the_admin_token(gateway: Gateway):
     assert (await gateway.admin("GET", "/admin/v1/users/ghost/export")).status == 404
     assert (await gateway.client.get("/admin/v1/users/ghost/export")).status == 401
     assert (await gateway.admin("GET", "/admin/v1/users/bad%20id/export")).status == 400
+
+
+async def test_export_of_a_user_being_erased_is_404(gateway: Gateway, dedicated: DedicatedServer):
+    await gateway.create_user(dedicated, "leaving")
+    assert (await gateway.admin("GET", "/admin/v1/users/leaving/export")).status == 200
+    # A provider that has not answered yet keeps the erasure in its hooks step.
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_provider(_user_id: str) -> None:
+        entered.set()
+        await release.wait()
+
+    gateway.services.hooks.erase["slow"] = slow_provider
+    try:
+        assert (await gateway.admin("DELETE", "/admin/v1/users/leaving")).status == 202
+        await asyncio.wait_for(entered.wait(), 10)
+        status = await (await gateway.admin("GET", "/admin/v1/users/leaving")).json()
+        assert status["status"] == "erasing"
+        resp = await gateway.admin("GET", "/admin/v1/users/leaving/export")
+        assert resp.status == 404
+        assert (await resp.json())["error"] == "user_not_found"
+    finally:
+        release.set()
 
 
 def test_schema_rejects_a_document_with_an_undocumented_part():
