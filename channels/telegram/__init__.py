@@ -6,6 +6,9 @@ ratelimit  shared, fair outbound limits in Redis
 chats      chat → user routing, link codes, what each user may name
 channel    the running channel: bot, limiter, sending, lifecycle
 ingress    the webhook, linking and routing of updates
+methods    the table of Bot API methods a server may call, and what each parameter names
+jsontext   JSON read once and strictly (repeated keys refused)
+policy     checking one call against the table and what its user owns
 outbound   the server API: Bot API calls and the file proxy
 """
 
@@ -35,6 +38,7 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/telegram/webhook/{bot_id}", storage_errors(ingress.webhook))
     app.router.add_post("/admin/v1/users/{user_id}/telegram/link", storage_errors(ingress.create_link))
     app.router.add_get("/v1/telegram/files/{file_id}", storage_errors(outbound.download))
+    app.router.add_get("/v1/telegram/files/{file_id}/{name}", storage_errors(outbound.download))
     app.router.add_post("/v1/telegram/{method}", storage_errors(outbound.call))
     app.cleanup_ctx.append(_lifecycle)
 

@@ -38,10 +38,6 @@ ALLOWED_UPDATES = (
     "message_reaction",
 )
 MAX_CONNECTIONS = 40
-# Methods that put a message into a chat (or change one): they count against the limits.
-LIMITED = frozenset(
-    {"sendMessage", "sendPhoto", "sendDocument", "sendVoice", "editMessageText", "editMessageReplyMarkup"}
-)
 GATEWAY_SENDER = "~gateway"
 """The limiter's name for the gateway's own replies (not a valid user id, so never a user's)."""
 
@@ -155,6 +151,11 @@ class Telegram:
             self._username = self.bot.username
         return self._username
 
+    async def profile(self) -> dict[str, Any]:
+        """The bot's own `getMe` answer (asked once, kept)."""
+        await self.username()
+        return self.bot.bot.to_dict()
+
     # -- sending --------------------------------------------------------------------------
 
     async def send(
@@ -170,7 +171,8 @@ class Telegram:
         deadline = loop.time() + self.limiter.limits.max_wait
         while True:
             try:
-                if chat is not None and method in LIMITED:
+                # Every call with a chat spends that chat's and its user's budgets, whatever the method.
+                if chat is not None:
                     await self.limiter.acquire(user_id, chat.chat_id, group=chat.is_group)
                 else:
                     paused = await self.limiter.paused_for()

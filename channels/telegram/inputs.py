@@ -5,16 +5,17 @@ from __future__ import annotations
 import asyncio
 import re
 from typing import Any
+from urllib.parse import parse_qsl
 
-import orjson
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.multipart import BadContentDispositionHeader, BadContentDispositionParam
 
 from gateway import http
 from gateway.errors import ApiError, BadRequest, PayloadTooLarge
-from gateway.http import read_json_object
+from gateway.http import read_body
 
+from . import jsontext
 from .wire import Upload
 
 MAX_FIELDS = 1 << 20
@@ -48,24 +49,53 @@ async def _read(request: web.Request) -> tuple[dict[str, Any], list[Upload]]:
     if not request.body_exists:
         return {}, []
     if ctype == "application/json":
-        return await read_json_object(request, limit=MAX_FIELDS), []
-    if ctype == "application/x-www-form-urlencoded":
-        _refuse_declared(request, MAX_FIELDS)
-        try:
-            async with asyncio.timeout(http.BODY_TIMEOUT):
-                form = await request.post()
-        except TimeoutError:
-            raise _too_slow() from None
-        except (ValueError, LookupError) as exc:  # LookupError: a charset Python does not know
-            raise BadRequest("invalid_form", "could not read the form body") from exc
-        return {k: v for k, v in form.items() if isinstance(v, str)}, []
+        return _json(await read_body(request, limit=MAX_FIELDS)), []
+    if ctype == "application/x-www-form-urlencoded" or "Content-Type" not in request.headers:
+        return _form_or_json(request, await read_body(request, limit=MAX_FIELDS)), []
     if ctype == "multipart/form-data":
         _refuse_declared(request, MAX_UPLOAD + MAX_PARTS * MAX_FIELDS)
         try:
             return await _multipart(request)
         except TimeoutError:
             raise _too_slow() from None
-    raise BadRequest("unsupported_media_type", "send JSON, form-encoded or multipart/form-data", status=415)
+    raise BadRequest("unsupported_media_type", _KINDS, status=415)
+
+
+_KINDS = "send application/json, application/x-www-form-urlencoded or multipart/form-data"
+
+
+def _form_or_json(request: web.Request, body: bytes) -> dict[str, Any]:
+    """A form, or JSON whose type was not said: no Content-Type at all, or curl's form label for
+    `-d`. A body starting with `{` cannot be a form (parameter names are letters, digits and
+    underscores), so reading it as JSON never misreads a form."""
+    if body.lstrip()[:1] == b"{":
+        return _json(body)
+    if "Content-Type" not in request.headers:
+        raise BadRequest("missing_content_type", "the Content-Type header is missing; " + _KINDS, status=415)
+    charset = request.charset or "utf-8"
+    try:
+        # As aiohttp reads a form, but keeping every value so a repeated name is seen.
+        pairs = parse_qsl(body.rstrip().decode(charset), keep_blank_values=True, encoding=charset)
+    except (ValueError, LookupError) as exc:  # LookupError: a charset Python does not know
+        raise BadRequest("invalid_form", "could not read the form body") from exc
+    params: dict[str, Any] = {}
+    for name, value in pairs:
+        _once(params, name)
+        params[name] = value
+    return params
+
+
+def _json(body: bytes) -> dict[str, Any]:
+    value = jsontext.loads(body, "the body", "invalid_json")
+    if not isinstance(value, dict):
+        raise BadRequest("invalid_json", "body must be a JSON object")
+    return value
+
+
+def _once(params: dict[str, Any], name: str) -> None:
+    # Two values for one name: which one a reader keeps differs, so neither is guessed at.
+    if name in params:
+        raise BadRequest("invalid_parameter", "a parameter is given twice")
 
 
 def _refuse_declared(request: web.Request, limit: int) -> None:
@@ -103,6 +133,8 @@ async def _multipart(request: web.Request) -> tuple[dict[str, Any], list[Upload]
                     chunks.append(chunk)
                     deadline.reschedule(start + http.BODY_TIMEOUT + total / MIN_UPLOAD_RATE)
                 data = b"".join(chunks)
+                if part.name in params or any(u.name == part.name for u in uploads):
+                    raise BadRequest("invalid_parameter", "a parameter is given twice")
                 if part.filename is None:
                     if len(data) > MAX_FIELDS:
                         raise PayloadTooLarge("payload_too_large", f"a field over {MAX_FIELDS} bytes")
@@ -113,13 +145,3 @@ async def _multipart(request: web.Request) -> tuple[dict[str, Any], list[Upload]
     except (ValueError, UnicodeDecodeError, AssertionError, HttpProcessingError, *MALFORMED_PARTS) as exc:
         raise BadRequest("invalid_multipart", "could not read the multipart body") from exc
     raise BadRequest("invalid_multipart", f"at most {MAX_PARTS} parts")
-
-
-def structured(value: Any) -> Any:
-    """A parameter that may arrive as JSON text (form, multipart) or as JSON already."""
-    if isinstance(value, str) and value[:1] in ("{", "["):
-        try:
-            return orjson.loads(value)
-        except orjson.JSONDecodeError:
-            raise BadRequest("invalid_parameter", "a parameter is not valid JSON") from None
-    return value

@@ -8,145 +8,116 @@ their own chats. Answers are Telegram's own JSON; the bot token never appears.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from pathlib import PurePosixPath
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 from aiohttp import web
 
 from gateway import http
 from gateway.auth import require_server
-from gateway.errors import ApiError, BadRequest, Forbidden, NotFound
+from gateway.errors import ApiError, NotFound
 from gateway.http import error_response, json_response
 
 from .channel import Telegram, telegram_of
 from .chats import ChatInfo
-from .ingress import file_ids
-from .inputs import read_call, structured
+from .inputs import read_call
+from .methods import METHODS, lookup
+from .policy import check
 from .split import LIMIT, split_message, utf16_len
-from .wire import Reply, Upload, decode
+from .wire import Reply, decode
 
 log = logging.getLogger(__name__)
 
-ALLOWED = (
-    "sendMessage",
-    "sendChatAction",
-    "editMessageText",
-    "editMessageReplyMarkup",
-    "deleteMessage",
-    "sendPhoto",
-    "sendDocument",
-    "sendVoice",
-    "answerCallbackQuery",
-    "getFile",
-)
-_CANONICAL = {m.lower(): m for m in ALLOWED}
-CHAT_METHODS = frozenset(ALLOWED) - {"answerCallbackQuery", "getFile"}
-FILE_PARAMS: dict[str, tuple[str, ...]] = {
-    "sendPhoto": ("photo",),
-    "sendDocument": ("document", "thumbnail"),
-    "sendVoice": ("voice",),
-}
 CHUNK = 1 << 16
+NOT_LEARNED = frozenset({"reply_to_message", "external_reply", "quote", "pinned_message"})
+"""Parts of an answer that show a message the call did not send: a reply's original, a quote,
+a pinned message. Their files stay unusable: a chat can hold what another user put there."""
+PUBLIC_PROFILE = (
+    "id",
+    "is_bot",
+    "first_name",
+    "last_name",
+    "username",
+    "can_join_groups",
+    "can_read_all_group_messages",
+    "supports_inline_queries",
+    "can_connect_to_business",
+    "has_main_web_app",
+)
+"""What `getMe` answers: the bot's public profile, which any Telegram user can see anyway."""
 
 
 def passthrough(reply: Reply) -> web.Response:
     return web.Response(body=reply.body, status=reply.status, content_type="application/json")
 
 
-def _chat_id(value: Any) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str):
-        try:
-            return int(value.strip())
-        except ValueError:
-            pass
-    raise Forbidden("chat_not_allowed", "chat_id must be the numeric id of one of this user's linked chats")
-
-
-async def authorize(
-    channel: Telegram, user_id: str, method: str, params: dict[str, Any], uploads: list[Upload]
-) -> ChatInfo | None:
-    """Check every id the call names against what this user owns; fill in the default chat."""
-    chats = channel.chats
-    if method in ("answerCallbackQuery", "getFile"):
-        # These take no chat: a chat id given anyway (anyone's) is not passed on to Telegram.
-        params.pop("chat_id", None)
-    if method == "answerCallbackQuery":
-        query = params.get("callback_query_id")
-        if not isinstance(query, str) or not await chats.knows(user_id, "cbq", query):
-            raise NotFound("unknown_callback_query", "no such callback query in this user's chats")
-        return None
-    if method == "getFile":
-        file_id = params.get("file_id")
-        if not isinstance(file_id, str) or not await chats.knows(user_id, "files", file_id):
-            raise NotFound("unknown_file", "no such file in this user's chats")
-        return None
-    if params.get("inline_message_id") not in (None, ""):
-        raise Forbidden("inline_message_unsupported", "inline messages cannot be tied to a user; use chat_id")
-    raw = params.get("chat_id")
-    if raw in (None, ""):
-        default = await chats.private_chat(user_id)
-        if default is None:
-            raise NotFound("no_linked_chat", "this user has no linked private chat")
-        params["chat_id"] = default
-        chat_id = default
-    else:
-        chat_id = _chat_id(raw)
-    info = await chats.chat_of(user_id, chat_id)
-    if info is None:
-        raise Forbidden("chat_not_allowed", "chat_id is not one of this user's linked chats")
-    reply_to = structured(params.get("reply_parameters"))
-    other = reply_to.get("chat_id") if isinstance(reply_to, dict) else None
-    if other not in (None, "") and await chats.chat_of(user_id, _chat_id(other)) is None:
-        raise Forbidden("chat_not_allowed", "reply_parameters.chat_id is not one of this user's linked chats")
-    await _check_files(channel, user_id, method, params, uploads)
-    return info
-
-
-async def _check_files(
-    channel: Telegram, user_id: str, method: str, params: dict[str, Any], uploads: list[Upload]
-) -> None:
-    fields = FILE_PARAMS.get(method, ())
-    attached = {u.name for u in uploads}
-    referenced: set[str] = set()
-    for name in fields:
-        value = params.get(name)
-        if not isinstance(value, str) or not value:
-            continue
-        if value.startswith("attach://"):
-            referenced.add(value.removeprefix("attach://"))
-            if value.removeprefix("attach://") not in attached:
-                raise BadRequest("invalid_parameter", f"{name} names an attachment that was not uploaded")
-        elif not value.startswith(("https://", "http://")) and not await channel.chats.knows(user_id, "files", value):
-            # A file id from someone else's chat must not be re-sent through the shared bot.
-            raise NotFound("unknown_file", f"{name} is not a file from this user's chats")
-    for up in uploads:
-        if up.name not in fields and up.name not in referenced:
-            raise BadRequest("unexpected_upload", f"{method} takes no file in {up.name!r}")
-
-
 async def call(request: web.Request) -> web.StreamResponse:
     """POST /v1/telegram/{method}."""
     user_id = await require_server(request)
     channel = telegram_of(request)
-    method = _CANONICAL.get(request.match_info["method"].lower())
+    method = lookup(request.match_info["method"])
     if method is None:
-        raise NotFound("unknown_method", "allowed: " + ", ".join(ALLOWED))
+        raise NotFound("unknown_method", "allowed: " + ", ".join(m.name for m in METHODS))
     params, uploads = await read_call(request)
-    chat = await authorize(channel, user_id, method, params, uploads)
-    text = params.get("text")
-    if method == "sendMessage" and isinstance(text, str) and utf16_len(text) > LIMIT and text.strip():
-        return await _send_long(channel, user_id, params, text, chat)
-    reply = await channel.send(user_id, method, params, uploads, chat)
+    checked = await check(channel.chats, user_id, method, params, uploads)
+    if method.name == "getMe":
+        return await _get_me(channel)
+    chat = checked.chat or await _budget_chat(channel, user_id)
+    text = checked.params.get("text")
+    if method.name == "sendMessage" and isinstance(text, str) and utf16_len(text) > LIMIT and text.strip():
+        return await _send_long(channel, user_id, checked.params, text, chat)
+    reply = await channel.send(user_id, method.name, checked.params, uploads, chat)
+    if method.name == "getFile":
+        return _file_answer(reply)
     await _learn(channel, user_id, reply)
     return passthrough(reply)
 
 
+async def _get_me(channel: Telegram) -> web.Response:
+    """Answered from the gateway's own `getMe` (made once at start): it costs Telegram nothing."""
+    profile = await channel.profile()
+    return json_response({"ok": True, "result": {k: profile[k] for k in PUBLIC_PROFILE if k in profile}})
+
+
+async def _budget_chat(channel: Telegram, user_id: str) -> ChatInfo | None:
+    # A call that names no chat (a callback answer, getFile) is counted against the user's
+    # private chat, so it too spends the user's budgets.
+    private = await channel.chats.private_chat(user_id)
+    return await channel.chats.chat_of(user_id, private) if private is not None else None
+
+
+def _file_answer(reply: Reply) -> web.Response:
+    """getFile's answer with a `file_path` that the gateway serves: `<file_id>/<file name>`.
+    Telegram's own path is only usable with the bot token, and the gateway's download route
+    checks the file id against the caller."""
+    result = reply.result
+    if not reply.ok or not isinstance(result, dict) or not isinstance(result.get("file_path"), str):
+        return passthrough(reply)
+    name = PurePosixPath(result["file_path"]).name or "file"
+    data = {**reply.data, "result": {**result, "file_path": f"{result['file_id']}/{quote(name, safe='')}"}}
+    return json_response(data, status=reply.status)
+
+
+def own_file_ids(value: Any) -> Iterator[str]:
+    """The file ids of what the call itself sent (see NOT_LEARNED)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == "file_id" and isinstance(item, str):
+                yield item
+            elif key not in NOT_LEARNED:
+                yield from own_file_ids(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from own_file_ids(item)
+
+
 async def _learn(channel: Telegram, user_id: str, reply: Reply) -> None:
     """File ids in what this user's server sent are this user's to use again."""
-    if reply.ok and isinstance(reply.result, dict):
-        ids = list(file_ids(reply.result))
+    if reply.ok:
+        ids = list(own_file_ids(reply.result))
         if ids:
             await channel.chats.remember(user_id, "files", ids)
 
@@ -155,7 +126,7 @@ async def _send_long(
     channel: Telegram, user_id: str, params: dict[str, Any], text: str, chat: ChatInfo | None
 ) -> web.Response:
     """Several messages in order; the answer is the first as `result` and all of them as `messages`."""
-    entities = structured(params.get("entities"))
+    entities = params.get("entities")
     parts = split_message(text, entities if isinstance(entities, list) else None)
     messages: list[Any] = []
     for index, (part, part_entities) in enumerate(parts):
@@ -181,17 +152,20 @@ async def _send_long(
         if not reply.ok:
             return json_response({**reply.data, "messages": messages}, status=reply.status)
         messages.append(reply.result)
+        await _learn(channel, user_id, reply)
     return json_response({"ok": True, "result": messages[0] if messages else None, "messages": messages})
 
 
 async def download(request: web.Request) -> web.StreamResponse:
-    """GET /v1/telegram/files/{file_id}: the file's bytes, streamed; the token stays here."""
+    """GET /v1/telegram/files/{file_id}[/{name}]: the file's bytes, streamed; the token stays here.
+
+    The second form is the `file_path` a getFile answer holds; the name only helps the client."""
     user_id = await require_server(request)
     channel = telegram_of(request)
     file_id = request.match_info["file_id"]
     if len(file_id) > 512 or not await channel.chats.knows(user_id, "files", file_id):
         raise NotFound("unknown_file", "no such file in this user's chats")
-    reply = await channel.send(user_id, "getFile", {"file_id": file_id})
+    reply = await channel.send(user_id, "getFile", {"file_id": file_id}, (), await _budget_chat(channel, user_id))
     if not reply.ok:
         return passthrough(reply)
     path = reply.result.get("file_path") if isinstance(reply.result, dict) else None

@@ -160,12 +160,18 @@ async def test_files_from_incoming_updates_stream_through_the_gateway(tg: TgGate
     resp = await tg.client.get(f"/v1/telegram/files/{ref['file_id']}", headers=auth)
     assert resp.status == 200 and await resp.read() == content
     got = await tg.client.post("/v1/telegram/getFile", json={"file_id": ref["file_id"]}, headers=auth)
-    assert (await got.json())["result"]["file_path"] == "documents/file_9.pdf"
-    # getFile takes no chat: someone else's chat id sent along does not travel to Telegram.
+    # The path is the gateway's: the file id (checked on download) and Telegram's file name.
+    path = (await got.json())["result"]["file_path"]
+    assert path == f"{ref['file_id']}/file_9.pdf"
+    by_path = await tg.client.get(f"/v1/telegram/files/{path}", headers=auth)
+    assert by_path.status == 200 and await by_path.read() == content
+    # getFile takes no chat: someone else's chat id sent along is refused, and nothing travels.
+    calls = len(tg.fake.calls)
     extra = await tg.client.post(
         "/v1/telegram/getFile", json={"file_id": ref["file_id"], "chat_id": BOB["id"]}, headers=auth
     )
-    assert extra.status == 200 and "chat_id" not in tg.fake.sent("getFile")[-1].params
+    assert extra.status == 400 and (await extra.json())["error"] == "invalid_parameter"
+    assert len(tg.fake.calls) == calls
     # Telegram no longer has it: its own JSON comes back.
     del tg.fake.files[ref["file_id"]]
     gone = await tg.client.get(f"/v1/telegram/files/{ref['file_id']}", headers=auth)

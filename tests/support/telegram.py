@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -41,6 +42,8 @@ class FakeTelegram:
     webhook: dict[str, Any] = field(default_factory=dict)
     server: TestServer | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    messages: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
+    """Every message the bot sent or was shown, by (chat id, message id): what replies quote."""
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     @property
@@ -69,6 +72,12 @@ class FakeTelegram:
         file_id = "BQACAgIAAxkBAAI" + os.urandom(12).hex()
         self.files[file_id] = (path, content)
         return {"file_id": file_id, "file_unique_id": "AgAD" + os.urandom(4).hex(), "file_size": len(content)}
+
+    def remember(self, update: dict[str, Any]) -> dict[str, Any]:
+        """Keep a message from an update, as Telegram has it (so a reply to it can quote it)."""
+        message: dict[str, Any] = update["message"]
+        self.messages[(message["chat"]["id"], message["message_id"])] = message
+        return message
 
     def sent(self, method: str = "sendMessage", chat_id: int | None = None) -> list[Call]:
         return [
@@ -173,38 +182,118 @@ class FakeTelegram:
         message = {**self._message(p), "text": text}
         if p.get("entities"):
             message["entities"] = _json(p["entities"])
-        if p.get("reply_markup"):
-            message["reply_markup"] = _json(p["reply_markup"])
         return message
 
+    def _m_sendmessagedraft(self, p: dict[str, Any], _f: Any) -> Any:
+        if _chat(p) <= 0:
+            raise _BadRequest("TEXTDRAFT_PEER_INVALID")
+        if not int(p["draft_id"]):
+            raise _BadRequest("draft_id must be non-zero")
+        return True
+
     def _m_editmessagetext(self, p: dict[str, Any], _f: Any) -> Any:
-        return {
-            **self._message(p),
-            "message_id": int(p["message_id"]),
-            "text": p["text"],
-            "edit_date": int(time.time()),
-        }
+        return self._edit(p, text=p["text"])
+
+    def _m_editmessagecaption(self, p: dict[str, Any], _f: Any) -> Any:
+        return self._edit(p, caption=p.get("caption", ""))
 
     def _m_editmessagereplymarkup(self, p: dict[str, Any], _f: Any) -> Any:
-        return {
-            **self._message(p),
-            "message_id": int(p["message_id"]),
-            "reply_markup": _json(p.get("reply_markup", "{}")),
-        }
+        return self._edit(p)
+
+    def _m_editmessagemedia(self, p: dict[str, Any], f: dict[str, tuple[str, str, bytes]]) -> Any:
+        media = _json(p["media"])
+        return self._edit(p, **self._input_media(media, f))
+
+    def _m_setmessagereaction(self, p: dict[str, Any], _f: Any) -> Any:
+        _chat(p)
+        for reaction in _json(p.get("reaction", "[]")):
+            if reaction.get("type") not in ("emoji", "custom_emoji", "paid"):
+                raise _BadRequest("REACTION_INVALID")
+        return True
+
+    def _m_pinchatmessage(self, p: dict[str, Any], _f: Any) -> Any:
+        self._stored(_chat(p), int(p["message_id"]))
+        return True
+
+    def _m_unpinchatmessage(self, p: dict[str, Any], _f: Any) -> Any:
+        _chat(p)
+        return True
 
     def _m_sendphoto(self, p: dict[str, Any], f: dict[str, tuple[str, str, bytes]]) -> Any:
-        ref = self._file_ref(p, f, "photo", "photos/file_{}.jpg")
-        sizes = [{**ref, "width": 90, "height": 67}, {**ref, "width": 320, "height": 240}]
-        return {**self._message(p), "photo": sizes, **({"caption": p["caption"]} if p.get("caption") else {})}
+        return self._media_message(p, self._photo(self._file_ref(p, f, "photo", "photos/file_{}.jpg")))
 
     def _m_senddocument(self, p: dict[str, Any], f: dict[str, tuple[str, str, bytes]]) -> Any:
         ref = self._file_ref(p, f, "document", "documents/file_{}")
         name = f["document"][0] if "document" in f else "file"
-        return {**self._message(p), "document": {**ref, "file_name": name, "mime_type": "application/octet-stream"}}
+        return self._media_message(p, {"document": {**ref, "file_name": name, "mime_type": "application/octet-stream"}})
 
     def _m_sendvoice(self, p: dict[str, Any], f: dict[str, tuple[str, str, bytes]]) -> Any:
         ref = self._file_ref(p, f, "voice", "voice/file_{}.oga")
-        return {**self._message(p), "voice": {**ref, "duration": 2, "mime_type": "audio/ogg"}}
+        return self._media_message(p, {"voice": {**ref, "duration": 2, "mime_type": "audio/ogg"}})
+
+    def _m_sendaudio(self, p: dict[str, Any], f: dict[str, tuple[str, str, bytes]]) -> Any:
+        ref = self._file_ref(p, f, "audio", "music/file_{}.mp3")
+        return self._media_message(p, {"audio": {**ref, "duration": 3, "mime_type": "audio/mpeg"}})
+
+    def _m_sendvideo(self, p: dict[str, Any], f: dict[str, tuple[str, str, bytes]]) -> Any:
+        ref = self._file_ref(p, f, "video", "videos/file_{}.mp4")
+        return self._media_message(p, {"video": {**ref, "width": 320, "height": 240, "duration": 3}})
+
+    def _m_sendanimation(self, p: dict[str, Any], f: dict[str, tuple[str, str, bytes]]) -> Any:
+        ref = self._file_ref(p, f, "animation", "animations/file_{}.mp4")
+        animation = {**ref, "width": 320, "height": 240, "duration": 1}
+        return self._media_message(p, {"animation": animation, "document": animation})
+
+    def _m_sendvideonote(self, p: dict[str, Any], f: dict[str, tuple[str, str, bytes]]) -> Any:
+        ref = self._file_ref(p, f, "video_note", "video_notes/file_{}.mp4")
+        return self._media_message(p, {"video_note": {**ref, "length": 240, "duration": 3}})
+
+    def _m_sendsticker(self, p: dict[str, Any], f: dict[str, tuple[str, str, bytes]]) -> Any:
+        ref = self._file_ref(p, f, "sticker", "stickers/file_{}.webp")
+        sticker = {**ref, "type": "regular", "width": 512, "height": 512, "is_animated": False, "is_video": False}
+        return self._media_message(p, {"sticker": sticker})
+
+    def _m_sendmediagroup(self, p: dict[str, Any], f: dict[str, tuple[str, str, bytes]]) -> Any:
+        items = _json(p["media"])
+        if not 2 <= len(items) <= 10:
+            raise _BadRequest("wrong number of media specified")
+        group = str(next(self._ids) * 1_000_003)
+        return [self._media_message(p, {**self._input_media(i, f), "media_group_id": group}) for i in items]
+
+    def _m_sendlocation(self, p: dict[str, Any], _f: Any) -> Any:
+        return {**self._message(p), "location": _point(p)}
+
+    def _m_sendvenue(self, p: dict[str, Any], _f: Any) -> Any:
+        venue = {"location": _point(p), "title": p["title"], "address": p["address"]}
+        return {**self._message(p), "venue": venue, "location": venue["location"]}
+
+    def _m_sendcontact(self, p: dict[str, Any], _f: Any) -> Any:
+        contact = {"phone_number": p["phone_number"], "first_name": p["first_name"]}
+        return {**self._message(p), "contact": contact}
+
+    def _m_sendpoll(self, p: dict[str, Any], _f: Any) -> Any:
+        options = _json(p["options"])
+        if not 2 <= len(options) <= 12:
+            raise _BadRequest("poll must have at least 2 option")
+        return {**self._message(p), "poll": _poll(str(p["question"]), options, closed=False)}
+
+    def _m_stoppoll(self, p: dict[str, Any], _f: Any) -> Any:
+        poll = self._stored(_chat(p), int(p["message_id"])).get("poll")
+        if poll is None:
+            raise _BadRequest("message with poll to stop not found")
+        return {**poll, "is_closed": True}
+
+    def _m_copymessage(self, p: dict[str, Any], _f: Any) -> Any:
+        source = self._stored(int(p["from_chat_id"]), int(p["message_id"]))
+        copy = {k: v for k, v in source.items() if k not in ("message_id", "from", "chat", "date", "forward_origin")}
+        message = {**self._message(p), **copy}
+        return {"message_id": message["message_id"]}
+
+    def _m_forwardmessage(self, p: dict[str, Any], _f: Any) -> Any:
+        source = self._stored(int(p["from_chat_id"]), int(p["message_id"]))
+        content = {k: v for k, v in source.items() if k not in ("message_id", "from", "chat", "date")}
+        origin = {"type": "user", "date": source["date"], "sender_user": source.get("from", BOT_USER)}
+        return {**self._message(p), **content, "forward_origin": origin}
 
     def _m_getfile(self, p: dict[str, Any], _f: Any) -> Any:
         file_id = str(p.get("file_id", ""))
@@ -215,12 +304,65 @@ class FakeTelegram:
 
     def _message(self, p: dict[str, Any]) -> dict[str, Any]:
         chat_id = _chat(p)
-        chat = (
-            {"id": chat_id, "type": "private", "first_name": "Test"}
-            if chat_id > 0
-            else {"id": chat_id, "type": "supergroup", "title": "Test group"}
-        )
-        return {"message_id": next(self._ids), "from": BOT_USER, "chat": chat, "date": int(time.time())}
+        message = {
+            "message_id": next(self._ids),
+            "from": BOT_USER,
+            "chat": _chat_object(chat_id),
+            "date": int(time.time()),
+        }
+        message.update(self._reply(chat_id, p))
+        if p.get("reply_markup"):
+            message["reply_markup"] = _json(p["reply_markup"])
+        self.messages[(chat_id, message["message_id"])] = message
+        return message
+
+    def _reply(self, chat_id: int, p: dict[str, Any]) -> dict[str, Any]:
+        """What Telegram puts into a message that replies: the original in the same chat, or,
+        for a message of another chat, `external_reply` with its content (files included)."""
+        if not p.get("reply_parameters"):
+            return {}
+        params = _json(p["reply_parameters"])
+        source_chat = int(params.get("chat_id", chat_id))
+        original = self._stored(source_chat, int(params["message_id"]))
+        if source_chat == chat_id:
+            return {"reply_to_message": original}
+        content = {k: v for k, v in original.items() if k not in ("message_id", "from", "chat", "date", "text")}
+        origin = {"type": "user", "date": original["date"], "sender_user": original.get("from", BOT_USER)}
+        return {"external_reply": {"origin": origin, "chat": original["chat"], **content}}
+
+    def _stored(self, chat_id: int, message_id: int) -> dict[str, Any]:
+        message = self.messages.get((chat_id, message_id))
+        if message is None:
+            raise _BadRequest("message to reply not found" if message_id else "message not found")
+        return message
+
+    def _edit(self, p: dict[str, Any], **changes: Any) -> dict[str, Any]:
+        chat_id, message_id = _chat(p), int(p["message_id"])
+        # A message the stand-in never saw (one a user sent, say) is edited as Telegram would find it.
+        blank = {"message_id": message_id, "from": BOT_USER, "chat": _chat_object(chat_id), "date": int(time.time())}
+        message = self.messages.setdefault((chat_id, message_id), blank)
+        message.update(changes, edit_date=int(time.time()))
+        if p.get("reply_markup"):
+            message["reply_markup"] = _json(p["reply_markup"])
+        return message
+
+    def _media_message(self, p: dict[str, Any], content: dict[str, Any]) -> dict[str, Any]:
+        message = self._message(p)
+        message.update(content)
+        if p.get("caption"):
+            message["caption"] = p["caption"]
+        return message
+
+    def _photo(self, ref: dict[str, Any]) -> dict[str, Any]:
+        return {"photo": [{**ref, "width": 90, "height": 67}, {**ref, "width": 320, "height": 240}]}
+
+    def _input_media(self, media: dict[str, Any], f: dict[str, tuple[str, str, bytes]]) -> dict[str, Any]:
+        """An InputMedia object as the message content it becomes."""
+        kind = media.get("type")
+        ref = self._file_ref({"media": media.get("media")}, f, "media", f"{kind}s/file_{{}}")
+        shaped = {"photo": self._photo(ref), "document": {"document": {**ref, "file_name": "file"}}}
+        content = shaped.get(str(kind), {str(kind): {**ref, "width": 320, "height": 240, "duration": 1}})
+        return {**content, **({"caption": media["caption"]} if media.get("caption") else {})}
 
     def _file_ref(self, p: dict[str, Any], f: dict[str, tuple[str, str, bytes]], name: str, path: str) -> Any:
         if name in f or str(p.get(name, "")).startswith("attach://"):
@@ -250,8 +392,41 @@ def _chat(p: dict[str, Any]) -> int:
         raise _BadRequest("chat not found") from None
 
 
+def _chat_object(chat_id: int) -> dict[str, Any]:
+    if chat_id > 0:
+        return {"id": chat_id, "type": "private", "first_name": "Test"}
+    return {"id": chat_id, "type": "supergroup", "title": "Test group"}
+
+
+def _first_wins(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        out.setdefault(key, value)
+    return out
+
+
 def _json(value: Any) -> Any:
-    return orjson.loads(value) if isinstance(value, str) else value
+    """A JSON-serialized parameter, read as Telegram's reader does: surrounding whitespace is
+    fine, and of a repeated key the first one counts."""
+    return json.loads(value, object_pairs_hook=_first_wins) if isinstance(value, str) else value
+
+
+def _point(p: dict[str, Any]) -> dict[str, float]:
+    return {"latitude": float(p["latitude"]), "longitude": float(p["longitude"])}
+
+
+def _poll(question: str, options: list[Any], *, closed: bool) -> dict[str, Any]:
+    texts = [o["text"] if isinstance(o, dict) else str(o) for o in options]
+    return {
+        "id": str(5_000_000_000 + len(question)),
+        "question": question,
+        "options": [{"text": t, "voter_count": 0} for t in texts],
+        "total_voter_count": 0,
+        "is_closed": closed,
+        "is_anonymous": True,
+        "type": "regular",
+        "allows_multiple_answers": False,
+    }
 
 
 # -- updates, shaped as the Bot API documentation shows them ----------------------------------
