@@ -16,12 +16,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
-from channels.telegram.outbound import ALLOWED, FILE_PARAMS
+from channels.telegram.methods import METHODS, Kind
 from tests.hostile import strategies as hs
 from tests.hostile.checks import Answer, assert_error_json, assert_sane, read
 from tests.hostile.conftest import MODEL, World
 
 pytestmark = pytest.mark.asyncio(loop_scope="package")
+ALLOWED = tuple(m.name for m in METHODS)
+FILE_PARAMS = {m.name: m.of_kind(Kind.FILE) for m in METHODS}
 FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 V1 = (

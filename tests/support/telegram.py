@@ -181,7 +181,7 @@ class FakeTelegram:
             raise _BadRequest("message is too long")
         message = {**self._message(p), "text": text}
         if p.get("entities"):
-            message["entities"] = _json(p["entities"])
+            message["entities"] = json_param(p["entities"])
         return message
 
     def _m_sendmessagedraft(self, p: dict[str, Any], _f: Any) -> Any:
@@ -201,12 +201,12 @@ class FakeTelegram:
         return self._edit(p)
 
     def _m_editmessagemedia(self, p: dict[str, Any], f: dict[str, tuple[str, str, bytes]]) -> Any:
-        media = _json(p["media"])
+        media = json_param(p["media"])
         return self._edit(p, **self._input_media(media, f))
 
     def _m_setmessagereaction(self, p: dict[str, Any], _f: Any) -> Any:
         _chat(p)
-        for reaction in _json(p.get("reaction", "[]")):
+        for reaction in json_param(p.get("reaction", "[]")):
             if reaction.get("type") not in ("emoji", "custom_emoji", "paid"):
                 raise _BadRequest("REACTION_INVALID")
         return True
@@ -254,7 +254,7 @@ class FakeTelegram:
         return self._media_message(p, {"sticker": sticker})
 
     def _m_sendmediagroup(self, p: dict[str, Any], f: dict[str, tuple[str, str, bytes]]) -> Any:
-        items = _json(p["media"])
+        items = json_param(p["media"])
         if not 2 <= len(items) <= 10:
             raise _BadRequest("wrong number of media specified")
         group = str(next(self._ids) * 1_000_003)
@@ -272,7 +272,7 @@ class FakeTelegram:
         return {**self._message(p), "contact": contact}
 
     def _m_sendpoll(self, p: dict[str, Any], _f: Any) -> Any:
-        options = _json(p["options"])
+        options = json_param(p["options"])
         if not 2 <= len(options) <= 12:
             raise _BadRequest("poll must have at least 2 option")
         return {**self._message(p), "poll": _poll(str(p["question"]), options, closed=False)}
@@ -312,7 +312,7 @@ class FakeTelegram:
         }
         message.update(self._reply(chat_id, p))
         if p.get("reply_markup"):
-            message["reply_markup"] = _json(p["reply_markup"])
+            message["reply_markup"] = json_param(p["reply_markup"])
         self.messages[(chat_id, message["message_id"])] = message
         return message
 
@@ -321,7 +321,7 @@ class FakeTelegram:
         for a message of another chat, `external_reply` with its content (files included)."""
         if not p.get("reply_parameters"):
             return {}
-        params = _json(p["reply_parameters"])
+        params = json_param(p["reply_parameters"])
         source_chat = int(params.get("chat_id", chat_id))
         original = self._stored(source_chat, int(params["message_id"]))
         if source_chat == chat_id:
@@ -343,7 +343,7 @@ class FakeTelegram:
         message = self.messages.setdefault((chat_id, message_id), blank)
         message.update(changes, edit_date=int(time.time()))
         if p.get("reply_markup"):
-            message["reply_markup"] = _json(p["reply_markup"])
+            message["reply_markup"] = json_param(p["reply_markup"])
         return message
 
     def _media_message(self, p: dict[str, Any], content: dict[str, Any]) -> dict[str, Any]:
@@ -405,7 +405,7 @@ def _first_wins(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _json(value: Any) -> Any:
+def json_param(value: Any) -> Any:
     """A JSON-serialized parameter, read as Telegram's reader does: surrounding whitespace is
     fine, and of a repeated key the first one counts."""
     return json.loads(value, object_pairs_hook=_first_wins) if isinstance(value, str) else value
