@@ -7,12 +7,14 @@ It does what every real dedicated server must do (docs/delivery.md, docs/sealing
 verify the Standard Webhooks signature with the user's webhook secret, answer a retried
 transaction without handling it twice, open each sealed event with the server's X25519
 private key, and answer 200 so the gateway sends the next transaction. Here "handling" an
-event means printing its type and payload.
+event means printing its type and payload and, given the gateway's URL and the server token,
+answering each Telegram message with python-telegram-bot through the gateway: a typing
+action first, then the text echoed back (docs/telegram.md).
 
 Environment:
     ALLY_WEBHOOK_SECRET   the webhook_secret from the admin API (several: comma-separated)
-    ALLY_GATEWAY_URL      optional, with ALLY_SERVER_TOKEN: ping the gateway at start, which
-    ALLY_SERVER_TOKEN     releases events held while this server was down
+    ALLY_GATEWAY_URL      optional, with ALLY_SERVER_TOKEN: ping the gateway at start (which
+    ALLY_SERVER_TOKEN     releases events held while this server was down) and echo messages
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hpke, serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from standardwebhooks import Webhook, WebhookVerificationError
+from telegram import Bot, Update
+from telegram.constants import ChatAction
+from telegram.error import TelegramError
+from telegram.request import HTTPXRequest
 
 # Contract §5: RFC 9180 base mode, DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305.
 SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.CHACHA20_POLY1305)
@@ -79,11 +85,38 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
+def gateway_bot(gateway_url: str, token: str) -> Bot:
+    """python-telegram-bot, unchanged, talking to the gateway (which holds the bot's token)."""
+    base = gateway_url.rstrip("/")
+    return Bot(
+        token="ally:gateway",  # any text: the gateway never needs it
+        base_url=lambda _: f"{base}/v1/telegram",
+        base_file_url=lambda _: f"{base}/v1/telegram/files",
+        request=HTTPXRequest(httpx_kwargs={"headers": {"Authorization": f"Bearer {token}"}}),
+    )
+
+
+async def echo(bot: Bot, payload: dict[str, Any]) -> None:
+    """Answer one Telegram message: typing…, then its text back."""
+    update = Update.de_json(payload, bot)
+    message, chat = update.effective_message, update.effective_chat
+    if message is None or chat is None or not message.text or message.text.startswith("/"):
+        return
+    try:
+        await bot.send_chat_action(chat.id, ChatAction.TYPING)
+        await bot.send_message(chat.id, f"You said: {message.text}")
+        say(f"    answered chat {chat.id}")
+    except TelegramError as exc:
+        say(f"    could not answer chat {chat.id}: {exc.message}")
+
+
 class Receiver:
-    def __init__(self, key: X25519PrivateKey, user_id: str, secrets: list[str]) -> None:
+    def __init__(self, key: X25519PrivateKey, user_id: str, secrets: list[str], bot: Bot | None = None) -> None:
         self.key = key
         self.user_id = user_id
         self.webhooks = [Webhook(s) for s in secrets]
+        self.bot = bot
+        self.answering: set[asyncio.Task[None]] = set()
         # Transactions already handled: a lost 200 makes the gateway send the same one again.
         self.handled: collections.OrderedDict[str, None] = collections.OrderedDict()
 
@@ -122,6 +155,11 @@ class Receiver:
                 continue
             say(f"  {event['type']} {event['id']} from {event['channel']} at {event['received_at']}")
             say("    " + json.dumps(payload, ensure_ascii=False, indent=2).replace("\n", "\n    "))
+            if self.bot is not None and event["type"] == "telegram.update":
+                # Answered after the 200: a slow reply must not hold up (or repeat) the delivery.
+                task = asyncio.create_task(echo(self.bot, payload))
+                self.answering.add(task)
+                task.add_done_callback(self.answering.discard)
         self.handled[txn_id] = None
         if len(self.handled) > REMEMBERED_TXNS:
             self.handled.popitem(last=False)
@@ -140,8 +178,21 @@ async def ping(gateway_url: str, token: str) -> None:
             say(f"ping refused by the gateway: {resp.status} {answer.get('error')}")
 
 
+async def start_bot(gateway_url: str, token: str) -> Bot | None:
+    bot = gateway_bot(gateway_url, token)
+    try:
+        await bot.initialize()  # getMe, answered by the gateway
+    except TelegramError as exc:
+        say(f"telegram through the gateway unavailable ({exc.message}); not answering messages")
+        return None
+    say(f"answering Telegram messages as @{bot.username}")
+    return bot
+
+
 async def serve(args: argparse.Namespace, key: X25519PrivateKey, secrets: list[str]) -> None:
-    receiver = Receiver(key, args.user_id, secrets)
+    gateway_url, token = os.environ.get("ALLY_GATEWAY_URL"), os.environ.get("ALLY_SERVER_TOKEN")
+    bot = await start_bot(gateway_url, token) if gateway_url and token else None
+    receiver = Receiver(key, args.user_id, secrets, bot)
     app = web.Application(client_max_size=16 << 20)
     app.router.add_put("/ally/v1/transactions/{txn_id}", receiver.transaction)
     runner = web.AppRunner(app, access_log=None)
@@ -151,7 +202,6 @@ async def serve(args: argparse.Namespace, key: X25519PrivateKey, secrets: list[s
     port = runner.addresses[0][1]
     say(f"user {args.user_id}, server_public_key {public_key_text(key)}")
     say(f"listening on http://{args.host}:{port}")
-    gateway_url, token = os.environ.get("ALLY_GATEWAY_URL"), os.environ.get("ALLY_SERVER_TOKEN")
     if gateway_url and token:
         try:
             await ping(gateway_url, token)
@@ -165,6 +215,8 @@ async def serve(args: argparse.Namespace, key: X25519PrivateKey, secrets: list[s
         await stop.wait()
     finally:
         await runner.cleanup()
+        if bot is not None:
+            await bot.shutdown()
 
 
 def main() -> int:

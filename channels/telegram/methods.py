@@ -214,8 +214,8 @@ def lookup(name: str) -> Method | None:
 def table() -> str:
     """The table as Markdown, one row per method (docs/telegram.md holds exactly this)."""
     rows = [
-        "| method | chat | message source | files | callback query | JSON parameters |",
-        "|---|---|---|---|---|---|",
+        "| method | chat | message source | files | callback query | JSON parameters | other parameters |",
+        "|---|---|---|---|---|---|---|",
     ]
     for method in METHODS:
         cells = [

@@ -237,7 +237,9 @@ async def test_walkthrough_a_message_typed_in_telegram_arrives_opened_at_the_exa
             key_file = tmp_path / "server.key"
             public_key = await print_key(key_file)
             created = await register(gateway, "demo", "http://127.0.0.1:9", public_key, 201)
-            async with example_server(key_file, "demo", created["webhook_secret"]) as example:
+            gateway_env = {"ALLY_GATEWAY_URL": f"http://127.0.0.1:{port}", "ALLY_SERVER_TOKEN": created["server_token"]}
+            async with example_server(key_file, "demo", created["webhook_secret"], **gateway_env) as example:
+                await example.wait_for(lambda out: "answering Telegram messages as @" in out)
                 await register(gateway, "demo", example.url(), public_key, 200)
                 link = await (await gateway.admin("POST", "/admin/v1/users/demo/telegram/link")).json()
                 marker = f"hello-{uuid.uuid4().hex}"
@@ -251,6 +253,11 @@ async def test_walkthrough_a_message_typed_in_telegram_arrives_opened_at_the_exa
                 assert linked < update, "the link arrives before the first message"
                 assert "telegram.update evt_" in example.output
                 assert link["code"] not in example.output, "/start <code> itself is not forwarded"
+                # The example answers through the gateway with python-telegram-bot: typing, then the echo.
+                echoed = f"bot → chat 4242: You said: {marker}"
+                await standin.wait_for(lambda out: echoed in out)
+                typing = standin.output.index("bot → chat 4242: (typing…)")
+                assert typing < standin.output.index(echoed)
         finally:
             await client.close()
             await wipe(settings.key_prefix)

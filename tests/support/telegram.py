@@ -179,10 +179,8 @@ class FakeTelegram:
             raise _BadRequest("message text is empty")
         if len(text.encode("utf-16-le")) // 2 > 4096:
             raise _BadRequest("message is too long")
-        message = {**self._message(p), "text": text}
-        if p.get("entities"):
-            message["entities"] = json_param(p["entities"])
-        return message
+        entities = {"entities": json_param(p["entities"])} if p.get("entities") else {}
+        return self._with(p, {"text": text, **entities})
 
     def _m_sendmessagedraft(self, p: dict[str, Any], _f: Any) -> Any:
         if _chat(p) <= 0:
@@ -220,62 +218,62 @@ class FakeTelegram:
         return True
 
     def _m_sendphoto(self, p: dict[str, Any], f: dict[str, tuple[str, str, bytes]]) -> Any:
-        return self._media_message(p, self._photo(self._file_ref(p, f, "photo", "photos/file_{}.jpg")))
+        return self._with(p, self._photo(self._file_ref(p, f, "photo", "photos/file_{}.jpg")))
 
     def _m_senddocument(self, p: dict[str, Any], f: dict[str, tuple[str, str, bytes]]) -> Any:
         ref = self._file_ref(p, f, "document", "documents/file_{}")
         name = f["document"][0] if "document" in f else "file"
-        return self._media_message(p, {"document": {**ref, "file_name": name, "mime_type": "application/octet-stream"}})
+        return self._with(p, {"document": {**ref, "file_name": name, "mime_type": "application/octet-stream"}})
 
     def _m_sendvoice(self, p: dict[str, Any], f: dict[str, tuple[str, str, bytes]]) -> Any:
         ref = self._file_ref(p, f, "voice", "voice/file_{}.oga")
-        return self._media_message(p, {"voice": {**ref, "duration": 2, "mime_type": "audio/ogg"}})
+        return self._with(p, {"voice": {**ref, "duration": 2, "mime_type": "audio/ogg"}})
 
     def _m_sendaudio(self, p: dict[str, Any], f: dict[str, tuple[str, str, bytes]]) -> Any:
         ref = self._file_ref(p, f, "audio", "music/file_{}.mp3")
-        return self._media_message(p, {"audio": {**ref, "duration": 3, "mime_type": "audio/mpeg"}})
+        return self._with(p, {"audio": {**ref, "duration": 3, "mime_type": "audio/mpeg"}})
 
     def _m_sendvideo(self, p: dict[str, Any], f: dict[str, tuple[str, str, bytes]]) -> Any:
         ref = self._file_ref(p, f, "video", "videos/file_{}.mp4")
-        return self._media_message(p, {"video": {**ref, "width": 320, "height": 240, "duration": 3}})
+        return self._with(p, {"video": {**ref, "width": 320, "height": 240, "duration": 3}})
 
     def _m_sendanimation(self, p: dict[str, Any], f: dict[str, tuple[str, str, bytes]]) -> Any:
         ref = self._file_ref(p, f, "animation", "animations/file_{}.mp4")
         animation = {**ref, "width": 320, "height": 240, "duration": 1}
-        return self._media_message(p, {"animation": animation, "document": animation})
+        return self._with(p, {"animation": animation, "document": animation})
 
     def _m_sendvideonote(self, p: dict[str, Any], f: dict[str, tuple[str, str, bytes]]) -> Any:
         ref = self._file_ref(p, f, "video_note", "video_notes/file_{}.mp4")
-        return self._media_message(p, {"video_note": {**ref, "length": 240, "duration": 3}})
+        return self._with(p, {"video_note": {**ref, "length": 240, "duration": 3}})
 
     def _m_sendsticker(self, p: dict[str, Any], f: dict[str, tuple[str, str, bytes]]) -> Any:
         ref = self._file_ref(p, f, "sticker", "stickers/file_{}.webp")
         sticker = {**ref, "type": "regular", "width": 512, "height": 512, "is_animated": False, "is_video": False}
-        return self._media_message(p, {"sticker": sticker})
+        return self._with(p, {"sticker": sticker})
 
     def _m_sendmediagroup(self, p: dict[str, Any], f: dict[str, tuple[str, str, bytes]]) -> Any:
         items = json_param(p["media"])
         if not 2 <= len(items) <= 10:
             raise _BadRequest("wrong number of media specified")
         group = str(next(self._ids) * 1_000_003)
-        return [self._media_message(p, {**self._input_media(i, f), "media_group_id": group}) for i in items]
+        return [self._with(p, {**self._input_media(i, f), "media_group_id": group}) for i in items]
 
     def _m_sendlocation(self, p: dict[str, Any], _f: Any) -> Any:
-        return {**self._message(p), "location": _point(p)}
+        return self._with(p, {"location": _point(p)})
 
     def _m_sendvenue(self, p: dict[str, Any], _f: Any) -> Any:
         venue = {"location": _point(p), "title": p["title"], "address": p["address"]}
-        return {**self._message(p), "venue": venue, "location": venue["location"]}
+        return self._with(p, {"venue": venue, "location": venue["location"]})
 
     def _m_sendcontact(self, p: dict[str, Any], _f: Any) -> Any:
         contact = {"phone_number": p["phone_number"], "first_name": p["first_name"]}
-        return {**self._message(p), "contact": contact}
+        return self._with(p, {"contact": contact})
 
     def _m_sendpoll(self, p: dict[str, Any], _f: Any) -> Any:
         options = json_param(p["options"])
         if not 2 <= len(options) <= 12:
             raise _BadRequest("poll must have at least 2 option")
-        return {**self._message(p), "poll": _poll(str(p["question"]), options, closed=False)}
+        return self._with(p, {"poll": _poll(str(p["question"]), options, closed=False)})
 
     def _m_stoppoll(self, p: dict[str, Any], _f: Any) -> Any:
         poll = self._stored(_chat(p), int(p["message_id"])).get("poll")
@@ -286,14 +284,13 @@ class FakeTelegram:
     def _m_copymessage(self, p: dict[str, Any], _f: Any) -> Any:
         source = self._stored(int(p["from_chat_id"]), int(p["message_id"]))
         copy = {k: v for k, v in source.items() if k not in ("message_id", "from", "chat", "date", "forward_origin")}
-        message = {**self._message(p), **copy}
-        return {"message_id": message["message_id"]}
+        return {"message_id": self._with(p, copy)["message_id"]}
 
     def _m_forwardmessage(self, p: dict[str, Any], _f: Any) -> Any:
         source = self._stored(int(p["from_chat_id"]), int(p["message_id"]))
         content = {k: v for k, v in source.items() if k not in ("message_id", "from", "chat", "date")}
         origin = {"type": "user", "date": source["date"], "sender_user": source.get("from", BOT_USER)}
-        return {**self._message(p), **content, "forward_origin": origin}
+        return self._with(p, {**content, "forward_origin": origin})
 
     def _m_getfile(self, p: dict[str, Any], _f: Any) -> Any:
         file_id = str(p.get("file_id", ""))
@@ -346,7 +343,8 @@ class FakeTelegram:
             message["reply_markup"] = json_param(p["reply_markup"])
         return message
 
-    def _media_message(self, p: dict[str, Any], content: dict[str, Any]) -> dict[str, Any]:
+    def _with(self, p: dict[str, Any], content: dict[str, Any]) -> dict[str, Any]:
+        """A new message in the call's chat holding `content` (kept, so later calls find it)."""
         message = self._message(p)
         message.update(content)
         if p.get("caption"):
