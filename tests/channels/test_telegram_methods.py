@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+import yaml
 
 from channels.telegram.methods import METHODS, table
 from channels.telegram.ratelimit import Limits
@@ -63,7 +64,7 @@ async def test_every_allowed_method_reaches_telegram_for_the_callers_own_chats(t
     poll = await post(tg, "sendPoll", alice, question="Lunch?", options=[{"text": "Yes"}, {"text": "No"}])
     poll_id = (await poll.json())["result"]["message_id"]
     photo = {"type": "photo", "media": own_file["file_id"]}
-    calls: dict[str, dict[str, Any]] = {
+    calls: dict[str, dict[str, Any] | None] = {
         "getMe": {},
         "sendMessage": {"text": "hi", "chat_id": ALICE_GROUP["id"]},
         "sendMessageDraft": {"draft_id": 3, "text": "working…"},
@@ -339,3 +340,9 @@ async def test_a_json_body_without_content_type_is_read_as_json(tg: TgGateway, a
     body_json = await resp.json()
     assert body_json["error"] == "missing_content_type" and "Content-Type" in body_json["detail"]
     assert len(tg.fake.calls) == calls
+
+
+def test_the_openapi_method_list_is_the_table():
+    spec = yaml.safe_load((DOCS.parent / "openapi.yaml").read_text())
+    parameter = spec["paths"]["/v1/telegram/{method}"]["parameters"][0]
+    assert parameter["schema"]["enum"] == [m.name for m in METHODS]

@@ -301,8 +301,9 @@ class FakeTelegram:
 
     def _message(self, p: dict[str, Any]) -> dict[str, Any]:
         chat_id = _chat(p)
-        message = {
-            "message_id": next(self._ids),
+        message_id = next(self._ids)
+        message: dict[str, Any] = {
+            "message_id": message_id,
             "from": BOT_USER,
             "chat": _chat_object(chat_id),
             "date": int(time.time()),
@@ -310,7 +311,7 @@ class FakeTelegram:
         message.update(self._reply(chat_id, p))
         if p.get("reply_markup"):
             message["reply_markup"] = json_param(p["reply_markup"])
-        self.messages[(chat_id, message["message_id"])] = message
+        self.messages[(chat_id, message_id)] = message
         return message
 
     def _reply(self, chat_id: int, p: dict[str, Any]) -> dict[str, Any]:
