@@ -346,3 +346,21 @@ def test_the_openapi_method_list_is_the_table():
     spec = yaml.safe_load((DOCS.parent / "openapi.yaml").read_text())
     parameter = spec["paths"]["/v1/telegram/{method}"]["parameters"][0]
     assert parameter["schema"]["enum"] == [m.name for m in METHODS]
+
+
+async def test_every_method_spends_the_chats_budget_not_only_messages(tg: TgGateway, dedicated: DedicatedServer):
+    # Default limits: 3 at once per chat, then one a second. Chat actions and a file lookup (which
+    # names no chat, so it counts against the private chat) queue behind each other like messages.
+    created = await tg.create_user(dedicated, "ua")
+    await tg.link_private(dedicated, "ua", ALICE)
+    auth = tg.server_headers(created["server_token"])
+    own = tg.fake.add_file(b"alice's note", "documents/n.txt")
+    update = tgs.message(tgs.private_chat(ALICE), ALICE, document={**own, "file_name": "n.txt"})
+    assert (await tg.post_update(update)).status == 200
+    await dedicated.wait_for(lambda: any(e["type"] == "telegram.update" for e in dedicated.events("ua")))
+    calls = [post(tg, "sendChatAction", auth, action="typing") for _ in range(4)]
+    calls.append(post(tg, "getFile", auth, file_id=own["file_id"]))
+    answers = [await c for c in calls]
+    assert [a.status for a in answers] == [200] * 5
+    times = sorted(c.at for c in tg.fake.calls if c.method in ("sendChatAction", "getFile"))
+    assert times[3] - times[0] >= 0.9 and times[4] - times[0] >= 1.9
