@@ -1,8 +1,10 @@
-"""Dedicated server → Telegram (contract §3): the allowlisted Bot API calls and the file proxy.
+"""Dedicated server → Telegram (contract §3, §9.4): the Bot API calls of the methods table and
+the file proxy.
 
-Every call acts only within the calling user's chats: `chat_id` must be one of them
-(default: their private chat), file ids and callback query ids must have come from
-their own chats. Answers are Telegram's own JSON; the bot token never appears.
+Every call is checked against the table (`methods`) and what its user owns (`policy`) before
+anything is sent: chats, message sources, files and callback queries must all be the caller's.
+Answers are Telegram's own JSON, except `getMe` (the bot's public profile, from the gateway's
+copy) and `getFile` (a `file_path` the gateway serves); the bot token never appears.
 """
 
 from __future__ import annotations
