@@ -31,6 +31,7 @@ from oauth.vault import Vault
 from routing.delivery import DeliveryWorker
 from routing.erasure import Eraser
 from routing.keys import Keys
+from routing.outage import Outages
 from routing.queue import Handoff
 from routing.registry import Registry
 from routing.urls import PublicOnlyResolver
@@ -79,6 +80,7 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
     )
     vault = Vault(redis, keys, settings.master_keys)
     registry = Registry(redis, keys, vault)
+    outages = Outages(redis, keys, hold_ttl=settings.hold_ttl)
     worker = DeliveryWorker(
         redis,
         keys,
@@ -88,6 +90,7 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         timeout=settings.delivery_timeout,
         lease=settings.delivery_lease,
         production=settings.production,
+        outages=outages,
     )
     handoff = Handoff(redis, keys, registry, worker.wake)
     services = Services(
@@ -98,6 +101,7 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         registry=registry,
         handoff=handoff,
         worker=worker,
+        outages=outages,
         session=session,
         eraser=Eraser(redis, keys, {}),
         broker=Broker(redis, keys, vault, handoff, providers_for(settings, session)),

@@ -59,6 +59,8 @@ class Settings:
     graph_api_url: str = "https://graph.microsoft.com/v1.0"
     allowed_return_origins: tuple[str, ...] = ()
     hold_ttl: int = 604800
+    offline_notice_after: float = 60.0
+    """Seconds a user's server fails before a chat that writes is told it is offline; 0: never."""
     anthropic_api_key: str | None = field(default=None, repr=False)
     anthropic_base_url: str | None = None
     ai_fallbacks: tuple[str, ...] = ()
@@ -287,6 +289,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         graph_api_url=_u(r, "ALLY_GRAPH_API_URL", Settings.graph_api_url).rstrip("/"),
         allowed_return_origins=origins,
         hold_ttl=hold_ttl,
+        offline_notice_after=_seconds(r, "ALLY_OFFLINE_NOTICE_AFTER", 60.0),
         anthropic_api_key=r.text("ALLY_ANTHROPIC_API_KEY"),
         anthropic_base_url=r.url("ALLY_ANTHROPIC_BASE_URL", None),
         ai_fallbacks=fallbacks,
@@ -303,6 +306,13 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
 def _u(r: _Reader, name: str, default: str, *, https: bool = False) -> str:
     value = r.url(name, default, schemes=("https",) if https else ("http", "https"))
     assert value is not None
+    return value
+
+
+def _seconds(r: _Reader, name: str, default: float) -> float:
+    value = r.number(name, default, low=0.0)
+    if value == float("inf"):
+        raise ConfigError(f"{name} must be a finite number of seconds (0 turns it off)")
     return value
 
 

@@ -38,3 +38,6 @@ MAIL_UPKEEP = Counter(
     "Gmail watch and Graph subscription upkeep by outcome (ok, failed, reauth_required, recreated)",
     ["channel", "outcome"],
 )
+TELEGRAM_NOTICES = Counter(
+    "ally_telegram_notices_total", "Chats told their assistant is offline, or of expired messages", ["kind"]
+)

@@ -20,6 +20,7 @@ from oauth.vault import Vault
 from routing.delivery import DeliveryWorker
 from routing.erasure import Eraser
 from routing.keys import Keys
+from routing.outage import Outages
 from routing.queue import Handoff
 from routing.registry import Registry
 
@@ -48,6 +49,8 @@ class Services:
     registry: Registry
     handoff: Handoff
     worker: DeliveryWorker
+    outages: Outages
+    """Which users' servers are failing, and where their held events came from (`routing/outage.py`)."""
     session: aiohttp.ClientSession
     eraser: Eraser
     broker: Broker

@@ -42,6 +42,7 @@ from gateway.errors import ApiError, ClosedError, GatewayError
 from gateway.types import SealedEvent
 from routing import signing
 from routing.keys import Keys
+from routing.outage import Outages
 from routing.queue import new_id
 from routing.registry import Registry, Target
 from routing.sealing import seal
@@ -229,6 +230,7 @@ class DeliveryWorker:
         poll: float = 1.0,
         sweep: float = 60.0,
         production: bool = False,
+        outages: Outages | None = None,
     ) -> None:
         self._redis = redis
         self._keys = keys
@@ -253,6 +255,8 @@ class DeliveryWorker:
         self._open = redis.register_script(_OPEN)
         self._ack = redis.register_script(_ACK)
         self._batch = batching.shared(redis)
+        self._outages = outages
+        """Told of failures and expiries, so the people writing to a down server hear of it."""
 
     def wake(self, _user_id: str | None = None) -> None:
         self._wakeup.set()
@@ -422,6 +426,8 @@ class DeliveryWorker:
                 if outcome.ok:
                     queued = await self._acknowledge(user_id, opened) > 0
                 else:
+                    if self._outages is not None:
+                        await self._outages.failed(user_id)
                     await self._schedule_retry(user_id, outcome)
                     return
         except _LeaseLost:
@@ -455,6 +461,8 @@ class DeliveryWorker:
             reply = await self._batch.call(batching.script(self._open, keys, args))
             if int(reply[1]):
                 metrics.EVENTS_EXPIRED.inc(int(reply[1]))
+                if self._outages is not None:
+                    await self._outages.expired(user_id, int(reply[1]), cutoff_ms)
             kind = int(reply[0])
             if kind == 0:
                 raise _LeaseLost

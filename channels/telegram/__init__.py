@@ -9,6 +9,7 @@ ingress    the webhook, linking and routing of updates
 methods    the table of Bot API methods a server may call, and what each parameter names
 jsontext   JSON read once and strictly (repeated keys refused)
 policy     checking one call against the table and what its user owns
+notices    telling chats their assistant is offline, or that messages expired
 outbound   the server API: Bot API calls and the file proxy
 """
 
@@ -25,7 +26,7 @@ from aiohttp import web
 from gateway.keys import ROLE, SERVICES
 from gateway.tls import client_context
 
-from . import ingress, inputs, outbound
+from . import ingress, inputs, notices, outbound
 from .channel import TELEGRAM, Telegram, storage_errors
 from .identity import identity_of
 
@@ -58,6 +59,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     services.hooks.export["telegram"] = lambda uid: _summary(channel, uid)
     services.hooks.erase["telegram"] = lambda uid: _erase(channel, uid)
     services.hooks.link["telegram"] = lambda uid: ingress.new_link(channel, uid)
+    services.outages.listen(notices.CHANNEL, channel.notices.expired)
     channel.start()
     try:
         yield

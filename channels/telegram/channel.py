@@ -22,6 +22,7 @@ from routing.keys import Keys
 
 from .chats import ChatInfo, Chats
 from .identity import Identity
+from .notices import Notices
 from .ratelimit import Limiter, Limits
 from .wire import BotApi, Reply, Upload
 
@@ -75,6 +76,7 @@ class Telegram:
         self.api = BotApi(session, settings.telegram_api_url, identity.token)
         self.limiter = Limiter(services.redis, services.keys, identity.bot_id, limits)
         self.chats = Chats(services.redis, services.keys)
+        self.notices = Notices(self, services.outages, settings.offline_notice_after)
         self.bot = telegram.Bot(
             identity.token,
             base_url=f"{settings.telegram_api_url}/bot",
@@ -193,14 +195,15 @@ class Telegram:
             if retry_after > deadline - loop.time():
                 raise RateLimited("rate_limited", "Telegram asked the bot to slow down", retry_after=retry_after)
 
-    def reply_later(self, chat: ChatInfo, text: str) -> None:
-        """A short message from the gateway itself (how to link...), sent after the webhook answered."""
+    def reply_later(self, chat: ChatInfo, text: str, *, sender: str = GATEWAY_SENDER) -> None:
+        """A short message from the gateway itself (how to link...), sent after the webhook answered;
+        `sender` is whose fair share of the limits it uses (a user's, for notices about their server)."""
         if not self._closed:
-            self._spawn(self._reply(chat, text), "telegram-reply")
+            self._spawn(self._reply(chat, text, sender), "telegram-reply")
 
-    async def _reply(self, chat: ChatInfo, text: str) -> None:
+    async def _reply(self, chat: ChatInfo, text: str, sender: str) -> None:
         try:
-            reply = await self.send(GATEWAY_SENDER, "sendMessage", {"chat_id": chat.chat_id, "text": text}, chat=chat)
+            reply = await self.send(sender, "sendMessage", {"chat_id": chat.chat_id, "text": text}, chat=chat)
             if not reply.ok:
                 log.info("gateway reply refused by telegram", extra={"status": reply.status})
         except GatewayError as exc:

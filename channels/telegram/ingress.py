@@ -205,7 +205,9 @@ class Ingress:
             await self.chats.remember(owner, "files", files)
         if update.callback_query is not None:
             await self.chats.remember(owner, "cbq", [update.callback_query.id])
-        await self._handoff(owner, items, chat)
+        handed_at = time.time()
+        if await self._handoff(owner, items, chat):
+            await self.tg.notices.wrote(owner, chat, update, handed_at)
 
     async def _owner(self, chat_id: int) -> str | None:
         owner = await self.chats.owner(chat_id)
@@ -213,15 +215,17 @@ class Ingress:
             return None
         return owner
 
-    async def _handoff(self, user_id: str, items: list[Item], chat: ChatInfo) -> None:
+    async def _handoff(self, user_id: str, items: list[Item], chat: ChatInfo) -> int:
+        """How many of `items` were queued (0: all repeats, or the user is gone)."""
         try:
-            await self.tg.services.handoff(user_id, items, dedup_scope=f"tg:{self.tg.bot_id}")
+            return await self.tg.services.handoff(user_id, items, dedup_scope=f"tg:{self.tg.bot_id}")
         except NotFound:
             # The user was erased between lookup and hand-over: the chat is no longer linked, and
             # nothing may be left under the user's tag after its erasure deleted it.
             await self.chats.unlink(user_id, chat.chat_id)
             await self.chats.purge(user_id)
             metrics.DROPPED.labels("telegram", "user_gone").inc()
+            return 0
 
     async def _start(self, update: Update, chat: ChatInfo, code: str) -> None:
         redemption = await self.chats.redeem(code, chat.chat_id)

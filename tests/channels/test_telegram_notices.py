@@ -1,0 +1,193 @@
+"""Contract §9.4: a chat that writes to an assistant whose server is down is told so, once per
+outage; when its held messages expire it is told how many. Against a failing dedicated server
+and the Bot API stand-in, with the gateway's real limiter and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from aiohttp.test_utils import TestClient, TestServer
+
+from channels.telegram.notices import OFFLINE, lost
+from gateway.app import create_app
+from tests.channels.conftest import TgGateway, tg_settings
+from tests.conftest import wipe
+from tests.routing.test_delivery_faults import ping
+from tests.routing.test_no_content_at_rest import everything_under, forms
+from tests.support import telegram as tgs
+from tests.support.dedicated import DedicatedServer
+from tests.support.telegram import FakeTelegram
+
+ALICE = tgs.person(333000333, "Alice", "alice")
+BOB = tgs.person(444000444, "Bob", "bob")
+FAMILY = tgs.group_chat(-4005550000, "Family")
+
+
+@contextlib.asynccontextmanager
+async def running(tmp_path: Path, fake: FakeTelegram, **overrides: Any) -> AsyncIterator[TgGateway]:
+    settings = tg_settings(tmp_path, fake, **overrides)
+    client = TestClient(TestServer(create_app(settings), port=0))
+    await client.start_server()
+    try:
+        yield TgGateway(client, settings, fake)
+    finally:
+        await client.close()
+        await wipe(settings.key_prefix)
+
+
+def notices(fake: FakeTelegram, chat: dict[str, Any]) -> list[str]:
+    return [str(c.params["text"]) for c in fake.sent(chat_id=chat["id"])]
+
+
+async def replies_settled() -> None:
+    """Every reply the gateway decided to send has been sent (or given up)."""
+    replies = [t for t in asyncio.all_tasks() if t.get_name() == "telegram-reply"]
+    if replies:
+        await asyncio.wait(replies, timeout=15)
+
+
+async def say(tg: TgGateway, chat: dict[str, Any], sender: dict[str, Any], text: str) -> dict[str, Any]:
+    update = tgs.text(chat, sender, text)
+    assert (await tg.post_update(update)).status == 200
+    return update
+
+
+async def linked_user(tg: TgGateway, dedicated: DedicatedServer, user_id: str) -> dict[str, Any]:
+    """A user with Alice's and Bob's private chats linked, its server up while linking."""
+    user = await tg.create_user(dedicated, user_id)
+    await tg.link_private(dedicated, user_id, ALICE)
+    await tg.link_private(dedicated, user_id, BOB)
+    return user
+
+
+def failed_attempts(dedicated: DedicatedServer, user_id: str) -> int:
+    tried = len([u for u, _ in dedicated.attempts if u == user_id])
+    return tried - len([r for r in dedicated.received if r.user_id == user_id])
+
+
+async def test_each_chat_is_told_once_per_outage_and_only_after_the_threshold(
+    tmp_path: Path, fake_tg: FakeTelegram, dedicated: DedicatedServer
+):
+    async with running(tmp_path, fake_tg, offline_notice_after=1.0) as tg:
+        user = await linked_user(tg, dedicated, "away")
+        alice, bob = tgs.private_chat(ALICE), tgs.private_chat(BOB)
+        dedicated.mode["away"] = "error"
+
+        await say(tg, alice, ALICE, "first, the server has just gone")
+        await dedicated.wait_for(lambda: failed_attempts(dedicated, "away") >= 1)
+        await say(tg, alice, ALICE, "second, well within the threshold")
+        await replies_settled()
+        assert notices(fake_tg, alice) == []
+
+        # Retries come 1 s, then 2 s apart: by the third failed attempt the outage is over 1 s old.
+        await dedicated.wait_for(lambda: failed_attempts(dedicated, "away") >= 3)
+        for n in range(3):
+            await say(tg, alice, ALICE, f"message {n} into the outage")
+        await say(tg, bob, BOB, "Bob writes too")
+        await say(tg, bob, BOB, "and again")
+        await replies_settled()
+        assert notices(fake_tg, alice) == [OFFLINE]
+        assert notices(fake_tg, bob) == [OFFLINE]
+
+        # The server comes back: everything arrives, in order; a later outage tells the chats again.
+        dedicated.mode["away"] = "ok"
+        await ping(tg, user["server_token"])
+        await dedicated.wait_for(
+            lambda: len([e for e in dedicated.events("away") if e["type"] == "telegram.update"]) == 7
+        )
+        dedicated.mode["away"] = "error"
+        before = failed_attempts(dedicated, "away")
+        await say(tg, alice, ALICE, "the server fails again")
+        await dedicated.wait_for(lambda: failed_attempts(dedicated, "away") >= before + 3)
+        await say(tg, alice, ALICE, "still away?")
+        await say(tg, alice, ALICE, "hello?")
+        await replies_settled()
+        assert notices(fake_tg, alice) == [OFFLINE, OFFLINE]
+        assert notices(fake_tg, bob) == [OFFLINE]
+
+
+async def test_zero_turns_the_offline_notice_off(tmp_path: Path, fake_tg: FakeTelegram, dedicated: DedicatedServer):
+    async with running(tmp_path, fake_tg, offline_notice_after=0.0) as tg:
+        await linked_user(tg, dedicated, "away")
+        alice = tgs.private_chat(ALICE)
+        dedicated.mode["away"] = "error"
+        await say(tg, alice, ALICE, "the server has just gone")
+        await dedicated.wait_for(lambda: failed_attempts(dedicated, "away") >= 3)
+        for n in range(3):
+            await say(tg, alice, ALICE, f"message {n} into the outage")
+        await replies_settled()
+        assert notices(fake_tg, alice) == []
+        assert len(fake_tg.sent()) == 0
+
+
+async def test_expired_messages_are_counted_to_each_chat_without_their_text(
+    tmp_path: Path, fake_tg: FakeTelegram, dedicated: DedicatedServer
+):
+    marker = f"marker-{uuid.uuid4().hex}"
+    async with running(tmp_path, fake_tg, hold_ttl=2, offline_notice_after=0.0) as tg:
+        user = await linked_user(tg, dedicated, "away")
+        alice, bob = tgs.private_chat(ALICE), tgs.private_chat(BOB)
+        # A group the user's Telegram account added: its messages are the user's too.
+        assert (await tg.post_update(tgs.chat_member(FAMILY, ALICE, "left", "member"))).status == 200
+        await dedicated.wait_for(
+            lambda: len([e for e in dedicated.events("away") if e["type"] == "telegram.linked"]) == 3
+        )
+        dedicated.mode["away"] = "error"
+        for n in range(3):
+            await say(tg, alice, ALICE, f"{marker} from Alice {n}")
+        await say(tg, bob, BOB, f"{marker} from Bob")
+        await say(tg, FAMILY, BOB, f"{marker} in the group")
+        await say(tg, FAMILY, ALICE, f"{marker} in the group again")
+
+        stored = await everything_under(tg.services.redis, tg.settings.key_prefix)
+        assert any(b":held" in item for item in stored), "where held events came from was inspected"
+        for form in forms(marker):
+            assert not [item for item in stored if form in item]
+
+        await fake_tg.wait_for(lambda: all(notices(fake_tg, chat) for chat in (alice, bob, FAMILY)), timeout=20)
+        await replies_settled()
+        assert (
+            notices(fake_tg, alice)
+            == [lost(3)]
+            == ["3 messages could not be delivered: your assistant was offline for too long."]
+        )
+        assert notices(fake_tg, bob) == [lost(1)]
+        assert notices(fake_tg, FAMILY) == [lost(2)]
+        for call in fake_tg.sent():
+            assert marker not in str(call.params)
+
+        # The server hears of the same six, and nothing of them is left behind.
+        dedicated.mode["away"] = "ok"
+        await ping(tg, user["server_token"])
+        await dedicated.wait_for(lambda: any(e["type"] == "gateway.expired" for e in dedicated.events("away")))
+        [expired] = [e for e in dedicated.events("away") if e["type"] == "gateway.expired"]
+        assert expired["payload"] == {"count": 6}
+        assert not await tg.services.redis.exists(tg.services.keys.user_key("away", "held"))
+
+
+async def test_delivered_messages_never_count_as_expired(
+    tmp_path: Path, fake_tg: FakeTelegram, dedicated: DedicatedServer
+):
+    async with running(tmp_path, fake_tg, hold_ttl=2, offline_notice_after=0.0) as tg:
+        user = await linked_user(tg, dedicated, "away")
+        alice = tgs.private_chat(ALICE)
+        dedicated.mode["away"] = "error"
+        await say(tg, alice, ALICE, "kept while the server is down")
+        await dedicated.wait_for(lambda: failed_attempts(dedicated, "away") >= 1)
+        dedicated.mode["away"] = "ok"
+        await ping(tg, user["server_token"])
+        await dedicated.wait_for(
+            lambda: len([e for e in dedicated.events("away") if e["type"] == "telegram.update"]) == 1
+        )
+        # Down again for longer than the hold TTL, with only a new message to lose.
+        dedicated.mode["away"] = "error"
+        await say(tg, alice, ALICE, "this one is lost")
+        await fake_tg.wait_for(lambda: lost(1) in notices(fake_tg, alice), timeout=20)
+        await replies_settled()
+        assert notices(fake_tg, alice).count(lost(1)) == 1
+        assert not [t for t in notices(fake_tg, alice) if "could not be delivered" in t and t != lost(1)]
