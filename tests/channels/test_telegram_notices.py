@@ -6,21 +6,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from channels.telegram.notices import OFFLINE, lost
 from gateway.app import create_app
-from tests.channels.conftest import TgGateway, tg_settings
+from tests.channels.conftest import SECRET, TgGateway, tg_settings
 from tests.conftest import wipe
 from tests.routing.test_delivery_faults import ping
 from tests.routing.test_no_content_at_rest import everything_under, forms
 from tests.support import telegram as tgs
 from tests.support.dedicated import DedicatedServer
+from tests.support.subprocess_gateway import GatewayProcess, environment
 from tests.support.telegram import FakeTelegram
 
 ALICE = tgs.person(333000333, "Alice", "alice")
@@ -175,19 +179,90 @@ async def test_delivered_messages_never_count_as_expired(
 ):
     async with running(tmp_path, fake_tg, hold_ttl=2, offline_notice_after=0.0) as tg:
         user = await linked_user(tg, dedicated, "away")
-        alice = tgs.private_chat(ALICE)
+        alice, bob = tgs.private_chat(ALICE), tgs.private_chat(BOB)
         dedicated.mode["away"] = "error"
-        await say(tg, alice, ALICE, "kept while the server is down")
+        await say(tg, bob, BOB, "kept while the server is down, then delivered")
         await dedicated.wait_for(lambda: failed_attempts(dedicated, "away") >= 1)
         dedicated.mode["away"] = "ok"
         await ping(tg, user["server_token"])
         await dedicated.wait_for(
             lambda: len([e for e in dedicated.events("away") if e["type"] == "telegram.update"]) == 1
         )
-        # Down again for longer than the hold TTL, with only a new message to lose.
+        # Down again for longer than the hold TTL: only Alice's two new messages are lost.
         dedicated.mode["away"] = "error"
         await say(tg, alice, ALICE, "this one is lost")
-        await fake_tg.wait_for(lambda: lost(1) in notices(fake_tg, alice), timeout=20)
+        await say(tg, alice, ALICE, "and this one")
+        await fake_tg.wait_for(lambda: bool(notices(fake_tg, alice)), timeout=20)
         await replies_settled()
-        assert notices(fake_tg, alice).count(lost(1)) == 1
-        assert not [t for t in notices(fake_tg, alice) if "could not be delivered" in t and t != lost(1)]
+        assert notices(fake_tg, alice) == [lost(2)]
+        assert notices(fake_tg, bob) == []
+
+
+async def told_offline(http: aiohttp.ClientSession, gateway: GatewayProcess) -> float:
+    """How many offline notices this process decided to send, from its own /metrics."""
+    async with http.get(f"{gateway.url}/metrics") as resp:
+        assert resp.status == 200
+        text = await resp.text()
+    found = re.search(r'^ally_telegram_notices_total\{kind="offline"\} (\S+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+@pytest.mark.slow
+async def test_two_processes_receiving_one_chats_messages_tell_it_once(
+    tmp_path: Path, fake_tg: FakeTelegram, dedicated: DedicatedServer
+):
+    settings = tg_settings(tmp_path, fake_tg)
+    env = environment(
+        settings,
+        ALLY_TELEGRAM_BOT_TOKEN=fake_tg.token,
+        ALLY_TELEGRAM_WEBHOOK_SECRET=SECRET,
+        ALLY_TELEGRAM_API_URL=fake_tg.url,
+        ALLY_OFFLINE_NOTICE_AFTER="1",
+    )
+    first = GatewayProcess(env, tmp_path / "first.log")
+    second = GatewayProcess({**env, "ALLY_DATA_DIR": str(tmp_path / "second")}, tmp_path / "second.log")
+    admin = {"Authorization": f"Bearer {settings.admin_token}"}
+    hook = {"X-Telegram-Bot-Api-Secret-Token": SECRET}
+    try:
+        await asyncio.gather(first.start(), second.start())
+        async with aiohttp.ClientSession() as http:
+
+            async def post(gateway: GatewayProcess, update: dict[str, Any]) -> None:
+                url = f"{gateway.url}/telegram/webhook/{tgs.BOT_ID}"
+                async with http.post(url, json=update, headers=hook) as resp:
+                    assert resp.status == 200
+
+            public_key = dedicated.new_user("away")
+            body = {"server_url": dedicated.url("away"), "server_public_key": public_key}
+            async with http.put(f"{first.url}/admin/v1/users/away", json=body, headers=admin) as resp:
+                assert resp.status == 201
+                dedicated.secrets["away"] = [(await resp.json())["webhook_secret"]]
+            for person, gateway in ((ALICE, first), (BOB, second)):
+                async with http.post(f"{gateway.url}/admin/v1/users/away/telegram/link", headers=admin) as resp:
+                    code = (await resp.json())["code"]
+                await post(gateway, tgs.start(tgs.private_chat(person), person, code))
+            await dedicated.wait_for(
+                lambda: len([e for e in dedicated.events("away") if e["type"] == "telegram.linked"]) == 2
+            )
+
+            dedicated.mode["away"] = "error"
+            await post(first, tgs.text(tgs.private_chat(ALICE), ALICE, "the server has just gone"))
+            await dedicated.wait_for(lambda: failed_attempts(dedicated, "away") >= 3, timeout=20)
+            # Both chats write to both processes at once: every write races for the one notice.
+            writes = [
+                post((first, second)[n % 2], tgs.text(tgs.private_chat(person), person, f"message {n}"))
+                for n in range(6)
+                for person in (ALICE, BOB)
+            ]
+            await asyncio.gather(*writes)
+            await fake_tg.wait_for(
+                lambda: bool(notices(fake_tg, tgs.private_chat(ALICE)) and notices(fake_tg, tgs.private_chat(BOB)))
+            )
+            # Every decision was taken before its webhook answered: the processes' own counts are final.
+            assert await told_offline(http, first) + await told_offline(http, second) == 2
+        assert notices(fake_tg, tgs.private_chat(ALICE)) == [OFFLINE]
+        assert notices(fake_tg, tgs.private_chat(BOB)) == [OFFLINE]
+    finally:
+        first.stop()
+        second.stop()
+        await wipe(settings.key_prefix)
