@@ -224,7 +224,8 @@ async def test_two_processes_receiving_one_chats_messages_tell_it_once(
     admin = {"Authorization": f"Bearer {settings.admin_token}"}
     hook = {"X-Telegram-Bot-Api-Secret-Token": SECRET}
     try:
-        await asyncio.gather(first.start(), second.start())
+        # Two interpreters start at once on a shared machine: give them time.
+        await asyncio.gather(first.start(timeout=60), second.start(timeout=60))
         async with aiohttp.ClientSession() as http:
 
             async def post(gateway: GatewayProcess, update: dict[str, Any]) -> None:
@@ -242,7 +243,8 @@ async def test_two_processes_receiving_one_chats_messages_tell_it_once(
                     code = (await resp.json())["code"]
                 await post(gateway, tgs.start(tgs.private_chat(person), person, code))
             await dedicated.wait_for(
-                lambda: len([e for e in dedicated.events("away") if e["type"] == "telegram.linked"]) == 2
+                lambda: len([e for e in dedicated.events("away") if e["type"] == "telegram.linked"]) == 2,
+                timeout=20,
             )
 
             dedicated.mode["away"] = "error"
@@ -256,7 +258,8 @@ async def test_two_processes_receiving_one_chats_messages_tell_it_once(
             ]
             await asyncio.gather(*writes)
             await fake_tg.wait_for(
-                lambda: bool(notices(fake_tg, tgs.private_chat(ALICE)) and notices(fake_tg, tgs.private_chat(BOB)))
+                lambda: bool(notices(fake_tg, tgs.private_chat(ALICE)) and notices(fake_tg, tgs.private_chat(BOB))),
+                timeout=20,
             )
             # Every decision was taken before its webhook answered: the processes' own counts are final.
             assert await told_offline(http, first) + await told_offline(http, second) == 2
