@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import re
 import time
 from pathlib import Path
@@ -124,7 +125,7 @@ async def test_linking_by_deep_link_sends_linked_not_the_start_message(tg: TgGat
     body = await resp.json()
     assert re.fullmatch(r"[A-Za-z0-9_-]{1,64}", body["code"])
     assert body["url"] == f"https://t.me/{tgs.USERNAME}?start={body['code']}"
-    expires = time.mktime(time.strptime(body["expires_at"], "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
+    expires = dt.datetime.fromisoformat(body["expires_at"]).timestamp()
     assert 14 * 60 < expires - time.time() <= 15 * 60 + 2
     start = tgs.start(tgs.private_chat(ALICE), ALICE, body["code"])
     assert (await tg.post_update(start)).status == 200
