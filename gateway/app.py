@@ -32,7 +32,7 @@ from routing.delivery import DeliveryWorker
 from routing.erasure import Eraser
 from routing.keys import Keys
 from routing.outage import Outages
-from routing.queue import Handoff
+from routing.queue import Caps, Handoff
 from routing.registry import Registry
 from routing.urls import PublicOnlyResolver
 
@@ -81,6 +81,7 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
     vault = Vault(redis, keys, settings.master_keys)
     registry = Registry(redis, keys, vault)
     outages = Outages(redis, keys, hold_ttl=settings.hold_ttl)
+    caps = Caps(settings.queue_max_events, settings.queue_max_bytes)
     worker = DeliveryWorker(
         redis,
         keys,
@@ -91,8 +92,9 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         lease=settings.delivery_lease,
         production=settings.production,
         outages=outages,
+        caps=caps,
     )
-    handoff = Handoff(redis, keys, registry, worker.wake)
+    handoff = Handoff(redis, keys, registry, worker.wake, caps)
     services = Services(
         settings=settings,
         redis=redis,

@@ -61,6 +61,9 @@ class Settings:
     hold_ttl: int = 604800
     offline_notice_after: float = 60.0
     """Seconds a user's server fails before a chat that writes is told it is offline; 0: never."""
+    queue_max_events: int = 10000
+    queue_max_bytes: int = 67108864
+    metrics_token: str | None = field(default=None, repr=False)
     anthropic_api_key: str | None = field(default=None, repr=False)
     anthropic_base_url: str | None = None
     ai_fallbacks: tuple[str, ...] = ()
@@ -290,6 +293,9 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         allowed_return_origins=origins,
         hold_ttl=hold_ttl,
         offline_notice_after=_seconds(r, "ALLY_OFFLINE_NOTICE_AFTER", 60.0),
+        queue_max_events=r.whole("ALLY_QUEUE_MAX_EVENTS", 10000, low=1) or 10000,
+        queue_max_bytes=r.whole("ALLY_QUEUE_MAX_BYTES", 67108864, low=1024) or 67108864,
+        metrics_token=r.text("ALLY_METRICS_TOKEN"),
         anthropic_api_key=r.text("ALLY_ANTHROPIC_API_KEY"),
         anthropic_base_url=r.url("ALLY_ANTHROPIC_BASE_URL", None),
         ai_fallbacks=fallbacks,

@@ -30,6 +30,7 @@ import os
 import random
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import orjson
@@ -37,13 +38,13 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway import batching, metrics
-from gateway.clock import iso_now
+from gateway.clock import iso, iso_now
 from gateway.errors import ApiError, ClosedError, GatewayError
 from gateway.types import SealedEvent
 from routing import signing
 from routing.keys import Keys
 from routing.outage import Outages
-from routing.queue import new_id
+from routing.queue import DEFAULT_CAPS, Caps, new_id
 from routing.registry import Registry, Target
 from routing.sealing import seal
 from routing.urls import validate_server_url
@@ -65,18 +66,25 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
-# KEYS: lease, queue, txn. ARGV: owner. Releases the lease only when there is nothing left to do
-# (empty queue, no transaction); returns 1 when there is, and the lease is kept.
+# KEYS: lease, queue, txn, overflow record. ARGV: owner. Releases the lease only when there is
+# nothing left to do (empty queue, no transaction, no overflow to report); returns 1 when there
+# is, and the lease is kept.
 _RELEASE_IF_IDLE = """
-if redis.call('XLEN', KEYS[2]) > 0 or redis.call('EXISTS', KEYS[3]) == 1 then return 1 end
+if redis.call('XLEN', KEYS[2]) > 0 or redis.call('EXISTS', KEYS[3]) + redis.call('EXISTS', KEYS[4]) > 0 then
+  return 1
+end
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 0
 """
 # Opens the user's transaction in one step (contract §4: one in flight, same txn_id and body on
-# every retry). KEYS: lease, txn, queue, user record. ARGV: owner, lease ms, hold cutoff ms, max
-# events, a new txn_id, optionally a sealed `gateway.expired` event with the count it reports,
-# now ms, and the largest body in bytes (MAX_TXN_BYTES).
+# every retry). KEYS: lease, txn, queue, user record, ping flag, queued bytes, overflow record.
+# ARGV: owner, lease ms, hold cutoff ms, max events, a new txn_id, optionally a sealed
+# `gateway.expired` event with the count it reports, now ms, the largest body in bytes
+# (MAX_TXN_BYTES), optionally a sealed `gateway.overflow` event with the count it reports, the
+# queue's caps (events, bytes).
 # Fences first: only the lease holder gets anything, and its lease is extended past the attempt.
+# The attempt about to be made answers every ping made before it, so their flag goes: a ping
+# counts for the next retry only when it arrives while this attempt is in flight.
 # Returns {kind, trimmed, ...}:
 #   {0, 0}                    lease lost: stop;
 #   {1, trimmed, txn_id, body, count, first_ms, channels, url, secret, old secret, old until}:
@@ -84,10 +92,24 @@ return 0
 #   {2, trimmed}              nothing to send;
 #   {3, trimmed, expired}     events passed the hold TTL: seal a `gateway.expired` event with
 #                             `expired` and call again with it (the count is kept in the txn key
-#                             meanwhile, so a crash here loses no count).
+#                             meanwhile, so a crash here loses no count);
+#   {4, trimmed, dropped, first_ms, last_ms}
+#                             events were dropped at a cap and the queue has room again: seal a
+#                             `gateway.overflow` event and call again with it; it is queued after
+#                             the events kept (contract §9.2).
 _OPEN = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {0, 0} end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('DEL', KEYS[5])
+local function size(fields)
+  for j = 1, #fields, 2 do
+    if fields[j] == 'e' then return #fields[j + 1] end
+  end
+  return 0
+end
+local function release(n)
+  if n > 0 and redis.call('DECRBY', KEYS[6], n) < 0 then redis.call('DEL', KEYS[6]) end
+end
 local cutoff = ARGV[3]
 local user = redis.call('HMGET', KEYS[4], 'server_url', 'secret', 'old_secret', 'old_until')
 local function target(reply)
@@ -105,18 +127,34 @@ if txn[1] then
   expired = expired + tonumber(txn[6] or '0')
   redis.call('DEL', KEYS[2])
 end
+local gone = 0
+for _, entry in ipairs(redis.call('XRANGE', KEYS[3], '-', '(' .. cutoff .. '-0')) do
+  gone = gone + size(entry[2])
+end
 local trimmed = redis.call('XTRIM', KEYS[3], 'MINID', cutoff .. '-0')
+release(gone)
 expired = expired + trimmed
 local prefix = ARGV[6]
 if expired > 0 and tonumber(ARGV[7]) ~= expired then
   redis.call('HSET', KEYS[2], 'pending', expired)
   return {3, trimmed, expired}
 end
+local over = redis.call('HMGET', KEYS[7], 'dropped', 'first_ms', 'last_ms')
+if over[1] and redis.call('XLEN', KEYS[3]) < tonumber(ARGV[12])
+    and tonumber(redis.call('GET', KEYS[6]) or '0') < tonumber(ARGV[13]) then
+  if ARGV[11] ~= over[1] then
+    if expired > 0 then redis.call('HSET', KEYS[2], 'pending', expired) end
+    return {4, trimmed, over[1], over[2], over[3]}
+  end
+  redis.call('XADD', KEYS[3], '*', 'e', ARGV[10], 'c', 'gateway')
+  redis.call('INCRBY', KEYS[6], #ARGV[10])
+  redis.call('DEL', KEYS[7])
+end
 local limit = tonumber(ARGV[4])
 if expired > 0 then limit = limit - 1 end
 local entries = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', limit)
 if #entries == 0 and expired == 0 then return {2, trimmed} end
-local events, channels = {}, {}
+local events, channels, held = {}, {}, 0
 -- Room for the events' bytes: the body's own framing and the txn_id are outside it.
 local room, used, last = tonumber(ARGV[9]) - 64 - #ARGV[5], 0, nil
 if expired > 0 then
@@ -135,6 +173,7 @@ for _, entry in ipairs(entries) do
   events[#events + 1] = event
   channels[channel] = (channels[channel] or 0) + 1
   last = entry
+  held = held + #event
 end
 local first_ms, trim_to = ARGV[8], ''
 if last then
@@ -146,20 +185,28 @@ local body = '{"txn_id":"' .. ARGV[5] .. '","events":[' .. table.concat(events, 
 local counted = cjson.encode(channels)
 redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[2], 'txn_id', ARGV[5], 'body', body, 'trim_to', trim_to, 'count', #events,
-  'first_ms', first_ms, 'expired', expired, 'attempts', 0, 'channels', counted)
+  'first_ms', first_ms, 'expired', expired, 'attempts', 0, 'channels', counted, 'bytes', held)
 return target({1, trimmed, ARGV[5], body, tostring(#events), first_ms, counted})
 """
-# KEYS: txn, queue, counters. ARGV: txn_id, now. Deletes the acknowledged entries and the txn;
-# returns {acknowledged count (-1: not the txn in flight), events still queued}.
+# KEYS: txn, queue, counters, queued bytes, overflow record. ARGV: txn_id, now. Deletes the
+# acknowledged entries and the txn; returns {acknowledged count (-1: not the txn in flight), work
+# left (events still queued, plus one for a pending overflow report)}.
 _ACK = """
-if redis.call('HGET', KEYS[1], 'txn_id') ~= ARGV[1] then return {-1, redis.call('XLEN', KEYS[2])} end
+if redis.call('HGET', KEYS[1], 'txn_id') ~= ARGV[1] then
+  return {-1, redis.call('XLEN', KEYS[2]) + redis.call('EXISTS', KEYS[5])}
+end
 local trim = redis.call('HGET', KEYS[1], 'trim_to')
 if trim and trim ~= '' then redis.call('XTRIM', KEYS[2], 'MINID', trim) end
 local n = tonumber(redis.call('HGET', KEYS[1], 'count') or '0')
+local held = tonumber(redis.call('HGET', KEYS[1], 'bytes') or '0')
 redis.call('DEL', KEYS[1])
 redis.call('HINCRBY', KEYS[3], 'events_out', n)
 redis.call('HSET', KEYS[3], 'last_ok_at', ARGV[2])
-return {n, redis.call('XLEN', KEYS[2])}
+local left = redis.call('XLEN', KEYS[2])
+-- An empty queue holds no bytes: this also heals a count left by a transaction opened before
+-- the count existed.
+if left == 0 or redis.call('DECRBY', KEYS[4], held) < 0 then redis.call('DEL', KEYS[4]) end
+return {n, left + redis.call('EXISTS', KEYS[5])}
 """
 
 
@@ -231,6 +278,7 @@ class DeliveryWorker:
         sweep: float = 60.0,
         production: bool = False,
         outages: Outages | None = None,
+        caps: Caps = DEFAULT_CAPS,
     ) -> None:
         self._redis = redis
         self._keys = keys
@@ -243,6 +291,7 @@ class DeliveryWorker:
         self._sweep_every = sweep
         self._next_sweep = 0.0
         self._production = production
+        self._caps = caps
         self._concurrency = concurrency
         self._poll = poll
         self._owner = f"{os.getpid()}-{os.urandom(6).hex()}"
@@ -412,7 +461,12 @@ class DeliveryWorker:
                         batching.command(lambda p: p.zrem(self._keys.due, user_id)),
                         batching.script(
                             self._release_if_idle,
-                            [self._keys.lease(user_id), self._keys.queue(user_id), self._keys.txn(user_id)],
+                            [
+                                self._keys.lease(user_id),
+                                self._keys.queue(user_id),
+                                self._keys.txn(user_id),
+                                self._keys.overflow(user_id),
+                            ],
                             [self._owner],
                         ),
                     )
@@ -452,12 +506,23 @@ class DeliveryWorker:
     async def _open_txn(self, user_id: str) -> Opened | None:
         """The transaction to send now (the one in flight or a new one from the head of the
         queue), None when there is nothing to send; `_LeaseLost` when the lease is not ours."""
-        keys = [self._keys.lease(user_id), self._keys.txn(user_id), self._keys.queue(user_id), self._keys.user(user_id)]
+        keys = [
+            self._keys.lease(user_id),
+            self._keys.txn(user_id),
+            self._keys.queue(user_id),
+            self._keys.user(user_id),
+            self._keys.user_key(user_id, "ping"),
+            self._keys.queue_bytes(user_id),
+            self._keys.overflow(user_id),
+        ]
         prefix: tuple[bytes, int] = (b"", 0)
+        overflow: tuple[bytes, str] = (b"", "")
         for _ in range(5):
             now_ms = int(time.time() * 1000)
             cutoff_ms = now_ms - int(self._hold_ttl * 1000)
+            caps = self._caps
             args = [self._owner, self._lease_ms, cutoff_ms, MAX_BATCH, new_id("txn"), *prefix, now_ms, MAX_TXN_BYTES]
+            args += [*overflow, caps.events, caps.bytes]
             reply = await self._batch.call(batching.script(self._open, keys, args))
             if int(reply[1]):
                 metrics.EVENTS_EXPIRED.inc(int(reply[1]))
@@ -470,7 +535,16 @@ class DeliveryWorker:
                 return None
             if kind == 3:
                 count = int(reply[2])
-                prefix = (await self._expired_event(user_id, count), count)
+                prefix = (await self._gateway_event(user_id, "gateway.expired", {"count": count}), count)
+                continue
+            if kind == 4:
+                dropped, first_ms, last_ms = (int(v) for v in reply[2:5])
+                report = {
+                    "dropped": dropped,
+                    "first_dropped_at": iso(first_ms / 1000),
+                    "last_dropped_at": iso(last_ms / 1000),
+                }
+                overflow = (await self._gateway_event(user_id, "gateway.overflow", report), str(dropped))
                 continue
             txn_id, body, _count, first_ms, channels = reply[2:7]
             return Opened(
@@ -482,12 +556,11 @@ class DeliveryWorker:
             )
         raise GatewayError("events kept expiring while a transaction was opened")
 
-    async def _expired_event(self, user_id: str, count: int) -> bytes:
+    async def _gateway_event(self, user_id: str, kind: str, payload: dict[str, Any]) -> bytes:
+        """A gateway's own event for the user's server, sealed like every other."""
         event_id = new_id("evt")
         public_key = await self._registry.public_key(user_id)
-        sealed = SealedEvent(
-            event_id, "gateway.expired", "gateway", iso_now(), seal(public_key, user_id, event_id, {"count": count})
-        )
+        sealed = SealedEvent(event_id, kind, "gateway", iso_now(), seal(public_key, user_id, event_id, payload))
         return orjson.dumps(sealed.as_json())
 
     async def _send(self, user_id: str, txn: Opened) -> Outcome:
@@ -541,8 +614,14 @@ class DeliveryWorker:
         return Outcome(False, status, retry_after)
 
     async def _acknowledge(self, user_id: str, txn: Opened) -> int:
-        """Drop the acknowledged events; return how many events are still queued."""
-        keys = [self._keys.txn(user_id), self._keys.queue(user_id), self._keys.counters(user_id)]
+        """Drop the acknowledged events; return how much is left to do (0: nothing)."""
+        keys = [
+            self._keys.txn(user_id),
+            self._keys.queue(user_id),
+            self._keys.counters(user_id),
+            self._keys.queue_bytes(user_id),
+            self._keys.overflow(user_id),
+        ]
         n, queued = await self._batch.call(batching.script(self._ack, keys, [txn.txn_id, repr(time.time())]))
         n = int(n)
         if n > 0:

@@ -26,6 +26,14 @@ class Keys:
     def queue(self, user_id: str) -> str:
         return f"{self.user_tag(user_id)}:q"
 
+    def queue_bytes(self, user_id: str) -> str:
+        """Sealed bytes held in `queue` (kept by the hand-over and the delivery worker)."""
+        return f"{self.user_tag(user_id)}:qbytes"
+
+    def overflow(self, user_id: str) -> str:
+        """Events dropped while the queue was full, not yet reported to the server."""
+        return f"{self.user_tag(user_id)}:overflow"
+
     def txn(self, user_id: str) -> str:
         return f"{self.user_tag(user_id)}:txn"
 

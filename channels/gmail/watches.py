@@ -99,8 +99,7 @@ class Watches(Upkeep):
         await self._advance(keys=[self._state(user_id)], args=[history_id])
         await self._redis.hset(self._state(user_id), "last_push_at", repr(time.time()))
         if not added:
-            metrics.DROPPED.labels("gmail", "duplicate").inc()
-            return "duplicate"
+            return "duplicate"  # counted by the hand-over
         return "queued"
 
     # --- connection lifecycle ------------------------------------------------------------------

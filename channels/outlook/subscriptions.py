@@ -118,12 +118,10 @@ class Subscriptions(Upkeep):
 
     async def queue(self, user_id: str, items: list[Item]) -> None:
         try:
-            added = await self._s.handoff(user_id, items, dedup_scope="outlook")
+            # Duplicates and drops at the queue's caps are counted by the hand-over.
+            await self._s.handoff(user_id, items, dedup_scope="outlook")
         except NotFound:
             metrics.DROPPED.labels("outlook", "unknown_user").inc(len(items))
-            return
-        if added < len(items):
-            metrics.DROPPED.labels("outlook", "duplicate").inc(len(items) - added)
 
     async def _resync(self, user_id: str, reason: str, sub_id: str, *, dedup: str) -> None:
         event = Event("outlook.resync_required", "outlook", {"reason": reason, "subscription_id": sub_id})

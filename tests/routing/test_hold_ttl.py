@@ -34,6 +34,8 @@ async def test_events_held_past_the_ttl_become_one_expired_event_with_the_count(
     assert expired["channel"] == "gateway"
     assert expired["payload"] == {"count": 3}
     assert await gateway.services.redis.xlen(gateway.services.keys.queue("away")) == 0
+    # The expired events' bytes no longer count against the user's byte cap.
+    assert await gateway.services.redis.get(gateway.services.keys.queue_bytes("away")) is None
     # Later events flow normally.
     await gateway.services.handoff("away", [ev(4)], dedup_scope="tg")
     await dedicated.wait_for(lambda: len(dedicated.events("away")) == 2, timeout=5)
