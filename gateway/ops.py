@@ -11,8 +11,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from gateway import metrics
-from gateway.http import json_response
-from gateway.keys import SERVICES
+from gateway.errors import Unauthorized
+from gateway.http import bearer, constant_time_equal, json_response
+from gateway.keys import SERVICES, SETTINGS
 from gateway.services import Services
 
 
@@ -32,6 +33,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
+    _require_metrics_access(request)
     services = request.app.get(SERVICES)
     if services is not None:
         # The counters still answer when Redis does not; gauges keep their last sample.
@@ -40,21 +42,28 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+def _require_metrics_access(request: web.Request) -> None:
+    """In production the metrics need `ALLY_METRICS_TOKEN` or the admin token (contract §9.3)."""
+    settings = request.app[SETTINGS]
+    if not settings.production:
+        return
+    offered = bearer(request)
+    accepted = [t for t in (settings.metrics_token, settings.admin_token) if t]
+    # Compared with every accepted token, so the time taken does not tell which one came close.
+    if sum(constant_time_equal(offered, token) for token in accepted) == 0:
+        raise Unauthorized("unauthorized", "metrics token required")
+
+
 async def _sample(services: Services) -> None:
-    r, keys = services.redis, services.keys
-    metrics.QUEUE_USERS_DUE.set(await r.zcard(keys.due))
-    # Depth and age are sampled over the users scheduled now (bounded cost per scrape).
-    users = await r.zrange(keys.due, 0, 499)
-    depth, oldest = 0, None
-    for raw in users:
-        user_id = raw.decode()
-        depth += int(await r.xlen(keys.queue(user_id)))
-        head = await r.xrange(keys.queue(user_id), "-", "+", count=1)
-        if head:
-            ms = int(head[0][0].decode().partition("-")[0])
-            oldest = ms if oldest is None else min(oldest, ms)
-    metrics.QUEUE_DEPTH.set(depth)
-    metrics.QUEUE_OLDEST_AGE.set(time.time() - oldest / 1000 if oldest else 0)
+    """Two commands whatever the number of users: the queue totals are written by the delivery
+    worker's sweep (`routing/delivery.py`), not counted here."""
+    pipe = services.redis.pipeline(transaction=False)
+    pipe.zcard(services.keys.due)
+    pipe.hmget(services.keys.queue_stats, ["depth", "oldest_ms"])
+    due, (depth, oldest_ms) = await pipe.execute()
+    metrics.QUEUE_USERS_DUE.set(due)
+    metrics.QUEUE_DEPTH.set(int(depth or 0))
+    metrics.QUEUE_OLDEST_AGE.set(max(0.0, time.time() - int(oldest_ms) / 1000) if oldest_ms else 0)
 
 
 def setup(app: web.Application) -> None:

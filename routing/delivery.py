@@ -249,6 +249,15 @@ class Opened:
     target: Target | None
 
 
+@dataclass(slots=True)
+class _Totals:
+    """What one sweep counted over all users."""
+
+    added: int = 0
+    depth: int = 0
+    oldest_ms: int | None = None
+
+
 class _LeaseLost(Exception):
     """The lease is no longer this worker's: another one serves the user now."""
 
@@ -367,31 +376,48 @@ class DeliveryWorker:
             log.info("sweep re-scheduled users with waiting events", extra={"count": rescheduled})
 
     async def sweep(self) -> int:
-        """Schedule every known user with a non-empty queue or a transaction in flight who is
-        missing from `due`; return how many were added. Scheduled users keep their time."""
-        added = 0
+        """Schedule every known user with queued events, a transaction in flight or an overflow to
+        report who is missing from `due`; return how many were added. Scheduled users keep their
+        time. The queue totals counted on the way are what `/metrics` shows (contract §9.3: a
+        scrape costs no Redis work per user)."""
+        totals = _Totals()
         batch: list[str] = []
         async for raw in self._redis.sscan_iter(self._keys.users, count=SWEEP_BATCH):
             batch.append(raw.decode())
             if len(batch) >= SWEEP_BATCH:
-                added += await self._sweep_batch(batch)
+                await self._sweep_batch(batch, totals)
                 batch = []
         if batch:
-            added += await self._sweep_batch(batch)
-        return added
+            await self._sweep_batch(batch, totals)
+        stats = {"depth": totals.depth, "oldest_ms": totals.oldest_ms or "", "at": repr(time.time())}
+        await self._redis.hset(self._keys.queue_stats, mapping=stats)
+        return totals.added
 
-    async def _sweep_batch(self, user_ids: list[str]) -> int:
+    async def _sweep_batch(self, user_ids: list[str], totals: _Totals) -> None:
         pipe = self._redis.pipeline(transaction=False)
         for user_id in user_ids:
-            pipe.exists(self._keys.queue(user_id), self._keys.txn(user_id))
-        waiting = [u for u, n in zip(user_ids, await pipe.execute(), strict=True) if int(n)]
+            pipe.xlen(self._keys.queue(user_id))
+            pipe.exists(self._keys.txn(user_id), self._keys.overflow(user_id))
+        replies = await pipe.execute()
+        depths = [int(n) for n in replies[0::2]]
+        waiting = [u for u, n, busy in zip(user_ids, depths, replies[1::2], strict=True) if n or int(busy)]
+        queued = [u for u, n in zip(user_ids, depths, strict=True) if n]
+        totals.depth += sum(depths)
+        if queued:
+            heads = self._redis.pipeline(transaction=False)
+            for user_id in queued:
+                heads.xrange(self._keys.queue(user_id), "-", "+", count=1)
+            for head in await heads.execute():
+                if head:
+                    ms = int(head[0][0].decode().partition("-")[0])
+                    totals.oldest_ms = ms if totals.oldest_ms is None else min(totals.oldest_ms, ms)
         if not waiting:
-            return 0
+            return
         now = time.time()
         added = int(await self._redis.zadd(self._keys.due, dict.fromkeys(waiting, now), nx=True))
         if added:
+            totals.added += added
             self._wakeup.set()
-        return added
 
     async def _tick(self) -> float:
         now = time.time()

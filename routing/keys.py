@@ -63,6 +63,11 @@ class Keys:
         return f"{self.prefix}due"
 
     @property
+    def queue_stats(self) -> str:
+        """Queue totals over all users, as the last sweep counted them."""
+        return f"{self.prefix}queue:stats"
+
+    @property
     def wake_channel(self) -> str:
         return f"{self.prefix}wake"
 

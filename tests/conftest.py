@@ -17,6 +17,7 @@ from gateway.keys import SERVICES
 from gateway.services import Services
 from gateway.storage import connect
 from tests.support.dedicated import DedicatedServer
+from tests.support.redis_server import RedisServer
 from tests.support.redis_servers import RedisCluster
 
 REDIS_URL = os.environ.get("ALLY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -115,3 +116,14 @@ async def dedicated() -> AsyncIterator[DedicatedServer]:
 
 def random_public_key() -> str:
     return base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=").decode()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own, for tests that count what reaches Redis."""
+    server = RedisServer(tmp_path / "own-redis", appendonly=False)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

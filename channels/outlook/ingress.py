@@ -1,7 +1,8 @@
 """`POST /outlook/notify` and `POST /outlook/lifecycle`: what Microsoft Graph sends us (contract §6).
 
 - `?validationToken=…` (subscription creation): 200 `text/plain` with the decoded token, at once.
-- a change notification collection `{"value": [item, …]}`: each item's `clientState` is
+- a change notification collection `{"value": [item, …]}` of at most `MAX_ITEMS` items (more:
+  413); each item's `clientState` is
   checked in constant time; good items are queued for their user as `outlook.notification`
   (the item without `clientState`); 202 once all are durably queued, 503 if queueing failed
   (Graph retries, and the retry is deduplicated).
@@ -27,7 +28,9 @@ from routing.queue import Item
 log = logging.getLogger(__name__)
 
 MAX_BODY = 1 << 20
-MAX_ITEMS = 1000
+MAX_ITEMS = 500
+"""Graph sends at most a few hundred notifications per request; more is refused (413) before any
+Redis work, so one unauthenticated request costs a bounded number of Redis commands."""
 MAX_VALIDATION_TOKEN = 4096
 
 
@@ -47,7 +50,7 @@ async def items_of(request: web.Request) -> list[dict[str, Any]]:
     if not isinstance(value, list) or not all(isinstance(i, dict) for i in value):
         raise BadRequest("invalid_notification", "value must be a list of notification objects")
     if len(value) > MAX_ITEMS:
-        raise BadRequest("invalid_notification", f"at most {MAX_ITEMS} notifications per request")
+        raise ApiError("too_many_notifications", f"at most {MAX_ITEMS} notifications per request", status=413)
     return value
 
 

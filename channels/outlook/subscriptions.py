@@ -79,10 +79,14 @@ class Subscriptions(Upkeep):
         """The user each item belongs to, or None when its subscription or clientState does not check out."""
         # Only strings can name a subscription (a list or an object here is not even hashable).
         ids = {sub_id for item in items if isinstance(sub_id := item.get("subscriptionId"), str)}
+        # One round trip for the whole notification, however many subscriptions it names.
+        looked_up = [sub_id for sub_id in ids if SUBSCRIPTION_ID.match(sub_id)]
         known: dict[str, tuple[bytes | None, bytes | None]] = {}
-        for sub_id in ids:
-            if SUBSCRIPTION_ID.match(sub_id):
-                user, digest = await self._redis.hmget(self._index(sub_id), ["user", "state"])
+        if looked_up:
+            pipe = self._redis.pipeline(transaction=False)
+            for sub_id in looked_up:
+                pipe.hmget(self._index(sub_id), ["user", "state"])
+            for sub_id, (user, digest) in zip(looked_up, await pipe.execute(), strict=True):
                 known[sub_id] = (user, digest)
         out: list[str | None] = []
         for item in items:

@@ -70,13 +70,17 @@ def tg_settings(tmp_path: Path, fake: FakeTelegram, **overrides: Any) -> Setting
     return make_settings(tmp_path, **values)
 
 
-@pytest.fixture
-async def tg(tmp_path: Path, fake_tg: FakeTelegram) -> AsyncIterator[TgGateway]:
-    settings = tg_settings(tmp_path, fake_tg)
+async def serve_tg(settings: Settings, fake: FakeTelegram) -> AsyncIterator[TgGateway]:
     client = TestClient(TestServer(create_app(settings), port=0))
     await client.start_server()
     try:
-        yield TgGateway(client, settings, fake_tg)
+        yield TgGateway(client, settings, fake)
     finally:
         await client.close()
         await wipe(settings.key_prefix)
+
+
+@pytest.fixture
+async def tg(tmp_path: Path, fake_tg: FakeTelegram) -> AsyncIterator[TgGateway]:
+    async for gateway in serve_tg(tg_settings(tmp_path, fake_tg), fake_tg):
+        yield gateway
