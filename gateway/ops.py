@@ -56,7 +56,7 @@ def _require_metrics_access(request: web.Request) -> None:
 
 async def _sample(services: Services) -> None:
     """Two commands whatever the number of users: the queue totals are written by the delivery
-    worker's sweep (`routing/delivery.py`), not counted here."""
+    worker's sweep (`routing/sweep.py`), not counted here."""
     pipe = services.redis.pipeline(transaction=False)
     pipe.zcard(services.keys.due)
     pipe.hmget(services.keys.queue_stats, ["depth", "oldest_ms"])

@@ -13,7 +13,7 @@ at most half the lease, so a worker that stalled or lost Redis cannot overlap wi
 that took over. The same script returns the user's server URL and webhook secrets, so an
 event costs the worker about four round trips: open, acknowledge, leave `due`, release. Every script touches the keys of
 one user only (one hash slot), so all of this works on Redis Cluster; the global `due`
-set is written with plain commands, and a periodic sweep re-schedules any user whose
+set is written with plain commands, and a periodic sweep (`routing/sweep.py`) re-schedules any user whose
 queue is not empty but who fell out of `due` (a crash between queueing and scheduling,
 or a Redis that lost writes).
 """
@@ -47,6 +47,7 @@ from routing.outage import Outages
 from routing.queue import DEFAULT_CAPS, Caps, new_id
 from routing.registry import Registry, Target
 from routing.sealing import seal
+from routing.sweep import sweep
 from routing.urls import validate_server_url
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,6 @@ BACKOFF_CAP = 300.0
 RETRY_AFTER_MIN = 1.0
 RETRY_AFTER_MAX = 3600.0
 MAX_ANSWER_BYTES = 64 * 1024
-SWEEP_BATCH = 200
 
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -249,15 +249,6 @@ class Opened:
     target: Target | None
 
 
-@dataclass(slots=True)
-class _Totals:
-    """What one sweep counted over all users."""
-
-    added: int = 0
-    depth: int = 0
-    oldest_ms: int | None = None
-
-
 class _LeaseLost(Exception):
     """The lease is no longer this worker's: another one serves the user now."""
 
@@ -376,48 +367,11 @@ class DeliveryWorker:
             log.info("sweep re-scheduled users with waiting events", extra={"count": rescheduled})
 
     async def sweep(self) -> int:
-        """Schedule every known user with queued events, a transaction in flight or an overflow to
-        report who is missing from `due`; return how many were added. Scheduled users keep their
-        time. The queue totals counted on the way are what `/metrics` shows (contract §9.3: a
-        scrape costs no Redis work per user)."""
-        totals = _Totals()
-        batch: list[str] = []
-        async for raw in self._redis.sscan_iter(self._keys.users, count=SWEEP_BATCH):
-            batch.append(raw.decode())
-            if len(batch) >= SWEEP_BATCH:
-                await self._sweep_batch(batch, totals)
-                batch = []
-        if batch:
-            await self._sweep_batch(batch, totals)
-        stats = {"depth": totals.depth, "oldest_ms": totals.oldest_ms or "", "at": repr(time.time())}
-        await self._redis.hset(self._keys.queue_stats, mapping=stats)
-        return totals.added
-
-    async def _sweep_batch(self, user_ids: list[str], totals: _Totals) -> None:
-        pipe = self._redis.pipeline(transaction=False)
-        for user_id in user_ids:
-            pipe.xlen(self._keys.queue(user_id))
-            pipe.exists(self._keys.txn(user_id), self._keys.overflow(user_id))
-        replies = await pipe.execute()
-        depths = [int(n) for n in replies[0::2]]
-        waiting = [u for u, n, busy in zip(user_ids, depths, replies[1::2], strict=True) if n or int(busy)]
-        queued = [u for u, n in zip(user_ids, depths, strict=True) if n]
-        totals.depth += sum(depths)
-        if queued:
-            heads = self._redis.pipeline(transaction=False)
-            for user_id in queued:
-                heads.xrange(self._keys.queue(user_id), "-", "+", count=1)
-            for head in await heads.execute():
-                if head:
-                    ms = int(head[0][0].decode().partition("-")[0])
-                    totals.oldest_ms = ms if totals.oldest_ms is None else min(totals.oldest_ms, ms)
-        if not waiting:
-            return
-        now = time.time()
-        added = int(await self._redis.zadd(self._keys.due, dict.fromkeys(waiting, now), nx=True))
+        """Re-schedule users with work who fell out of `due` (see `routing/sweep.py`)."""
+        added = await sweep(self._redis, self._keys)
         if added:
-            totals.added += added
             self._wakeup.set()
+        return added
 
     async def _tick(self) -> float:
         now = time.time()
