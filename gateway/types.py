@@ -31,6 +31,8 @@ class SealedEvent:
     channel: str
     received_at: str
     sealed: str
+    kid: str
+    """Names the server key `sealed` was sealed to (contract §9.6)."""
 
     def as_json(self) -> JSON:
         return {
@@ -38,5 +40,6 @@ class SealedEvent:
             "type": self.type,
             "channel": self.channel,
             "received_at": self.received_at,
+            "kid": self.kid,
             "sealed": self.sealed,
         }

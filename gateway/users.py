@@ -83,6 +83,19 @@ def _server(user: User, counters: dict[str, str]) -> dict[str, Any]:
     }
 
 
+async def _sealing(services: Services, user_id: str) -> dict[str, Any]:
+    """The key events are sealed to now, and the older keys that queued events still need."""
+    keys = await services.registry.key_status(user_id)
+    return {
+        "suite": keys.suite,
+        "kid": keys.kid,
+        "held_for_older_keys": keys.held_for_older_keys,
+        "older_keys": [
+            {"kid": k.kid, "suite": k.suite, "held": k.held, "replaced_at": iso(k.replaced_at)} for k in keys.older
+        ],
+    }
+
+
 async def status(services: Services, user_id: str) -> dict[str, Any]:
     """`GET /admin/v1/users/{id}`: server health, queued events, channels' and providers' status."""
     await require_active(services, user_id)
@@ -99,6 +112,7 @@ async def status(services: Services, user_id: str) -> dict[str, Any]:
         "created_at": iso(user.created_at),
         "updated_at": iso(user.updated_at),
         "server": {k: v for k, v in server.items() if k not in ("url", "public_key")},
+        "sealing": await _sealing(services, user_id),
         "queue": queue,
         "counters": {"events_in": int(counters.get("events_in", 0)), "events_out": int(counters.get("events_out", 0))},
     }
@@ -123,6 +137,7 @@ async def export(services: Services, user_id: str) -> dict[str, Any]:
         "exported_at": iso(time.time()),
         "account": {"user_id": user_id, "created_at": iso(user.created_at), "updated_at": iso(user.updated_at)},
         "server": _server(user, counters),
+        "sealing": await _sealing(services, user_id),
         "queue": {k: v for k, v in queue.items() if k != "in_flight"}
         | {"in_flight_events": queue["in_flight"]["events"] if queue["in_flight"] else 0},
         "counters": {"events_in": int(counters.get("events_in", 0)), "events_out": int(counters.get("events_out", 0))},

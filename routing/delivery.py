@@ -539,8 +539,8 @@ class DeliveryWorker:
     async def _gateway_event(self, user_id: str, kind: str, payload: dict[str, Any]) -> bytes:
         """A gateway's own event for the user's server, sealed like every other."""
         event_id = new_id("evt")
-        public_key = await self._registry.public_key(user_id)
-        sealed = SealedEvent(event_id, kind, "gateway", iso_now(), seal(public_key, user_id, event_id, payload))
+        key = await self._registry.public_key(user_id)
+        sealed = SealedEvent(event_id, kind, "gateway", iso_now(), seal(key, user_id, event_id, payload), key.kid)
         return orjson.dumps(sealed.as_json())
 
     async def _send(self, user_id: str, txn: Opened) -> Outcome:

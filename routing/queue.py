@@ -188,6 +188,7 @@ class Handoff:
                     item.event.channel,
                     received_at,
                     seal(public_key, user_id, event_id, item.event.payload),
+                    public_key.kid,
                 )
                 args += [item.dedup, orjson.dumps(sealed.as_json()), item.event.channel]
             # Queued and scheduled in one round trip: the two calls go out in this order on one

@@ -3,6 +3,13 @@
 Server tokens are `ast.<user_id>.<secret>` and stored only as SHA-256 hashes;
 webhook secrets are stored encrypted in the vault. Rotation keeps the previous
 token and secret valid for `OVERLAP` seconds.
+
+Key changes (contract §9.6): events are sealed when they arrive and the queue is a stream
+that only ever loses entries from its head, so the events sealed to one key form one run of
+the stream. A key change records where the old key's run ends (the stream's `entries-added`
+and last id, read in the same atomic step as the change, so no event lands on the wrong side)
+in the record's `key_history`. How many events still need an older key is then arithmetic on
+`XINFO STREAM` (O(1)), whatever the queue's length.
 """
 
 from __future__ import annotations
@@ -13,20 +20,103 @@ import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+import orjson
 from redis.asyncio import Redis
 
-from gateway.errors import NotFound
+from gateway.errors import NotFound, StorageError
 from gateway.types import USER_ID, UserId
 from oauth.vault import Vault
 from routing.keys import Keys
-from routing.sealing import parse_public_key
+from routing.sealing import ServerKey, decode_public_key, kid_of, parse_public_key, suite_of
 from routing.signing import new_secret
 
 OVERLAP = 24 * 3600
 TARGET_FIELDS = ("server_url", "secret", "old_secret", "old_until")
 _SECRET_CONTEXT = ("webhook_secret",)
+
+# KEYS: user record, queue. ARGV: the key expected in the record now ('' for none), the new key,
+# the current key's kid and suite, now, `key_history` without drained runs (JSON), then
+# field/value pairs to set. Refused (0) when the key changed since the caller read it.
+_PUT = """
+local current = redis.call('HGET', KEYS[1], 'server_public_key') or ''
+if current ~= ARGV[1] then return 0 end
+if current ~= '' and current ~= ARGV[2] then
+  local added, last = 0, '0-0'
+  if redis.call('EXISTS', KEYS[2]) == 1 then
+    local info = redis.call('XINFO', 'STREAM', KEYS[2])
+    for i = 1, #info, 2 do
+      if info[i] == 'entries-added' then added = info[i + 1] end
+      if info[i] == 'last-generated-id' then last = info[i + 1] end
+    end
+  end
+  local history = cjson.decode(ARGV[6])
+  history[#history + 1] = {kid = ARGV[3], suite = ARGV[4], until_added = tostring(added), until_id = last,
+    replaced_at = ARGV[5]}
+  redis.call('HSET', KEYS[1], 'key_history', cjson.encode(history))
+end
+redis.call('HSET', KEYS[1], 'server_public_key', ARGV[2], unpack(ARGV, 7))
+return 1
+"""
+# KEYS: user record, queue. Returns {server key, key_history, stream length, entries added,
+# first entry id}, read together so the counts match the history.
+_KEY_STATE = """
+local user = redis.call('HMGET', KEYS[1], 'server_public_key', 'key_history')
+local length, added, first = 0, 0, ''
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  local info = redis.call('XINFO', 'STREAM', KEYS[2])
+  for i = 1, #info, 2 do
+    if info[i] == 'length' then length = info[i + 1] end
+    if info[i] == 'entries-added' then added = info[i + 1] end
+    if info[i] == 'first-entry' and info[i + 1] then first = info[i + 1][1] end
+  end
+end
+return {user[1] or '', user[2] or '', length, added, first}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class OlderKey:
+    kid: str
+    suite: str
+    held: int
+    """Queued events sealed to this key."""
+    replaced_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class KeyStatus:
+    suite: str
+    kid: str
+    older: tuple[OlderKey, ...]
+    """Older keys that queued events still need, oldest first."""
+
+    @property
+    def held_for_older_keys(self) -> int:
+        return sum(k.held for k in self.older)
+
+
+def _stream_id(text: str) -> tuple[int, int]:
+    ms, _, seq = text.partition("-")
+    return int(ms or 0), int(seq or 0)
+
+
+def held_per_run(history: list[dict[str, Any]], length: int, added: int, first_id: str) -> list[int]:
+    """How many queued events each recorded key run still holds. The stream loses entries only
+    from its head, so the `added - length` oldest entries ever added are gone."""
+    gone = added - length
+    held, start = [], 0
+    for run in history:
+        end = int(run["until_added"])
+        # A stream whose first entry is newer than the run's last id holds none of it (this also
+        # covers a stream deleted and started again, whose `entries-added` began from zero).
+        if length == 0 or not first_id or _stream_id(first_id) > _stream_id(run["until_id"]):
+            held.append(0)
+        else:
+            held.append(max(0, min(end, added) - max(start, gone)))
+        start = end
+    return held
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,12 +155,14 @@ class Registry:
         self._redis = redis
         self._keys = keys
         self._vault = vault
-        self._pubkeys: dict[str, tuple[bytes, X25519PublicKey]] = {}
+        self._pubkeys: dict[str, tuple[bytes, ServerKey]] = {}
         self._secrets: dict[tuple[str, bytes], str] = {}
+        self._put_script = redis.register_script(_PUT)
+        self._key_state_script = redis.register_script(_KEY_STATE)
 
     async def put(self, user_id: str, server_url: str, server_public_key: str) -> tuple[User, Credentials | None]:
         """Create the user (returning fresh credentials) or update its server (returning none)."""
-        parse_public_key(server_public_key)
+        server_key = parse_public_key(server_public_key)
         key = self._keys.user(user_id)
         now = repr(time.time())
         fresh = self._new_credentials(user_id)
@@ -80,21 +172,58 @@ class Registry:
         if not created and not await self._redis.hexists(key, "secret"):
             await self._redis.hset(key, "token_hash", _hash(fresh.server_token))
             created = True
-        fields: dict[str, str | bytes] = {
-            "server_url": server_url,
-            "server_public_key": server_public_key,
-            "updated_at": now,
-        }
+        fields: dict[str, str | bytes] = {"server_url": server_url, "updated_at": now}
         credentials = None
         if created:
             credentials = fresh
             fields["created_at"] = now
             fields["secret"] = await self._vault.encrypt(user_id, _SECRET_CONTEXT, fresh.webhook_secret.encode())
             await self._redis.sadd(self._keys.users, user_id)
-        await self._redis.hset(key, mapping=fields)
+        await self._set_key(user_id, server_public_key.strip(), server_key, fields)
         user = await self.get(user_id)
         assert user is not None
         return user, credentials
+
+    async def _set_key(self, user_id: str, text: str, server_key: ServerKey, fields: dict[str, str | bytes]) -> None:
+        """Store the key with `fields`; a change of key records where the old key's run ends."""
+        keys = [self._keys.user(user_id), self._keys.queue(user_id)]
+        pairs = [v for item in fields.items() for v in item]
+        for _ in range(5):
+            current, history, held = await self._key_state(user_id)
+            old = decode_public_key(current) if current else b""
+            old_kid, old_suite = (kid_of(old), suite_of(old)) if old else ("", "")
+            # Runs that no queued event needs any more are dropped here, so the history stays as
+            # short as the number of key changes within one hold period.
+            live = [run for run, n in zip(history, held, strict=True) if n > 0]
+            args = [current, text, old_kid, old_suite, repr(time.time()), orjson.dumps(live)]
+            if await self._put_script(keys=keys, args=[*args, *pairs]):
+                self._pubkeys[user_id] = (text.encode(), server_key)
+                return
+        raise StorageError("the server key kept changing while it was being set")
+
+    async def _key_state(self, user_id: str) -> tuple[str, list[dict[str, Any]], list[int]]:
+        """The stored key, its `key_history` and how many queued events each recorded run holds."""
+        reply = await self._key_state_script(keys=[self._keys.user(user_id), self._keys.queue(user_id)])
+        current, history_raw, length, added, first = reply
+        history: list[dict[str, Any]] = orjson.loads(history_raw) if history_raw else []
+        return _s(current or None), history, held_per_run(history, int(length), int(added), _s(first or None))
+
+    async def key_status(self, user_id: str) -> KeyStatus:
+        """The key in use and the older ones that queued events still need (contract §9.6)."""
+        current, history, held = await self._key_state(user_id)
+        if not current:
+            raise NotFound("user_not_found", "no such user")
+        raw = decode_public_key(current)
+        kid = kid_of(raw)
+        older: dict[str, OlderKey] = {}
+        for run, n in zip(history, held, strict=True):
+            # A server that went back to an earlier key opens that run with the key in use.
+            if n and run["kid"] != kid:
+                seen = older.get(run["kid"])
+                older[run["kid"]] = OlderKey(
+                    run["kid"], run["suite"], n + (seen.held if seen else 0), float(run["replaced_at"])
+                )
+        return KeyStatus(suite_of(raw), kid, tuple(older.values()))
 
     @staticmethod
     def _new_credentials(user_id: str) -> Credentials:
@@ -117,10 +246,10 @@ class Registry:
     async def exists(self, user_id: str) -> bool:
         return bool(await self._redis.hexists(self._keys.user(user_id), "server_url"))
 
-    async def public_key(self, user_id: str) -> X25519PublicKey:
+    async def public_key(self, user_id: str) -> ServerKey:
         return (await self.sealing_key(user_id))[1]
 
-    async def sealing_key(self, user_id: str) -> tuple[bytes, X25519PublicKey]:
+    async def sealing_key(self, user_id: str) -> tuple[bytes, ServerKey]:
         """The server's key as stored (base64url) and parsed, read from Redis now."""
         raw = await self._redis.hget(self._keys.user(user_id), "server_public_key")
         if raw is None:
@@ -134,7 +263,7 @@ class Registry:
         self._pubkeys[user_id] = entry
         return entry
 
-    def cached_sealing_key(self, user_id: str) -> tuple[bytes, X25519PublicKey] | None:
+    def cached_sealing_key(self, user_id: str) -> tuple[bytes, ServerKey] | None:
         """The key this process last read for the user, if any. It may be stale: whoever uses it
         must have Redis compare it with the stored key in the same atomic step as the write."""
         return self._pubkeys.get(user_id)

@@ -130,6 +130,7 @@ def test_schema_rejects_a_document_with_an_undocumented_part():
             "last_failure_at": None,
             "last_failure": None,
         },
+        "sealing": {"suite": "X25519", "kid": "A" * 11, "held_for_older_keys": 0, "older_keys": []},
         "queue": {"pending": 0, "oldest_received_at": None, "oldest_age_seconds": None, "in_flight_events": 0},
         "counters": {"events_in": 0, "events_out": 0},
     }

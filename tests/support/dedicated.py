@@ -1,5 +1,5 @@
 """A dedicated server for tests: verifies Standard Webhooks signatures, opens sealed events
-with its private key and records every transaction. Its behaviour can be switched to fail,
+with the private key their `kid` names and records every transaction. Its behaviour can be switched to fail,
 hang or answer Retry-After, like a real server that is down or sick."""
 
 from __future__ import annotations
@@ -12,12 +12,23 @@ from typing import Any
 import orjson
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from cryptography.hazmat.primitives import hpke
+from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from routing import signing
 from routing.delivery import MAX_TXN_BYTES
-from routing.sealing import b64url, open_sealed
+from routing.sealing import PrivateKey, SuiteName, b64url, kid_of, open_sealed
+
+
+def new_key(suite: SuiteName) -> tuple[PrivateKey, bytes]:
+    """A private key of `suite` and its raw public key as the admin API takes it."""
+    x25519 = X25519PrivateKey.generate()
+    if suite == "X25519":
+        return x25519, x25519.public_key().public_bytes_raw()
+    mlkem = MLKEM768PrivateKey.generate()
+    raw = mlkem.public_key().public_bytes_raw() + x25519.public_key().public_bytes_raw()
+    return hpke.MLKEM768X25519PrivateKey(mlkem, x25519), raw
 
 
 @dataclass
@@ -33,7 +44,8 @@ class Received:
 class DedicatedServer:
     """One process can stand for many users' servers: the user is named in the URL path."""
 
-    private_keys: dict[str, X25519PrivateKey] = field(default_factory=dict)
+    keyrings: dict[str, dict[str, PrivateKey]] = field(default_factory=dict)
+    """Per user, every private key it holds by kid (old ones stay until the test drops them)."""
     secrets: dict[str, list[str]] = field(default_factory=dict)
     received: list[Received] = field(default_factory=list)
     attempts: list[tuple[str, str]] = field(default_factory=list)
@@ -51,10 +63,11 @@ class DedicatedServer:
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     closing: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def new_user(self, user_id: str) -> str:
-        key = X25519PrivateKey.generate()
-        self.private_keys[user_id] = key
-        return b64url(key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+    def new_user(self, user_id: str, suite: SuiteName = "X25519") -> str:
+        """A fresh key pair for the user (added to its keyring); returns the public key to register."""
+        private, raw = new_key(suite)
+        self.keyrings.setdefault(user_id, {})[kid_of(raw)] = private
+        return b64url(raw)
 
     def url(self, user_id: str) -> str:
         assert self.server is not None
@@ -111,6 +124,9 @@ class DedicatedServer:
     async def _answer(self, request: web.Request, user_id: str, txn_id: str, mode: str) -> web.StreamResponse:
         raw = await request.read()
         self.bodies.setdefault(txn_id, set()).add(raw)
+        if mode == "once":
+            # Acknowledge this one transaction, then be down: a server that crashed right after.
+            self.mode[user_id], mode = "down", "ok"
         if mode == "flap":
             # Every other attempt of this user fails, like a server that keeps restarting.
             mode = "error" if sum(1 for u, _ in self.attempts if u == user_id) % 2 else "ok"
@@ -143,11 +159,11 @@ class DedicatedServer:
             raise AssertionError(f"bad signature for {user_id}: {last_error}")
         body = orjson.loads(raw)
         assert body["txn_id"] == txn_id == headers["webhook-id"]
-        key = self.private_keys[user_id]
+        keyring = self.keyrings[user_id]
         opened = [
             {
                 **{k: v for k, v in e.items() if k != "sealed"},
-                "payload": open_sealed(key, user_id, e["id"], e["sealed"]),
+                "payload": open_sealed(keyring[e["kid"]], user_id, e["id"], e["sealed"]),
             }
             for e in body["events"]
         ]
