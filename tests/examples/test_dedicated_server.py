@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -21,6 +22,7 @@ from gateway.app import create_app
 from gateway.types import Event
 from routing import signing
 from routing.queue import Item
+from routing.sealing import unb64url
 from tests.conftest import Gateway, make_settings, wipe
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -64,9 +66,9 @@ class ExampleProcess:
         return line.partition("listening on ")[2]
 
 
-async def print_key(key_file: Path) -> str:
+async def print_key(key_file: Path, *flags: str) -> str:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(EXAMPLE), "--print-key", "--key-file", str(key_file), stdout=asyncio.subprocess.PIPE
+        sys.executable, str(EXAMPLE), "--print-key", "--key-file", str(key_file), *flags, stdout=asyncio.subprocess.PIPE
     )
     out, _ = await proc.communicate()
     assert proc.returncode == 0
@@ -188,6 +190,47 @@ async def test_example_server_refuses_a_bad_signature_and_accepts_both_secrets_d
         marker = f"rotated-{uuid.uuid4().hex}"
         await gateway.services.handoff("rot", [update(marker, 2)], dedup_scope="tg")
         await example.wait_for(lambda out: marker in out)
+
+
+async def test_example_server_changes_keys_without_losing_a_held_event_and_then_retires_the_old_key(
+    gateway: Gateway, tmp_path: Path
+):
+    key_file = tmp_path / "server.keys"
+    old_key = await print_key(key_file, "--suite", "x25519")
+    assert len(unb64url(old_key)) == 32
+    created = await register(gateway, "mover", "http://127.0.0.1:9", old_key, 201)
+    markers = [f"held-{n}-{uuid.uuid4().hex}" for n in range(6)]
+    # Three events wait for a server that is down; then the server makes a hybrid key.
+    await gateway.services.handoff("mover", [update(m, n) for n, m in enumerate(markers[:3])], dedup_scope="tg")
+    new_key = await print_key(key_file, "--new-key", "--suite", "mlkem768-x25519")
+    assert len(unb64url(new_key)) == 1216
+    assert new_key == await print_key(key_file), "the new key is the current one"
+    await register(gateway, "mover", "http://127.0.0.1:9", new_key, 200)
+    await gateway.services.handoff("mover", [update(m, n + 3) for n, m in enumerate(markers[3:5])], dedup_scope="tg")
+    sealing = (await (await gateway.admin("GET", "/admin/v1/users/mover")).json())["sealing"]
+    assert (sealing["suite"], sealing["held_for_older_keys"]) == ("MLKEM768-X25519", 3)
+    old_kid = sealing["older_keys"][0]["kid"]
+    gateway_url = str(gateway.client.make_url("")).rstrip("/")
+    async with example_server(
+        key_file,
+        "mover",
+        created["webhook_secret"],
+        ALLY_GATEWAY_URL=gateway_url,
+        ALLY_SERVER_TOKEN=created["server_token"],
+    ) as example:
+        await register(gateway, "mover", example.url(), new_key, 200)
+        await gateway.services.handoff.schedule("mover", now=True)
+        await example.wait_for(lambda out: all(m in out for m in markers[:5]))
+        assert "could not be opened" not in example.output
+        positions = [example.output.index(m) for m in markers[:5]]
+        assert positions == sorted(positions), "in the order they were accepted"
+        assert f"retired key {old_kid}" not in example.output, "that transaction may still be sent again"
+        # The next transaction proves the gateway saw the 200: the old key is dropped from disk.
+        await gateway.services.handoff("mover", [update(markers[5], 5)], dedup_scope="tg")
+        await example.wait_for(lambda out: markers[5] in out and f"retired key {old_kid}" in out)
+    kept = json.loads(key_file.read_text())["keys"]
+    assert [k["suite"] for k in kept] == ["mlkem768-x25519"]
+    assert old_kid not in key_file.read_text()
 
 
 @contextlib.asynccontextmanager
