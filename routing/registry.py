@@ -6,10 +6,12 @@ token and secret valid for `OVERLAP` seconds.
 
 Key changes (contract §9.6): events are sealed when they arrive and the queue is a stream
 that only ever loses entries from its head, so the events sealed to one key form one run of
-the stream. A key change records where the old key's run ends (the stream's `entries-added`
-and last id, read in the same atomic step as the change, so no event lands on the wrong side)
-in the record's `key_history`. How many events still need an older key is then arithmetic on
-`XINFO STREAM` (O(1)), whatever the queue's length.
+the stream. A key change records where the old key's run ends (how many entries the stream
+had ever been given, and its last id, read in the same atomic step as the change, so no event
+lands on the wrong side) in the record's `key_history`. How many events still need an older
+key is then arithmetic on `XINFO STREAM` (O(1)), whatever the queue's length. "Ever given" is
+the stream's own `entries-added` (Redis 7); Redis 6.2 (the embedded default) lacks it, and the
+hand-over's `events_in` counter, which counts the same entries, stands in for it.
 """
 
 from __future__ import annotations
@@ -36,21 +38,34 @@ OVERLAP = 24 * 3600
 TARGET_FIELDS = ("server_url", "secret", "old_secret", "old_until")
 _SECRET_CONTEXT = ("webhook_secret",)
 
-# KEYS: user record, queue. ARGV: the key expected in the record now ('' for none), the new key,
-# the current key's kid and suite, now, `key_history` without drained runs (JSON), then
+# The queue stream's length, entries ever added, first and last id. KEYS: queue, counters.
+_STREAM = """
+local function stream(queue, counters)
+  local length, added, first, last = 0, nil, '', '0-0'
+  if redis.call('EXISTS', queue) == 1 then
+    local info = redis.call('XINFO', 'STREAM', queue)
+    for i = 1, #info, 2 do
+      local name, value = info[i], info[i + 1]
+      if name == 'length' then length = value end
+      if name == 'entries-added' then added = value end
+      if name == 'last-generated-id' then last = value end
+      if name == 'first-entry' and value then first = value[1] end
+    end
+  end
+  if not added then added = tonumber(redis.call('HGET', counters, 'events_in') or '0') end
+  return length, added, first, last
+end
+"""
+# KEYS: user record, queue, counters. ARGV: the key expected in the record now ('' for none), the
+# new key, the current key's kid and suite, now, `key_history` without drained runs (JSON), then
 # field/value pairs to set. Refused (0) when the key changed since the caller read it.
-_PUT = """
+_PUT = (
+    _STREAM
+    + """
 local current = redis.call('HGET', KEYS[1], 'server_public_key') or ''
 if current ~= ARGV[1] then return 0 end
 if current ~= '' and current ~= ARGV[2] then
-  local added, last = 0, '0-0'
-  if redis.call('EXISTS', KEYS[2]) == 1 then
-    local info = redis.call('XINFO', 'STREAM', KEYS[2])
-    for i = 1, #info, 2 do
-      if info[i] == 'entries-added' then added = info[i + 1] end
-      if info[i] == 'last-generated-id' then last = info[i + 1] end
-    end
-  end
+  local _, added, _, last = stream(KEYS[2], KEYS[3])
   local history = cjson.decode(ARGV[6])
   history[#history + 1] = {kid = ARGV[3], suite = ARGV[4], until_added = tostring(added), until_id = last,
     replaced_at = ARGV[5]}
@@ -59,21 +74,17 @@ end
 redis.call('HSET', KEYS[1], 'server_public_key', ARGV[2], unpack(ARGV, 7))
 return 1
 """
-# KEYS: user record, queue. Returns {server key, key_history, stream length, entries added,
-# first entry id}, read together so the counts match the history.
-_KEY_STATE = """
+)
+# KEYS: user record, queue, counters. Returns {server key, key_history, stream length, entries
+# added, first entry id}, read together so the counts match the history.
+_KEY_STATE = (
+    _STREAM
+    + """
 local user = redis.call('HMGET', KEYS[1], 'server_public_key', 'key_history')
-local length, added, first = 0, 0, ''
-if redis.call('EXISTS', KEYS[2]) == 1 then
-  local info = redis.call('XINFO', 'STREAM', KEYS[2])
-  for i = 1, #info, 2 do
-    if info[i] == 'length' then length = info[i + 1] end
-    if info[i] == 'entries-added' then added = info[i + 1] end
-    if info[i] == 'first-entry' and info[i + 1] then first = info[i + 1][1] end
-  end
-end
+local length, added, first = stream(KEYS[2], KEYS[3])
 return {user[1] or '', user[2] or '', length, added, first}
 """
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +197,7 @@ class Registry:
 
     async def _set_key(self, user_id: str, text: str, server_key: ServerKey, fields: dict[str, str | bytes]) -> None:
         """Store the key with `fields`; a change of key records where the old key's run ends."""
-        keys = [self._keys.user(user_id), self._keys.queue(user_id)]
+        keys = [self._keys.user(user_id), self._keys.queue(user_id), self._keys.counters(user_id)]
         pairs = [v for item in fields.items() for v in item]
         for _ in range(5):
             current, history, held = await self._key_state(user_id)
@@ -203,7 +214,8 @@ class Registry:
 
     async def _key_state(self, user_id: str) -> tuple[str, list[dict[str, Any]], list[int]]:
         """The stored key, its `key_history` and how many queued events each recorded run holds."""
-        reply = await self._key_state_script(keys=[self._keys.user(user_id), self._keys.queue(user_id)])
+        keys = [self._keys.user(user_id), self._keys.queue(user_id), self._keys.counters(user_id)]
+        reply = await self._key_state_script(keys=keys)
         current, history_raw, length, added, first = reply
         history: list[dict[str, Any]] = orjson.loads(history_raw) if history_raw else []
         return _s(current or None), history, held_per_run(history, int(length), int(added), _s(first or None))

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import os
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,14 +15,33 @@ from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from gateway.config import Settings
 from gateway.types import Event
 from routing.queue import Item
 from routing.sealing import SUITES, SuiteName, info, kid_of, open_sealed, unb64url
-from tests.conftest import Gateway
+from tests.conftest import Gateway, make_settings
 from tests.gateway.test_export import validate
 from tests.support.dedicated import DedicatedServer, new_key
+from tests.support.redis_server import RedisServer
 from tests.support.redisdump import containing, dump
 from tests.support.waiting import eventually
+
+
+@pytest.fixture(params=["single", "cluster", "redis-6.2"])
+def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Settings]:
+    """Also against the Redis the gateway embeds by default (6.2: no `entries-added` in XINFO)."""
+    if request.param == "cluster":
+        cluster = request.getfixturevalue("redis_cluster")
+        yield make_settings(tmp_path, redis_url=cluster.url, redis_cluster=True)
+    elif request.param == "redis-6.2":
+        server = RedisServer(tmp_path / "redis", appendonly=False)
+        server.start()
+        try:
+            yield make_settings(tmp_path, redis_url=server.url)
+        finally:
+            server.stop()
+    else:
+        yield make_settings(tmp_path)
 
 
 def ev(n: int) -> Item:
