@@ -269,7 +269,7 @@ class Registry:
         cached = self._pubkeys.get(user_id)
         if cached is not None and cached[0] == raw:
             return cached
-        entry = (raw, parse_public_key(raw.decode()))
+        entry = (raw, parse_public_key(raw.decode(), probe=False))
         if len(self._pubkeys) > 100_000:
             self._pubkeys.clear()
         self._pubkeys[user_id] = entry

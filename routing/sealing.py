@@ -87,8 +87,9 @@ def decode_public_key(text: str) -> bytes:
         raise SealingError("server_public_key is not base64url") from exc
 
 
-def parse_public_key(text: str) -> ServerKey:
-    """A server key as the admin API takes it, refused unless events can really be sealed to it."""
+def parse_public_key(text: str, *, probe: bool = True) -> ServerKey:
+    """A server key as the admin API takes it, refused unless events can really be sealed to it
+    (`probe=False` skips the trial seal, for a key that passed it when it was registered)."""
     raw = decode_public_key(text)
     suite = suite_of(raw)
     public: PublicKey
@@ -101,12 +102,13 @@ def parse_public_key(text: str) -> ServerKey:
     except ValueError as exc:
         # ML-KEM-768 refuses an encoding whose coefficients are not reduced mod q (FIPS 203 §7.2).
         raise SealingError("server_public_key: the ML-KEM-768 part is not a valid public key") from exc
-    try:
-        # A low-order X25519 point parses, but no shared secret comes out of it: find out now,
-        # not when the first event for this user arrives.
-        SUITES[suite].encrypt(b"", public, info=b"ally-gateway/v1|key-check")
-    except ValueError as exc:
-        raise SealingError("server_public_key: the X25519 part is a low-order point, not a usable key") from exc
+    if probe:
+        try:
+            # A low-order X25519 point parses, but no shared secret comes out of it: find out now,
+            # not when the first event for this user arrives.
+            SUITES[suite].encrypt(b"", public, info=b"ally-gateway/v1|key-check")
+        except ValueError as exc:
+            raise SealingError("server_public_key: the X25519 part is a low-order point, not a usable key") from exc
     return ServerKey(raw, suite, kid_of(raw), public)
 
 

@@ -3,6 +3,7 @@ change that loses nothing held."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 from collections.abc import Iterator
@@ -161,6 +162,45 @@ async def test_key_change_while_events_are_held_delivers_old_then_new_kid_in_ord
     await services.handoff("rotor", [ev(160)], dedup_scope="tg")
     await dedicated.wait_for(lambda: len(dedicated.events("rotor")) == 161)
     assert dedicated.events("rotor")[-1]["kid"] == new_kid
+
+
+async def test_key_change_racing_hand_overs_splits_the_queue_exactly_where_the_count_says(
+    gateway: Gateway, dedicated: DedicatedServer
+):
+    services = gateway.services
+    created = await gateway.create_user(dedicated, "racer")
+    dedicated.mode["racer"] = "down"
+    new_key_text = dedicated.new_user("racer", "MLKEM768-X25519")
+
+    some_queued = asyncio.Event()
+    queued = 0
+
+    async def hand_over(first: int) -> None:
+        # Eight of these run at once, each handing over one event at a time.
+        nonlocal queued
+        for n in range(first, first + 15):
+            await services.handoff("racer", [ev(n)], dedup_scope="tg")
+            queued += 1
+            if queued >= 3:
+                some_queued.set()
+
+    async def change_key() -> None:
+        await some_queued.wait()  # while most hand-overs are still to come
+        assert (await put_key(gateway, dedicated, "racer", new_key_text)).status == 200
+
+    await asyncio.gather(change_key(), *(hand_over(first) for first in range(0, 120, 15)))
+    held_old = (await status(gateway, "racer"))["sealing"]["held_for_older_keys"]
+    dedicated.mode["racer"] = "ok"
+    ping = {"Authorization": f"Bearer {created['server_token']}"}
+    assert (await gateway.client.post("/v1/ping", headers=ping)).status == 200
+    await dedicated.wait_for(lambda: len(dedicated.events("racer")) == 120)
+    kids = [e["kid"] for e in dedicated.events("racer")]
+    assert 0 < held_old < 120, "the key changed while events were being handed over"
+    new_kid = kid_of(unb64url(new_key_text))
+    # Every event opened with the key its kid names (the stand-in opens by kid), the old ones all
+    # come first, and the status counted exactly them.
+    assert kids == sorted(kids, key=lambda k: k == new_kid)
+    assert kids.count(new_kid) == 120 - held_old
 
 
 async def test_going_back_to_an_earlier_key_counts_its_events_as_current(gateway: Gateway, dedicated: DedicatedServer):
