@@ -77,7 +77,8 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 0
 """
 # Opens the user's transaction in one step (contract §4: one in flight, same txn_id and body on
-# every retry). KEYS: lease, txn, queue, user record, ping flag, queued bytes, overflow record.
+# every retry). KEYS: lease, txn, queue, user record, ping flag, queued bytes, overflow record,
+# counters.
 # ARGV: owner, lease ms, hold cutoff ms, max events, a new txn_id, optionally a sealed
 # `gateway.expired` event with the count it reports, now ms, the largest body in bytes
 # (MAX_TXN_BYTES), optionally a sealed `gateway.overflow` event with the count it reports, the
@@ -148,6 +149,8 @@ if over[1] and redis.call('XLEN', KEYS[3]) < tonumber(ARGV[12])
   end
   redis.call('XADD', KEYS[3], '*', 'e', ARGV[10], 'c', 'gateway')
   redis.call('INCRBY', KEYS[6], #ARGV[10])
+  -- Counted like a hand-over: on Redis 6.2 the key history counts held events by events_in.
+  redis.call('HINCRBY', KEYS[8], 'events_in', 1)
   redis.call('DEL', KEYS[7])
 end
 local limit = tonumber(ARGV[4])
@@ -494,6 +497,7 @@ class DeliveryWorker:
             self._keys.user_key(user_id, "ping"),
             self._keys.queue_bytes(user_id),
             self._keys.overflow(user_id),
+            self._keys.counters(user_id),
         ]
         prefix: tuple[bytes, int] = (b"", 0)
         overflow: tuple[bytes, str] = (b"", "")
