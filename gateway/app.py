@@ -34,7 +34,7 @@ from routing.keys import Keys
 from routing.outage import Outages
 from routing.queue import Caps, Handoff
 from routing.registry import Registry
-from routing.urls import PublicOnlyResolver
+from routing.urls import public_only_connector
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +73,10 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         url = await embedded.start()
     redis = connect(url, cluster=settings.redis_cluster)
     keys = Keys(settings.key_prefix)
-    resolver = PublicOnlyResolver() if settings.production else None
+    # In production every outbound connection (delivery, providers) goes to public addresses only.
+    make_connector = public_only_connector if settings.production else aiohttp.TCPConnector
     session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=1000, ttl_dns_cache=60, resolver=resolver, ssl=client_context()),
-        trust_env=False,
+        connector=make_connector(limit=1000, ttl_dns_cache=60, ssl=client_context()), trust_env=False
     )
     vault = Vault(redis, keys, settings.master_keys)
     registry = Registry(redis, keys, vault)

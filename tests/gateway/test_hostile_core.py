@@ -31,6 +31,7 @@ from routing.queue import Item
 from routing.urls import PublicOnlyResolver, is_public_address, validate_server_url
 from tests.conftest import ADMIN_TOKEN, Gateway, make_settings, random_public_key, wipe
 from tests.support.dedicated import DedicatedServer
+from tests.support.listener import Listener
 
 
 @dataclasses.dataclass
@@ -287,27 +288,6 @@ async def test_the_resolver_refuses_a_name_that_resolves_to_loopback():
             await resolver.resolve("localhost", 443)
     finally:
         await resolver.close()
-
-
-class Listener:
-    """A bare TCP listener that counts connections: proof of whether the gateway connected."""
-
-    def __init__(self) -> None:
-        self.accepted = 0
-        self.server: asyncio.Server | None = None
-
-    async def start(self, host: str) -> int:
-        async def accept(_r: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            self.accepted += 1
-            writer.close()
-
-        self.server = await asyncio.start_server(accept, host, 0)
-        return int(self.server.sockets[0].getsockname()[1])
-
-    async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
 
 
 @pytest.fixture
