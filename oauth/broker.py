@@ -207,18 +207,26 @@ class Broker:
                 await self._let_go(*found)
                 await self.store.delete(user_id, provider)
 
+    async def refuse(self, provider: str, grant: Grant) -> None:
+        """Give back a grant that will not be stored (another account than expected signed in)."""
+        await self._give_back(provider, grant.tokens)
+
     async def _let_go(self, connection: Connection, tokens: Tokens | None) -> None:
         await self._fire(self.on_disconnect, connection.user_id, connection.provider, connection.account)
+        await self._give_back(connection.provider, tokens)
+
+    async def _give_back(self, provider: str, tokens: Tokens | None) -> None:
+        """Revoke at the provider now, or record the revocation for the retry loop."""
         token = tokens and (tokens.refresh_token or tokens.access_token)
-        if not token or connection.provider not in self.providers:
+        if not token or provider not in self.providers:
             return
         try:
-            await self._revoke_token(connection.provider, token)
-            metrics.REVOCATIONS.labels(connection.provider, "revoked").inc()
+            await self._revoke_token(provider, token)
+            metrics.REVOCATIONS.labels(provider, "revoked").inc()
         except ProviderUnavailable:
-            await self.revocations.add(connection.provider, token)
+            await self.revocations.add(provider, token)
         except ProviderError as exc:
-            log.warning("revocation refused", extra={"provider": connection.provider, "error": str(exc)})
+            log.warning("revocation refused", extra={"provider": provider, "error": str(exc)})
 
     async def _revoke_token(self, provider: str, token: str) -> None:
         found = self.providers.get(provider)

@@ -1,17 +1,21 @@
-"""The connect flow (contract §2, §7): admin URL → browser binding → provider → callback.
+"""The connect flow (contract §2, §7, §9.5): admin URL → browser binding → provider → callback.
 
-1. `POST /admin/v1/users/{id}/connect` creates a one-use session valid 15 minutes.
+1. `POST /admin/v1/users/{id}/connect` creates a one-use session valid 15 minutes, optionally
+   naming the `expected_account` that must sign in.
 2. `GET /oauth/connect/{session}` spends it, sets an HttpOnly, Secure, SameSite=Lax cookie
-   binding this browser to a fresh `state`, and redirects to the provider (PKCE S256).
-3. `GET /oauth/callback/{provider}` spends the state (single use), checks the cookie, exchanges
-   the code, stores the grant through the broker, and redirects to the `return_url` with
-   `status=connected` or `status=error&reason=<code>`.
+   binding this browser to a fresh `state`, and redirects to the provider (PKCE S256, and the
+   expected account as `login_hint`).
+3. `GET /oauth/callback/{provider}` checks the cookie against the state and only then spends
+   the state (single use): a stranger who learned the state cannot cancel the user's flow. It
+   exchanges the code and stores the grant through the broker, or, when another account than
+   the expected one signed in, revokes the grant and stores nothing. It redirects to the
+   `return_url` with `status=connected` or `status=error&reason=<code>`.
 
 Sessions and states are global records named by the SHA-256 of their secret (the secret itself
 is never stored), kept an hour past their validity so that a late browser still gets a proper
-`expired_session` redirect. The provider's pending flow (PKCE verifier, msal's flow dict) is
-encrypted under the user's data key. Every record is listed in the user's `oauth:flows` set so
-erasure can remove them.
+`expired_session` redirect. The provider's pending flow (PKCE verifier, msal's flow dict) and
+the expected account are encrypted under the user's data key. Every record is listed in the
+user's `oauth:flows` set so erasure can remove them.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
 import secrets
 import time
 from typing import Any
@@ -50,6 +55,10 @@ EXPIRED_SESSION = "expired_session"
 SESSION_USED = "session_used"
 PROVIDER_ERROR = "provider_error"
 INTERNAL_ERROR = "internal_error"
+ACCOUNT_MISMATCH = "account_mismatch"
+
+# An address as providers report it: something@somewhere, no spaces or controls, RFC 5321's length.
+_ADDRESS = re.compile(r"^[^@\s\x00-\x1f\x7f]{1,64}@[^@\s\x00-\x1f\x7f]{1,189}$")
 
 # KEYS[1]: a session record. Returns its fields and marks it used; the caller sees `used` as it was.
 _SPEND = """
@@ -58,20 +67,16 @@ if #fields > 0 then redis.call('HSET', KEYS[1], 'used', '1') end
 return fields
 """
 
-# KEYS[1]: a state record. Returns its fields and deletes it: a state is good for one callback.
+# KEYS[1]: a state record. ARGV[1]: the digest of the binding the browser offered (already
+# compared in constant time). Deletes the state only for its own browser: good for one callback.
 _TAKE = """
-local fields = redis.call('HGETALL', KEYS[1])
-if #fields > 0 then redis.call('DEL', KEYS[1]) end
-return fields
+if redis.call('HGET', KEYS[1], 'binding') ~= ARGV[1] then return 0 end
+return redis.call('DEL', KEYS[1])
 """
 
 
 def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
-
-
-def _pairs(flat: list[bytes]) -> dict[str, str]:
-    return {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
 
 
 def validate_return_url(value: Any, settings: Settings) -> str:
@@ -83,6 +88,18 @@ def validate_return_url(value: Any, settings: Settings) -> str:
     if origin_of(value) not in settings.allowed_return_origins:
         raise BadRequest("invalid_return_url", "return_url is outside ALLY_ALLOWED_RETURN_ORIGINS")
     return value
+
+
+def validate_expected_account(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _ADDRESS.match(value):
+        raise BadRequest("invalid_expected_account", "expected_account must be an email address")
+    return value
+
+
+def same_account(signed_in: str, expected: str) -> bool:
+    return signed_in.strip().casefold() == expected.strip().casefold()
 
 
 def with_query(url: str, **params: str) -> str:
@@ -115,8 +132,11 @@ class Flows:
         await redis.sadd(self.index_key(user_id), key)
         await redis.expire(self.index_key(user_id), VALID_FOR + KEPT_AFTER)
 
-    async def new_session(self, user_id: str, provider: str, return_url: str) -> tuple[str, float]:
+    async def new_session(
+        self, user_id: str, provider: str, return_url: str, expected: str | None = None
+    ) -> tuple[str, float]:
         secret = secrets.token_urlsafe(32)
+        digest = _digest(secret)
         expires_at = time.time() + VALID_FOR
         fields: dict[str, str | bytes] = {
             "user_id": user_id,
@@ -124,13 +144,24 @@ class Flows:
             "return_url": return_url,
             "expires_at": repr(expires_at),
         }
-        await self._put(user_id, self.session_key(_digest(secret)), fields)
+        if expected is not None:
+            fields["expected"] = await self._s.vault.encrypt(user_id, ("oauth-session", digest), expected.encode())
+        await self._put(user_id, self.session_key(digest), fields)
         return secret, expires_at
 
-    async def spend_session(self, secret: str) -> dict[str, str]:
-        return _pairs(await self._spend(keys=[self.session_key(_digest(secret))]))
+    async def spend_session(self, secret: str) -> dict[str, bytes]:
+        """The session's fields (`used` as it was before this call); marks it used."""
+        flat = await self._spend(keys=[self.session_key(_digest(secret))])
+        return {flat[i].decode(): flat[i + 1] for i in range(0, len(flat), 2)}
 
-    async def new_state(self, session: dict[str, str], state: str, binding: str, pending: dict[str, Any]) -> None:
+    async def expected_account(self, user_id: str, secret: str, sealed: bytes | None) -> str | None:
+        if not sealed:
+            return None
+        return (await self._s.vault.decrypt(user_id, ("oauth-session", _digest(secret)), sealed)).decode()
+
+    async def new_state(
+        self, session: dict[str, str], state: str, binding: str, pending: dict[str, Any], expected: str | None
+    ) -> None:
         user_id, digest = session["user_id"], _digest(state)
         sealed = await self._s.vault.encrypt(user_id, ("oauth-flow", digest), orjson.dumps(pending))
         fields: dict[str, str | bytes] = {
@@ -141,19 +172,36 @@ class Flows:
             "binding": _digest(binding),
             "pending": sealed,
         }
+        if expected is not None:
+            fields["expected"] = await self._s.vault.encrypt(user_id, ("oauth-expected", digest), expected.encode())
         await self._put(user_id, self.state_key(digest), fields)
 
-    async def take_state(self, state: str) -> dict[str, Any]:
-        key = self.state_key(_digest(state))
-        flat = await self._take(keys=[key])
-        found: dict[str, Any] = {flat[i].decode(): flat[i + 1] for i in range(0, len(flat), 2)}
-        return found
+    async def state(self, state: str) -> dict[str, bytes]:
+        """The state's record, left in place (empty when unknown or spent)."""
+        raw = await self._s.redis.hgetall(self.state_key(_digest(state)))
+        return {k.decode(): v for k, v in raw.items()}
 
-    async def pending(self, user_id: str, state: str, sealed: bytes) -> dict[str, Any]:
+    async def take_state(self, state: str, binding: str) -> bool:
+        """Spend the state for the browser holding `binding`; False if it is gone meanwhile."""
+        return bool(await self._take(keys=[self.state_key(_digest(state))], args=[_digest(binding)]))
+
+    def bound(self, record: dict[str, bytes], offered: str) -> bool:
+        """Whether the cookie the browser offered is the one that state was bound to."""
+        # Bindings are ASCII; a cookie with bytes that are not UTF-8 (lone surrogates) cannot be one.
+        if not offered or not offered.isascii():
+            return False
+        return hmac.compare_digest(_digest(offered), record.get("binding", b"").decode())
+
+    async def pending(self, user_id: str, state: str, record: dict[str, bytes]) -> tuple[dict[str, Any], str | None]:
+        """The provider's pending flow and the expected account, if any."""
+        digest = _digest(state)
         opened: dict[str, Any] = orjson.loads(
-            await self._s.vault.decrypt(user_id, ("oauth-flow", _digest(state)), sealed)
+            await self._s.vault.decrypt(user_id, ("oauth-flow", digest), record["pending"])
         )
-        return opened
+        sealed = record.get("expected")
+        if not sealed:
+            return opened, None
+        return opened, (await self._s.vault.decrypt(user_id, ("oauth-expected", digest), sealed)).decode()
 
     async def forget_user(self, user_id: str) -> None:
         redis = self._s.redis
@@ -179,7 +227,8 @@ async def create_session(request: web.Request) -> web.Response:
         raise BadRequest("unknown_provider", "provider must be google or microsoft")
     services.broker.provider(provider)
     return_url = validate_return_url(body.get("return_url"), services.settings)
-    secret, expires_at = await _flows(request).new_session(user_id, provider, return_url)
+    expected = validate_expected_account(body.get("expected_account"))
+    secret, expires_at = await _flows(request).new_session(user_id, provider, return_url, expected)
     log.info("connect session created", extra={"user_id": user_id, "provider": provider})
     url = f"{services.settings.public_url}/oauth/connect/{secret}"
     return json_response({"url": url, "expires_at": iso(expires_at)})
@@ -203,9 +252,11 @@ def _outcome(provider: str, return_url: str, reason: str | None, cookie: str | N
 async def start(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     secret = request.match_info["session"]
-    session = await _flows(request).spend_session(secret) if 20 <= len(secret) <= 100 else {}
-    if not session:
+    flows = _flows(request)
+    raw = await flows.spend_session(secret) if 20 <= len(secret) <= 100 else {}
+    if not raw:
         raise NotFound("connect_session_not_found", "unknown connect session")
+    session = {k: v.decode() for k, v in raw.items() if k != "expected"}
     provider, return_url = session["provider"], session["return_url"]
     if session.get("used"):
         return _outcome(provider, return_url, SESSION_USED)
@@ -213,9 +264,10 @@ async def start(request: web.Request) -> web.Response:
         return _outcome(provider, return_url, EXPIRED_SESSION)
     state, binding = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
     try:
+        expected = await flows.expected_account(session["user_id"], secret, raw.get("expected"))
         handler = services.broker.provider(provider)
-        authorization = await services.broker.blocking(handler.authorize, state)
-        await _flows(request).new_state(session, state, binding, authorization.pending)
+        authorization = await services.broker.blocking(handler.authorize, state, expected)
+        await flows.new_state(session, state, binding, authorization.pending, expected)
     except GatewayError as exc:
         log.warning("connect flow could not start", extra={"provider": provider, "error": type(exc).__name__})
         return _outcome(provider, return_url, PROVIDER_ERROR if isinstance(exc, ProviderError) else INTERNAL_ERROR)
@@ -233,43 +285,58 @@ async def start(request: web.Request) -> web.Response:
 
 
 async def callback(request: web.Request) -> web.Response:
-    services = request.app[SERVICES]
     provider = request.match_info["provider"]
     if provider not in PROVIDERS:
         raise NotFound("not_found", "unknown provider")
     params = {k: v for k, v in request.query.items() if len(v) <= 4096}
     state = params.get("state", "")
-    record = await _flows(request).take_state(state) if 20 <= len(state) <= 100 else {}
+    flows = _flows(request)
+    record = await flows.state(state) if 20 <= len(state) <= 100 else {}
     if not record:
         # Nothing to redirect to: this state was never issued here, or it was already used.
         raise BadRequest(BAD_STATE, "unknown or already used state")
     return_url, user_id = record["return_url"].decode(), record["user_id"].decode()
     cookie = COOKIE_PREFIX + _digest(state)[:16]
     offered = request.cookies.get(cookie, "")
+    if not flows.bound(record, offered):
+        # Not the browser that started this flow: refused, and the state stays good for the one that did.
+        return _outcome(provider, return_url, BAD_STATE)
+    if not await flows.take_state(state, offered):
+        raise BadRequest(BAD_STATE, "unknown or already used state")
     if record["provider"].decode() != provider:
         return _outcome(provider, return_url, BAD_STATE, cookie)
     if time.time() > float(record["expires_at"]):
         return _outcome(provider, return_url, EXPIRED_SESSION, cookie)
-    # Bindings are ASCII; a cookie with bytes that are not UTF-8 (lone surrogates) cannot be one.
-    if not offered or not offered.isascii() or not hmac.compare_digest(_digest(offered), record["binding"].decode()):
-        return _outcome(provider, return_url, BAD_STATE, cookie)
     if "error" in params:
         return _outcome(
             provider, return_url, ACCESS_DENIED if params["error"] == "access_denied" else PROVIDER_ERROR, cookie
         )
     if not params.get("code"):
         return _outcome(provider, return_url, PROVIDER_ERROR, cookie)
+    return _outcome(provider, return_url, await _finish(request, user_id, provider, state, record, params), cookie)
+
+
+async def _finish(
+    request: web.Request, user_id: str, provider: str, state: str, record: dict[str, bytes], params: dict[str, str]
+) -> str | None:
+    """Exchange the code and store the grant; the reason code when that did not happen."""
+    broker = request.app[SERVICES].broker
     try:
-        pending = await _flows(request).pending(user_id, state, record["pending"])
-        grant = await services.broker.blocking(services.broker.provider(provider).exchange, pending, params)
-        await services.broker.connected(user_id, provider, grant)
+        pending, expected = await _flows(request).pending(user_id, state, record)
+        grant = await broker.blocking(broker.provider(provider).exchange, pending, params)
+        if expected is not None and not same_account(grant.account, expected):
+            # Someone else signed in (a forwarded link): their grant is given back, never stored.
+            log.warning("connect flow signed in another account than expected", extra={"provider": provider})
+            await broker.refuse(provider, grant)
+            return ACCOUNT_MISMATCH
+        await broker.connected(user_id, provider, grant)
     except ProviderError as exc:
         log.warning("code exchange failed", extra={"provider": provider, "error": str(exc)})
-        return _outcome(provider, return_url, PROVIDER_ERROR, cookie)
+        return PROVIDER_ERROR
     except GatewayError as exc:
         log.warning("connect flow failed", extra={"provider": provider, "error": type(exc).__name__})
-        return _outcome(provider, return_url, INTERNAL_ERROR, cookie)
-    return _outcome(provider, return_url, None, cookie)
+        return INTERNAL_ERROR
+    return None
 
 
 def setup(app: web.Application) -> None:

@@ -81,10 +81,11 @@ class Google:
             autogenerate_code_verifier=code_verifier is None,
         )
 
-    def authorize(self, state: str) -> Authorization:
+    def authorize(self, state: str, login_hint: str | None = None) -> Authorization:
         flow = self._flow()
+        hint = {"login_hint": login_hint} if login_hint else {}
         url, _ = flow.authorization_url(
-            state=state, access_type="offline", prompt="consent", include_granted_scopes="true"
+            state=state, access_type="offline", prompt="consent", include_granted_scopes="true", **hint
         )
         return Authorization(url=url, pending={"code_verifier": flow.code_verifier})
 

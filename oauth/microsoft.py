@@ -95,14 +95,14 @@ class Microsoft:
         except ValueError as exc:
             raise ProviderError("microsoft authority refused its discovery") from exc
 
-    def authorize(self, state: str) -> Authorization:
+    def authorize(self, state: str, login_hint: str | None = None) -> Authorization:
         with self._session() as session, warnings.catch_warnings():
             # msal recommends form_post, but a cross-site POST back would not carry the SameSite=Lax
             # cookie that binds the browser (contract §7); the code comes back in the query, once.
             # prompt=consent: OpenID Connect grants offline_access (a refresh token) only with it.
             warnings.filterwarnings("ignore", message="response_mode='form_post'", category=UserWarning)
             flow: dict[str, Any] = self._app(session).initiate_auth_code_flow(
-                list(SCOPES), redirect_uri=self._redirect_uri, state=state, prompt="consent"
+                list(SCOPES), redirect_uri=self._redirect_uri, state=state, prompt="consent", login_hint=login_hint
             )
         return Authorization(url=flow["auth_uri"], pending={"flow": flow})
 

@@ -38,8 +38,9 @@ class Grant:
 class Provider(Protocol):
     name: str
 
-    def authorize(self, state: str) -> Authorization:
-        """The provider URL to send the browser to (redirecting to `{ALLY_PUBLIC_URL}/oauth/callback/<name>`)."""
+    def authorize(self, state: str, login_hint: str | None = None) -> Authorization:
+        """The provider URL to send the browser to (redirecting to `{ALLY_PUBLIC_URL}/oauth/callback/<name>`),
+        suggesting the account `login_hint` when one is expected."""
 
     def exchange(self, pending: dict[str, Any], params: dict[str, str]) -> Grant: ...
 

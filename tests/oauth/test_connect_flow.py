@@ -248,11 +248,12 @@ async def test_a_callback_without_the_binding_cookie_is_bad_state_and_state_is_s
     async with Browser(world.tls, f"http://127.0.0.1:{world.port}") as other:
         landed = await other.open(final)
         assert parse_qs(urlsplit(landed).query)["reason"] == ["bad_state"]
-        # The state was spent: even the right browser cannot use it now.
-        again = await browser.open(final)
-        assert again.startswith("400 ")
-        assert '"error":"bad_state"' in again
     assert await (await gateway.client.get("/v1/connections", headers=auth(created))).json() == []
+    # The right browser spends the state; after that, even it cannot use it again.
+    assert parse_qs(urlsplit(await browser.open(final)).query)["status"] == ["connected"]
+    again = await browser.open(final)
+    assert again.startswith("400 ")
+    assert '"error":"bad_state"' in again
 
 
 async def test_connect_url_is_single_use_and_expires(gateway: Gateway, browser: Browser, dedicated: DedicatedServer):
