@@ -4,16 +4,21 @@ Body (Pub/Sub push format): `{"message": {"data": base64(JSON), "messageId", "pu
 "attributes"?}, "subscription"}`; Gmail's data is `{"emailAddress", "historyId"}`.
 204 only once the change is durably queued (or deliberately dropped); 401 for a bad
 token, 400 for a body that is not a Gmail push, 503 when queueing failed (Pub/Sub retries).
+
+Gmail's historyIds are unsigned 64-bit integers. A larger one is acknowledged (204) and
+dropped, never queued or stored: Pub/Sub redelivers anything not 2xx until the message
+expires, and no retry would ever make that value valid.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
+import logging
 import re
 from typing import Any
 
-import orjson
 from aiohttp import web
 from redis.exceptions import RedisError
 
@@ -23,7 +28,10 @@ from gateway import metrics
 from gateway.errors import BadRequest, StorageError, Unauthorized
 from gateway.http import bearer, read_json_object
 
+log = logging.getLogger(__name__)
+
 MAX_BODY = 64 * 1024
+MAX_HISTORY_ID = 2**64 - 1
 _HISTORY = re.compile(r"^[0-9]{1,20}$")
 _MESSAGE_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 
@@ -42,8 +50,10 @@ def parse(body: dict[str, Any]) -> tuple[str, str, str]:
     try:
         # Pub/Sub sends standard base64; accept the URL-safe alphabet too.
         raw = base64.b64decode(data.replace("-", "+").replace("_", "/") + "=" * (-len(data) % 4), validate=True)
-        decoded = orjson.loads(raw)
-    except (binascii.Error, ValueError, orjson.JSONDecodeError):
+        # The standard parser, not orjson: orjson reads an integer beyond 64 bits as a float, and a
+        # historyId out of range must be recognised as such (and acknowledged), not as bad JSON.
+        decoded = json.loads(raw)
+    except (binascii.Error, ValueError):
         raise BadRequest("invalid_push", "message.data is not base64 JSON") from None
     if not isinstance(decoded, dict):
         raise BadRequest("invalid_push", "message.data is not a JSON object")
@@ -63,6 +73,10 @@ async def handle(request: web.Request, verifier: PushVerifier, watches: Watches)
         metrics.WEBHOOK_REJECTED.labels("gmail", exc.code).inc()
         raise
     address, history_id, message_id = parse(await read_json_object(request, limit=MAX_BODY))
+    if int(history_id) > MAX_HISTORY_ID:
+        metrics.DROPPED.labels("gmail", "history_id_out_of_range").inc()
+        log.warning("gmail push with a historyId above 64 bits dropped")
+        return web.Response(status=204)
     try:
         await watches.notify(address, history_id, message_id)
     except RedisError as exc:

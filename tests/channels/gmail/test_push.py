@@ -150,6 +150,26 @@ async def test_history_id_not_above_the_last_forwarded_is_dropped(mail, google, 
     assert await queued(mail, "gus") == 2
 
 
+@pytest.mark.parametrize(
+    "huge", ["18446744073709551616", "99999999999999999999", 10**20 - 1], ids=["2**64", "20-digits", "number"]
+)
+async def test_a_history_id_above_64_bits_is_acknowledged_and_never_stored(mail, google, dedicated, huge: Any):
+    address = await connect(mail, google, dedicated, "max")
+    dedicated.mode["max"] = "down"
+    before = dropped("history_id_out_of_range")
+    # A 2xx: Pub/Sub would redeliver a 4xx until the message expires, and it can never become valid.
+    assert (await push(mail, google.push_body(address, huge), google.push_token())).status == 204
+    assert await queued(mail, "max") == 0
+    assert dropped("history_id_out_of_range") - before == 1
+    state = mail.services.keys.user_key("max", "gmail")
+    assert await mail.services.redis.hget(state, "last_history_id") is None
+    # The largest valid one, and then the mailbox's real changes, still go through.
+    top = str(2**64 - 1)
+    assert (await push(mail, google.push_body(address, top), google.push_token())).status == 204
+    assert await queued(mail, "max") == 1
+    assert await mail.services.redis.hget(state, "last_history_id") == top.encode()
+
+
 async def test_unknown_address_is_acknowledged_dropped_and_counted(mail, google):
     before = dropped("unknown_address")
     resp = await push(mail, google.push_body("nobody@gmail.example", 77), google.push_token())
