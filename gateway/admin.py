@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import logging
-import time
 
 from aiohttp import web
 
 from gateway import users
 from gateway.auth import require_admin
-from gateway.clock import iso
 from gateway.http import json_response, read_json_object
 from gateway.keys import SERVICES
 from gateway.services import Services
-from routing.registry import OVERLAP
 
 log = logging.getLogger(__name__)
 
@@ -70,17 +67,12 @@ async def export_user(request: web.Request) -> web.Response:
 
 
 async def rotate_credentials(request: web.Request) -> web.Response:
+    """New credentials; the body `{"overlap": seconds}` is optional (default a day, 0 revokes at once)."""
     services, user_id = await admin_user(request)
-    credentials = await services.registry.rotate(user_id)
-    log.info("credentials rotated", extra={"user_id": user_id})
-    return json_response(
-        {
-            "user_id": user_id,
-            "server_token": credentials.server_token,
-            "webhook_secret": credentials.webhook_secret,
-            "previous_valid_until": iso(time.time() + OVERLAP),
-        }
-    )
+    body = await read_json_object(request, limit=1024) if request.body_exists else {}
+    answer = await users.rotate(services, user_id, body.get("overlap"))
+    log.info("credentials rotated", extra={"user_id": user_id, "overlap": answer["overlap"]})
+    return json_response(answer)
 
 
 def setup(app: web.Application) -> None:

@@ -20,5 +20,6 @@ async def require_server(request: web.Request) -> UserId:
     """The user whose dedicated server is calling; 401 for anything else."""
     user_id = await request.app[SERVICES].registry.authenticate(bearer(request))
     if user_id is None:
-        raise Unauthorized("unauthorized", "server token required")
+        # A token was offered (a missing one is refused by `bearer`): it is not, or no longer, valid.
+        raise Unauthorized("unauthorized", "server token is unknown or was rotated out; use the current one")
     return user_id

@@ -12,11 +12,12 @@ from gateway.clock import iso
 from gateway.errors import BadRequest, Conflict, NotFound
 from gateway.services import Services
 from gateway.types import USER_ID
-from routing.registry import Credentials, User
+from routing.registry import OVERLAP, Credentials, User
 from routing.sealing import parse_public_key
 from routing.urls import validate_server_url
 
 EXPORT_SCHEMA = "ally-gateway/export/v1"
+MAX_OVERLAP = 7 * 24 * 3600
 
 
 def check_user_id(user_id: str) -> str:
@@ -46,6 +47,28 @@ async def register(
     if await services.eraser.is_erasing(user_id):
         raise Conflict("user_erasing", "this user is being erased; try again when GET answers 404")
     return await services.registry.put(user_id, url, server_public_key.strip())
+
+
+def check_overlap(overlap: object) -> int:
+    if overlap is None:
+        return OVERLAP
+    if isinstance(overlap, bool) or not isinstance(overlap, int) or not 0 <= overlap <= MAX_OVERLAP:
+        raise BadRequest("invalid_overlap", f"overlap must be whole seconds from 0 to {MAX_OVERLAP}")
+    return overlap
+
+
+async def rotate(services: Services, user_id: str, overlap: object = None) -> dict[str, Any]:
+    """New server token and webhook secret (shown once); the old ones stay valid `overlap` seconds."""
+    seconds = check_overlap(overlap)
+    await require_active(services, user_id)
+    credentials = await services.registry.rotate(user_id, seconds)
+    return {
+        "user_id": user_id,
+        "server_token": credentials.server_token,
+        "webhook_secret": credentials.webhook_secret,
+        "overlap": seconds,
+        "previous_valid_until": iso(time.time() + seconds),
+    }
 
 
 async def _queue(services: Services, user_id: str) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 Server tokens are `ast.<user_id>.<secret>` and stored only as SHA-256 hashes;
 webhook secrets are stored encrypted in the vault. Rotation keeps the previous
-token and secret valid for `OVERLAP` seconds.
+token and secret valid for an overlap (`OVERLAP` seconds unless told otherwise; 0 revokes
+them at once, for a leaked credential).
 
 Key changes (contract §9.6): events are sealed when they arrive and the queue is a stream
 that only ever loses entries from its head, so the events sealed to one key form one run of
@@ -280,21 +281,23 @@ class Registry:
         must have Redis compare it with the stored key in the same atomic step as the write."""
         return self._pubkeys.get(user_id)
 
-    async def rotate(self, user_id: str) -> Credentials:
+    async def rotate(self, user_id: str, overlap: float = OVERLAP) -> Credentials:
+        """New credentials; the current ones stay valid `overlap` more seconds (0: not at all)."""
         key = self._keys.user(user_id)
         current = await self._redis.hmget(key, ["server_url", "token_hash", "secret"])
         if current[0] is None:
             raise NotFound("user_not_found", "no such user")
         credentials = self._new_credentials(user_id)
-        until = repr(time.time() + OVERLAP)
+        # Revoked at once: the old hash and secret are not even kept.
+        keep = overlap > 0
         await self._redis.hset(
             key,
             mapping={
                 "token_hash": _hash(credentials.server_token),
                 "secret": await self._vault.encrypt(user_id, _SECRET_CONTEXT, credentials.webhook_secret.encode()),
-                "old_token_hash": current[1] or b"",
-                "old_secret": current[2] or b"",
-                "old_until": until,
+                "old_token_hash": (current[1] or b"") if keep else b"",
+                "old_secret": (current[2] or b"") if keep else b"",
+                "old_until": repr(time.time() + overlap),
             },
         )
         return credentials

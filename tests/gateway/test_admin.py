@@ -1,7 +1,12 @@
 from __future__ import annotations
 
+import orjson
 import pytest
+from standardwebhooks.webhooks import WebhookVerificationError
 
+from gateway.types import Event
+from routing import signing
+from routing.queue import Item
 from tests.conftest import Gateway, random_public_key
 
 
@@ -75,3 +80,47 @@ async def test_rotation_keeps_old_token_valid_during_overlap(gateway: Gateway):
 async def test_unknown_user_is_404(gateway: Gateway):
     resp = await gateway.admin("GET", "/admin/v1/users/nobody")
     assert resp.status == 404 and (await resp.json())["error"] == "user_not_found"
+
+
+async def test_an_immediate_revoke_refuses_a_leaked_token_and_secret_at_once(gateway: Gateway, dedicated):
+    created = await gateway.create_user(dedicated, "leaky")
+    leaked = {"Authorization": f"Bearer {created['server_token']}"}
+    resp = await gateway.admin("POST", "/admin/v1/users/leaky/credentials/rotate", json={"overlap": 0})
+    assert resp.status == 200, await resp.text()
+    rotated = await resp.json()
+    assert rotated["overlap"] == 0
+
+    # The leaked token is refused right after, with a message saying why.
+    resp = await gateway.client.post("/v1/ping", headers=leaked)
+    assert resp.status == 401
+    assert "rotated out" in (await resp.json())["detail"]
+    current = {"Authorization": f"Bearer {rotated['server_token']}"}
+    assert (await gateway.client.post("/v1/ping", headers=current)).status == 200
+
+    # The next delivery is signed with the new secret only: the leaked one verifies nothing.
+    dedicated.secrets["leaky"] = [rotated["webhook_secret"]]
+    await gateway.services.handoff("leaky", [Item(Event("telegram.update", "telegram", {"update_id": 1}))])
+    await dedicated.wait_for(lambda: len(dedicated.events("leaky")) == 1)
+    [received] = [r for r in dedicated.received if r.user_id == "leaky"]
+    raw = orjson.dumps(received.body)
+    signing.verify(rotated["webhook_secret"], raw, received.headers)  # the same bytes do verify
+    with pytest.raises(WebhookVerificationError):
+        signing.verify(created["webhook_secret"], raw, received.headers)
+    assert len(received.headers["webhook-signature"].split()) == 1
+
+
+@pytest.mark.parametrize("overlap", [-1, 604801, 1.5, "0", True, None])
+async def test_an_overlap_out_of_bounds_is_400_and_rotates_nothing(gateway: Gateway, overlap: object):
+    body = {"server_url": "https://srv.example", "server_public_key": random_public_key()}
+    created = await (await gateway.admin("PUT", "/admin/v1/users/bounded", json=body)).json()
+    payload = {} if overlap is None else {"overlap": overlap}
+    resp = await gateway.admin("POST", "/admin/v1/users/bounded/credentials/rotate", json=payload)
+    if overlap is None:
+        # No overlap given: a day, as before.
+        assert resp.status == 200
+        assert (await resp.json())["overlap"] == 86400
+    else:
+        assert resp.status == 400
+        assert (await resp.json())["error"] == "invalid_overlap"
+    headers = {"Authorization": f"Bearer {created['server_token']}"}
+    assert (await gateway.client.post("/v1/ping", headers=headers)).status == 200
