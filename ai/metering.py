@@ -19,10 +19,9 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from anthropic.types import MessageDeltaUsage, Usage
 from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -32,6 +31,9 @@ from ai.sse import SseEvent
 from gateway.clock import iso
 from gateway.errors import StorageError
 from routing.keys import Keys
+
+if TYPE_CHECKING:
+    from anthropic.types import MessageDeltaUsage, Usage
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,14 @@ def _tokens(counts: dict[str, int]) -> Tokens:
     )
 
 
+def _usage(raw: Any, *, delta: bool = False) -> dict[str, int]:
+    # Imported on first use: the SDK's package takes seconds to import, and an operator command
+    # that only reads the stored counts (status, export) never parses an answer.
+    from anthropic.types import MessageDeltaUsage, Usage
+
+    return _counts((MessageDeltaUsage if delta else Usage).model_validate(raw))
+
+
 def _counts(usage: Usage | MessageDeltaUsage) -> dict[str, int]:
     return {name: value for name in _USAGE_FIELDS if isinstance(value := getattr(usage, name), int)}
 
@@ -67,7 +77,7 @@ def tokens_of_message(body: bytes) -> Tokens:
     """Usage of a whole Messages answer; zero (and a warning) when it carries none."""
     try:
         message = orjson.loads(body)
-        return _tokens(_counts(Usage.model_validate(message["usage"])))
+        return _tokens(_usage(message["usage"]))
     except (orjson.JSONDecodeError, TypeError, KeyError, ValidationError):
         log.warning("answer without readable usage; nothing metered")
         return Tokens()
@@ -96,9 +106,9 @@ class StreamCounter:
             try:
                 data: Any = orjson.loads(event.data)
                 if event.name == "message_start":
-                    self._counts.update(_counts(Usage.model_validate(data["message"]["usage"])))
+                    self._counts.update(_usage(data["message"]["usage"]))
                 else:
-                    self._counts.update(_counts(MessageDeltaUsage.model_validate(data["usage"])))
+                    self._counts.update(_usage(data["usage"], delta=True))
             except (orjson.JSONDecodeError, TypeError, KeyError, ValidationError):
                 log.warning("stream event without readable usage", extra={"event": event.name})
 

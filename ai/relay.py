@@ -32,7 +32,6 @@ from collections.abc import AsyncIterator, Mapping
 from aiohttp import web
 from multidict import CIMultiDict
 
-from ai.anthropic_provider import AnthropicProvider
 from ai.chain import Chain, Link, Opened, RetryPolicy
 from ai.errors import ProviderError, StreamBroken
 from ai.metering import Meter, StreamCounter, Tokens, tokens_of_message
@@ -259,6 +258,10 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     providers: list[Provider] = []
     chain = None
     if settings.ai_enabled:
+        # Imported only when the relay is on: the SDK takes seconds to import, which every
+        # operator command would otherwise pay.
+        from ai.anthropic_provider import AnthropicProvider
+
         assert settings.anthropic_api_key is not None
         anthropic = AnthropicProvider(
             api_key=settings.anthropic_api_key, base_url=settings.anthropic_base_url, timeout=settings.ai_timeout

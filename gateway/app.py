@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import aiohttp
 from aiohttp import web
@@ -26,6 +26,7 @@ from gateway.listener import head_deadline_middleware
 from gateway.services import Services
 from gateway.storage import connect
 from gateway.tls import client_context
+from gateway.types import ROLES
 from oauth.broker import Broker, providers_for
 from oauth.vault import Vault
 from routing.delivery import DeliveryWorker
@@ -41,13 +42,14 @@ log = logging.getLogger(__name__)
 # Each module has `setup(app)`: it adds routes and its own cleanup context (run after the core's).
 CHANNELS: tuple[str, ...] = ("channels.telegram", "oauth.web", "ai.relay", "channels.gmail", "channels.outlook")
 
-ROLES = ("all", "web", "worker")
 OPERATOR = "operator"
 """The role of `ally-gateway` operator commands: every part and hook, no serving, no background loops."""
 MAX_BODY = 1 << 20
 
 
-def create_app(settings: Settings, role: str = "all") -> web.Application:
+def create_app(settings: Settings, role: str = "all", parts: Sequence[str] = CHANNELS) -> web.Application:
+    """The app; `parts` narrows the channels set up (an operator command that needs none of
+    their hooks imports none of them)."""
     if role not in (*ROLES, OPERATOR):
         raise ValueError(f"role must be one of {ROLES}")
     app = web.Application(middlewares=[head_deadline_middleware, errors_middleware], client_max_size=MAX_BODY)
@@ -58,7 +60,7 @@ def create_app(settings: Settings, role: str = "all") -> web.Application:
     ops.setup(app)
     admin.setup(app)
     server_api.setup(app)
-    for name in CHANNELS:
+    for name in parts:
         importlib.import_module(name).setup(app)
     app.cleanup_ctx.append(_background)
     return app

@@ -3,7 +3,10 @@
 ally-gateway serve [--role all|web|worker]
 ally-gateway doctor
 ally-gateway keys status|rotate
-ally-gateway user create|show|link|export|delete <user_id>
+ally-gateway user create|show|link|export|rotate|delete <user_id>
+
+Only what a command needs is imported: `--help` and the parser import no part of the gateway,
+`serve` imports the app when it starts, and each command imports its own parts when it runs.
 """
 
 from __future__ import annotations
@@ -16,11 +19,11 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from gateway import config, listener, logs
-from gateway.app import ROLES, create_app
+from gateway import config, logs
 from gateway.commands import doctor, keys, user
 from gateway.devsecrets import with_dev_secrets
 from gateway.errors import ConfigError, GatewayError
+from gateway.types import ROLES
 
 log = logging.getLogger("gateway")
 
@@ -66,6 +69,9 @@ def _serve(settings: config.Settings, role: str) -> int:
 
 
 async def _run(settings: config.Settings, role: str) -> None:
+    from gateway import listener
+    from gateway.app import create_app
+
     app = create_app(settings, role)
     runner = await listener.start(app)
     stop = asyncio.Event()

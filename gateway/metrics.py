@@ -2,7 +2,32 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from collections.abc import Iterator, Mapping
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+
+class StoredCounter(Collector):
+    """A counter whose counts live in Redis, written by whichever process did the work (an
+    operator command included, which exits before any scrape). `/metrics` reads them at
+    scrape time (`set`); every gateway process shows the same totals."""
+
+    def __init__(self, name: str, documentation: str, label: str) -> None:
+        self._name, self._documentation, self._label = name.removesuffix("_total"), documentation, label
+        self._counts: dict[str, float] = {}
+        REGISTRY.register(self)
+
+    def set(self, counts: Mapping[str, float]) -> None:
+        self._counts = dict(counts)
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(self._name, self._documentation, labels=[self._label])
+        for value, count in sorted(self._counts.items()):
+            family.add_metric([value], count)
+        yield family
+
 
 EVENTS_IN = Counter("ally_events_in_total", "Events durably queued", ["channel"])
 EVENTS_OUT = Counter("ally_events_out_total", "Events acknowledged by dedicated servers", ["channel"])
@@ -11,7 +36,7 @@ DELIVERIES = Counter("ally_deliveries_total", "Transaction attempts by outcome",
 DELIVERY_RETRIES = Counter(
     "ally_delivery_retries_total", "Transactions scheduled for another attempt, by why", ["reason"]
 )
-ERASURES = Counter("ally_erasures_total", "User erasures finished, by outcome", ["outcome"])
+ERASURES = StoredCounter("ally_erasures_total", "User erasures finished, by outcome", "outcome")
 DELIVERY_LATENCY = Histogram(
     "ally_delivery_latency_seconds",
     "From acceptance to acknowledgement by the dedicated server",

@@ -39,6 +39,8 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
         # The counters still answer when Redis does not; gauges keep their last sample.
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             await _sample(services)
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            metrics.ERASURES.set(await services.eraser.finished())
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

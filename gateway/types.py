@@ -11,6 +11,8 @@ Channel = Literal["telegram", "gmail", "outlook", "gateway", "connection"]
 JSON = dict[str, Any]
 
 USER_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+ROLES = ("all", "web", "worker")
+"""What `ally-gateway serve --role` runs: everything, the HTTP side, or the background loops."""
 
 
 @dataclass(frozen=True, slots=True)

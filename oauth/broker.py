@@ -90,14 +90,17 @@ class Lease:
 
 
 def providers_for(settings: Settings, session: aiohttp.ClientSession) -> dict[str, Provider]:
-    """The configured providers (a provider is off while its client id or secret is unset)."""
-    from oauth.google import Google
-    from oauth.microsoft import Microsoft
+    """The configured providers (a provider is off while its client id or secret is unset).
 
+    Each provider's SDKs are imported only when it is configured: they take long to import."""
     found: dict[str, Provider] = {}
     if settings.google_enabled:
+        from oauth.google import Google
+
         found["google"] = Google(settings, session)
     if settings.microsoft_enabled:
+        from oauth.microsoft import Microsoft
+
         found["microsoft"] = Microsoft(settings)
     return found
 

@@ -32,7 +32,6 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from gateway import metrics
 from gateway.clock import iso_now
 from gateway.logs import bound_request_id, new_request_id
 from routing.keys import Keys
@@ -86,6 +85,15 @@ class Eraser:
     @property
     def _records(self) -> str:
         return self._keys.global_key("erasures")
+
+    @property
+    def _finished(self) -> str:
+        return self._keys.global_key("erasures:finished")
+
+    async def finished(self) -> dict[str, int]:
+        """Erasures finished so far by outcome, by every process (a CLI erasure included)."""
+        raw = await self._redis.hgetall(self._finished)
+        return {k.decode(): int(v) for k, v in raw.items()}
 
     async def is_erasing(self, user_id: str) -> bool:
         return bool(await self._redis.hexists(self._records, user_id))
@@ -190,7 +198,8 @@ class Eraser:
         await self._redis.srem(self._keys.users, user_id)
         await self._redis.hdel(self._records, user_id)
         failed = sorted(n for n, outcome in hooks.items() if outcome != "done")
-        metrics.ERASURES.labels("hooks_failed" if failed else "complete").inc()
+        # Counted in Redis: the process that finished it may be a CLI command that exits at once.
+        await self._redis.hincrby(self._finished, "hooks_failed" if failed else "complete", 1)
         log.info(
             "user erased",
             extra={"keys_deleted": deleted, "hooks_failed": failed, "seconds": round(time.monotonic() - started, 3)},

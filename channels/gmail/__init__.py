@@ -55,7 +55,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         settings.gmail_push_service_account,
     )
     app[GMAIL] = Gmail(verifier, watches, api)
-    if not verifier.configured:
+    if settings.google_enabled and not verifier.configured:
         log.warning("gmail pushes cannot be verified: ALLY_GMAIL_PUSH_AUDIENCE or _SERVICE_ACCOUNT unset")
     watches.install(
         enabled=settings.google_enabled and bool(settings.gmail_pubsub_topic), timing=timing, loop="gmail-watch"

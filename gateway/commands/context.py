@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from aiohttp import web
 
-from gateway.app import create_app
+from gateway.app import CHANNELS, create_app
 from gateway.config import Settings
 from gateway.keys import SERVICES
 from gateway.services import Services
 
 
 @asynccontextmanager
-async def operator_app(settings: Settings) -> AsyncIterator[web.Application]:
-    """The whole app (core and channels, so every hook is there), without serving or background loops."""
-    app = create_app(settings, "operator")
+async def operator_app(settings: Settings, parts: Sequence[str] = CHANNELS) -> AsyncIterator[web.Application]:
+    """The core and the channels in `parts` (all of them unless told: every hook is there),
+    without serving or background loops."""
+    app = create_app(settings, "operator", parts)
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     try:
@@ -26,6 +27,6 @@ async def operator_app(settings: Settings) -> AsyncIterator[web.Application]:
 
 
 @asynccontextmanager
-async def operator_services(settings: Settings) -> AsyncIterator[Services]:
-    async with operator_app(settings) as app:
+async def operator_services(settings: Settings, parts: Sequence[str] = CHANNELS) -> AsyncIterator[Services]:
+    async with operator_app(settings, parts) as app:
         yield app[SERVICES]

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 from typing import Any
 
-from gateway.commands.context import operator_services
 from gateway.config import Settings
 
 
@@ -21,7 +20,10 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _keys(settings: Settings, action: str) -> int:
-    async with operator_services(settings) as services:
+    from gateway.commands.context import operator_services
+
+    # The key ring is the core's: no channel is needed to re-wrap or count data keys.
+    async with operator_services(settings, ()) as services:
         users = await services.registry.user_ids()
         if action == "rotate":
             changed = await services.vault.rotate(users)
