@@ -3,6 +3,8 @@
 The client is blocking (httplib2), so every call runs in this object's own bounded
 thread pool; the event loop never waits on a socket. The discovery document ships
 with the client (no network at start-up), and its root URL is `ALLY_GMAIL_API_URL`.
+The client libraries are imported on the first call, in that pool: a gateway (or an
+operator command) that never calls Gmail does not pay their import.
 """
 
 from __future__ import annotations
@@ -14,13 +16,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
-
-import google_auth_httplib2
-import httplib2
-from google.auth.exceptions import GoogleAuthError
-from google.oauth2.credentials import Credentials
-from googleapiclient import discovery
-from googleapiclient.errors import HttpError
 
 from gateway.errors import ClosedError, ProviderError
 
@@ -49,6 +44,9 @@ class GmailApi:
         return await loop.run_in_executor(self._pool, functools.partial(ctx.run, fn))
 
     def _users(self) -> Any:
+        import httplib2
+        from googleapiclient import discovery
+
         if self._service is None:
             # Built once per process; the plain Http here is never used, each call brings its own.
             self._service = discovery.build(
@@ -61,6 +59,12 @@ class GmailApi:
         return self._service.users()
 
     def _call(self, token: str, make: Callable[[Any], Any]) -> Any:
+        import google_auth_httplib2
+        import httplib2
+        from google.auth.exceptions import GoogleAuthError
+        from google.oauth2.credentials import Credentials
+        from googleapiclient.errors import HttpError
+
         # httplib2.Http is not thread-safe: one per call.
         inner = httplib2.Http(timeout=self._timeout)
         http = google_auth_httplib2.AuthorizedHttp(Credentials(token), http=inner)  # type: ignore[no-untyped-call]

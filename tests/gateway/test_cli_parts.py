@@ -84,7 +84,7 @@ async def test_show_loads_every_channel_but_no_sdk_of_a_provider_that_is_off(gat
     status, out, err, modules = await cli(gateway, tmp_path, "user", "show", "shown")
     assert status == 0, err
     assert "ai" in out and "connections" in out  # every part's status is there
-    for heavy in ("anthropic", "msal", "google_auth_oauthlib", "oauth.google", "oauth.microsoft"):
+    for heavy in ("anthropic", "msal", "google_auth_oauthlib", "googleapiclient", "oauth.google", "oauth.microsoft"):
         assert not imported(modules, heavy), heavy
     assert "gmail" not in err.lower(), "no Gmail warning while Google is not configured"
 
