@@ -22,8 +22,9 @@ from routing.keys import Keys
 
 from .chats import ChatInfo, Chats
 from .identity import Identity
+from .moves import Moves
 from .notices import Notices
-from .ratelimit import Limiter, Limits
+from .ratelimit import MAX_PAUSE, Limiter, Limits
 from .wire import BotApi, Reply, Upload
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,16 @@ ALLOWED_UPDATES = (
     "message_reaction",
 )
 MAX_CONNECTIONS = 40
+_NOT_POSTING = frozenset({"sendChatAction", "sendMessageDraft"})
+
+
+def posts(method: str) -> bool:
+    """Whether a call adds a message to its chat (what Telegram's 20 a minute per group counts)."""
+    if method in _NOT_POSTING:
+        return False
+    return method.startswith("send") or method in ("copyMessage", "copyMessages", "forwardMessage", "forwardMessages")
+
+
 GATEWAY_SENDER = "~gateway"
 """The limiter's name for the gateway's own replies (not a valid user id, so never a user's)."""
 
@@ -77,6 +88,7 @@ class Telegram:
         self.limiter = Limiter(services.redis, services.keys, identity.bot_id, limits)
         self.chats = Chats(services.redis, services.keys)
         self.notices = Notices(self, services.outages, settings.offline_notice_after)
+        self.moves = Moves(services.redis, services.keys)
         self.bot = telegram.Bot(
             identity.token,
             base_url=f"{settings.telegram_api_url}/bot",
@@ -168,46 +180,58 @@ class Telegram:
         uploads: Sequence[Upload] = (),
         chat: ChatInfo | None = None,
     ) -> Reply:
-        """One Bot API call within the shared limits; a Telegram 429 pauses the bot, then this retries."""
+        """One Bot API call within the shared limits (every method counts against the caller's).
+
+        A Telegram 429 pauses what it was for (`Limiter.flood`), then this retries once the
+        pause is over, or answers 429 with `Retry-After` when that is later than `max_wait`.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.limiter.limits.max_wait
+        chat_id = chat.chat_id if chat is not None else None
         while True:
             try:
-                # Every call with a chat spends that chat's and its user's budgets, whatever the method.
-                if chat is not None:
-                    await self.limiter.acquire(user_id, chat.chat_id, group=chat.is_group)
-                else:
-                    paused = await self.limiter.paused_for()
-                    if paused > deadline - loop.time():
-                        raise RateLimited("rate_limited", "Telegram asked the bot to slow down", retry_after=paused)
-                    if paused:
-                        await asyncio.sleep(paused)
+                group = chat is not None and chat.is_group and posts(method)
+                await self.limiter.acquire(user_id, chat_id, group=group)
             except TooManyRequests as exc:
-                if isinstance(exc, RateLimited):
-                    raise
                 raise RateLimited(exc.code, exc.detail, retry_after=exc.retry_after) from None
             reply = await self.api.call(method, params, uploads)
-            retry_after = reply.retry_after
-            if retry_after is None:
+            if reply.retry_after is None:
                 return reply
-            log.warning("telegram flood wait; bot paused", extra={"retry_after": retry_after, "method": method})
-            await self.limiter.pause(retry_after)
+            retry_after = min(reply.retry_after, MAX_PAUSE)
+            scope = await self.limiter.flood(user_id, chat_id, retry_after, tenant=user_id != GATEWAY_SENDER)
+            log.warning("telegram flood wait", extra={"retry_after": retry_after, "method": method, "paused": scope})
             if retry_after > deadline - loop.time():
-                raise RateLimited("rate_limited", "Telegram asked the bot to slow down", retry_after=retry_after)
+                raise RateLimited("rate_limited", "Telegram asked to slow down", retry_after=retry_after)
 
-    def reply_later(self, chat: ChatInfo, text: str, *, sender: str = GATEWAY_SENDER) -> None:
+    def reply_later(
+        self,
+        chat: ChatInfo,
+        text: str,
+        *,
+        sender: str = GATEWAY_SENDER,
+        reply_markup: dict[str, Any] | None = None,
+    ) -> None:
         """A short message from the gateway itself (how to link...), sent after the webhook answered;
         `sender` is whose fair share of the limits it uses (a user's, for notices about their server)."""
+        params: dict[str, Any] = {"chat_id": chat.chat_id, "text": text}
+        if reply_markup is not None:
+            params["reply_markup"] = reply_markup
         if not self._closed:
-            self._spawn(self._reply(chat, text, sender), "telegram-reply")
+            self._spawn(self._own_call(sender, "sendMessage", params, chat), "telegram-reply")
 
-    async def _reply(self, chat: ChatInfo, text: str, sender: str) -> None:
+    def answer_later(self, callback_query_id: str, text: str) -> None:
+        """Answer a press of one of the gateway's own buttons (Telegram shows `text` to the presser)."""
+        if not self._closed:
+            params = {"callback_query_id": callback_query_id, "text": text}
+            self._spawn(self._own_call(GATEWAY_SENDER, "answerCallbackQuery", params, None), "telegram-answer")
+
+    async def _own_call(self, sender: str, method: str, params: dict[str, Any], chat: ChatInfo | None) -> None:
         try:
-            reply = await self.send(sender, "sendMessage", {"chat_id": chat.chat_id, "text": text}, chat=chat)
+            reply = await self.send(sender, method, params, chat=chat)
             if not reply.ok:
-                log.info("gateway reply refused by telegram", extra={"status": reply.status})
+                log.info("gateway reply refused by telegram", extra={"status": reply.status, "method": method})
         except GatewayError as exc:
-            log.info("gateway reply not sent", extra={"error": type(exc).__name__})
+            log.info("gateway reply not sent", extra={"error": type(exc).__name__, "method": method})
         except Exception:
             log.exception("gateway reply failed")
 

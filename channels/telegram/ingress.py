@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import time
-from collections.abc import Iterator
 from typing import Any
 
 from aiohttp import web
-from telegram import Message, Update
+from telegram import Update
 
 from gateway import metrics
 from gateway.admin import admin_user
@@ -29,6 +27,11 @@ from routing.queue import Item
 
 from .channel import Telegram, telegram_of
 from .chats import ChatInfo
+from .moves import PREFIX as MOVE_PREFIX
+from .moves import Move, Via
+from .updates import added_by, chat_of, file_ids, parse_update, removed, start_code
+
+__all__ = ["file_ids", "parse_update", "receive", "webhook"]
 
 log = logging.getLogger(__name__)
 
@@ -49,118 +52,21 @@ HINT_GROUP = (
     "To use Ally in this group, first connect your private chat with this bot (the Telegram link in "
     "your Ally settings), then add the bot to the group again."
 )
-
-_START = re.compile(r"^/start(?:@[A-Za-z0-9_]+)?\s+([A-Za-z0-9_-]{1,64})\s*$")
-_JOINED = ("member", "administrator", "creator", "restricted")
-_GONE = ("left", "kicked")
-
-
-def parse_update(data: dict[str, Any]) -> Update:
-    update_id = data.get("update_id")
-    if not isinstance(update_id, int) or isinstance(update_id, bool) or update_id < 0:
-        raise BadRequest("invalid_update", "update_id must be a non-negative integer")
-    try:
-        update = Update.de_json(data, None)
-        well_formed = _well_formed(update)
-    except Exception as exc:
-        # The library raises whatever a malformed field triggers (KeyError, TypeError...). Only the
-        # shape is logged: an Update the library cannot read (say, from an older self-hosted Bot API
-        # server) is then visible to operators without any of its content.
-        log.warning(
-            "telegram update not readable",
-            extra={"kinds": sorted(k for k in data if k != "update_id")[:5], "error": type(exc).__name__},
-        )
-        raise BadRequest("invalid_update", "the body is not a Telegram Update") from None
-    if not well_formed:
-        raise BadRequest("invalid_update", "the body is not a Telegram Update")
-    return update
-
-
-def _int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _well_formed(update: Update) -> bool:
-    """The library does not check types; routing relies on these few, so they are checked here."""
-    chat, user, message = update.effective_chat, update.effective_user, update.effective_message
-    checks = [
-        chat is None or (_int(chat.id) and isinstance(chat.type, str)),
-        user is None or _int(user.id),
-        update.callback_query is None or isinstance(update.callback_query.id, str),
-    ]
-    if isinstance(message, Message):
-        checks += [
-            message.text is None or isinstance(message.text, str),
-            message.migrate_to_chat_id is None or _int(message.migrate_to_chat_id),
-            message.migrate_from_chat_id is None or _int(message.migrate_from_chat_id),
-            message.left_chat_member is None or _int(message.left_chat_member.id),
-            all(_int(u.id) for u in message.new_chat_members or ()),
-        ]
-    member = update.my_chat_member
-    if member is not None:
-        checks += [
-            isinstance(member.new_chat_member.status, str),
-            isinstance(member.old_chat_member.status, str),
-            _int(member.from_user.id),
-        ]
-    return all(checks)
-
-
-def chat_of(update: Update) -> ChatInfo | None:
-    chat = update.effective_chat
-    if chat is not None:
-        return ChatInfo(chat.id, chat.type, "", "")
-    user = update.effective_user
-    if user is not None and update.callback_query is not None:
-        # A button under an inline message: the private chat with that person (same id).
-        return ChatInfo(user.id, "private", "", "")
-    return None
-
-
-def start_code(message: Message | None) -> str | None:
-    if message is None or not message.text:
-        return None
-    match = _START.match(message.text)
-    return match.group(1) if match else None
-
-
-def added_by(update: Update, bot_id: int) -> int | None:
-    """The Telegram user who just brought the bot into a group or channel, if this update says so."""
-    member = update.my_chat_member
-    if member is not None and member.chat.type != "private":
-        if member.new_chat_member.status in _JOINED and member.old_chat_member.status in _GONE:
-            return member.from_user.id
-        return None
-    message = update.message
-    if message is not None and message.chat.type != "private" and message.from_user is not None:
-        if any(u.id == bot_id for u in message.new_chat_members or ()):
-            return message.from_user.id
-        if message.group_chat_created or message.supergroup_chat_created or message.channel_chat_created:
-            return message.from_user.id
-    return None
-
-
-def removed(update: Update, bot_id: int) -> str | None:
-    """'kicked' or 'left' when this update takes the bot out of the chat (or the user blocked it)."""
-    member = update.my_chat_member
-    if member is not None and member.new_chat_member.status in _GONE:
-        return str(member.new_chat_member.status)
-    message = update.message
-    if message is not None and message.left_chat_member is not None and message.left_chat_member.id == bot_id:
-        return "left"
-    return None
-
-
-def file_ids(value: Any) -> Iterator[str]:
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if key == "file_id" and isinstance(item, str):
-                yield item
-            else:
-                yield from file_ids(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from file_ids(item)
+ASK_MOVE = {
+    "start": (
+        "This chat is connected to another Ally account. To connect it to the account whose link "
+        "you just opened instead, press the button within 15 minutes."
+    ),
+    "group": (
+        "This group is connected to another Ally account. Only the person who just added the bot can "
+        "move it to their own account, with the button below, within 15 minutes."
+    ),
+}
+MOVE_BUTTON = "Move this chat to the new account"
+MOVED = "Done: this chat is now connected to the new account."
+MOVE_EXPIRED = "This button has expired or was already used. Open a new link from your Ally settings."
+MOVE_NOT_YOURS = "Only the person who opened the link (or added the bot) can confirm this."
+ASK_EVERY = 60
 
 
 def _chat_json(update: Update, chat: ChatInfo) -> dict[str, Any]:
@@ -188,11 +94,16 @@ class Ingress:
         if code is not None:
             await self._start(update, chat, code)
             return
+        query = update.callback_query
+        if query is not None and isinstance(query.data, str) and query.data.startswith(MOVE_PREFIX):
+            await self._confirm(update, chat, query.data)
+            return
         # No separate erasure check on this path: the hand-over refuses a user being erased in the
         # same atomic step as the write, and `_handoff` then unlinks the chat.
         owner = await self.chats.owner(chat.chat_id)
         uid = update.update_id
         items: list[Item] = []
+        linked_before = owner is not None
         if owner is None:
             owner, items = await self._adopt(update, chat)
         if owner is None:
@@ -208,6 +119,8 @@ class Ingress:
         handed_at = time.time()
         if await self._handoff(owner, items, chat):
             await self.tg.notices.wrote(owner, chat, update, handed_at)
+        if linked_before:
+            await self._readopt(update, chat, owner)
 
     async def _owner(self, chat_id: int) -> str | None:
         owner = await self.chats.owner(chat_id)
@@ -239,13 +152,58 @@ class Ingress:
             metrics.DROPPED.labels("telegram", "bad_link_code").inc()
             await self._hint(chat, HINT_BAD_CODE, "code", BAD_CODE_EVERY)
             return
-        previous = await self.chats.link(user_id, chat.chat_id, "private", "start")
+        current = await self._owner(chat.chat_id)
+        if current is not None and current != user_id and update.effective_user is not None:
+            # Someone else's link must not take over this chat by one tap (it may have been sent
+            # to this person to do just that): the person in the chat confirms first.
+            await self._ask_move(chat, user_id, update.effective_user.id, "start")
+            return
+        await self._move(update, chat, user_id, "start")
+
+    async def _move(self, update: Update, chat: ChatInfo, user_id: str, via: str) -> None:
+        """Link the chat to `user_id`; the user it was linked to hears `telegram.unlinked`."""
+        previous = await self.chats.link(user_id, chat.chat_id, chat.type, via)
         uid = update.update_id
         if previous is not None:
             await self._handoff(previous, [self._unlinked_item(update, chat, "relinked")], chat)
-        event = Event("telegram.linked", "telegram", self._linked_payload(update, chat, "start"))
+        event = Event("telegram.linked", "telegram", self._linked_payload(update, chat, via))
         await self._handoff(user_id, [Item(event, dedup=f"{uid}:linked")], chat)
-        log.info("telegram chat linked", extra={"user_id": user_id, "chat_type": chat.type, "via": "start"})
+        log.info("telegram chat linked", extra={"user_id": user_id, "chat_type": chat.type, "via": via})
+
+    async def _readopt(self, update: Update, chat: ChatInfo, owner: str) -> None:
+        """The bot added to a group linked to another user: the person who added it may confirm a move."""
+        adder = added_by(update, self.bot_id)
+        target = await self._owner(adder) if adder is not None else None
+        if adder is not None and target is not None and target != owner:
+            await self._ask_move(chat, target, adder, "group")
+
+    async def _ask_move(self, chat: ChatInfo, user_id: str, confirmer: int, via: Via) -> None:
+        # One question a minute per chat: Telegram's retries and repeated taps ask nothing new.
+        if not await self._once(chat, "move", ASK_EVERY):
+            return
+        data = await self.tg.moves.propose(user_id, chat.chat_id, chat.type, confirmer, via)
+        markup = {"inline_keyboard": [[{"text": MOVE_BUTTON, "callback_data": data}]]}
+        self.tg.reply_later(chat, ASK_MOVE[via], reply_markup=markup)
+        log.info("telegram chat move awaits confirmation", extra={"user_id": user_id, "via": via})
+
+    async def _confirm(self, update: Update, chat: ChatInfo, data: str) -> None:
+        """A press of the gateway's own move button; never forwarded to any server."""
+        query = update.callback_query
+        assert query is not None
+        move = await self.tg.moves.read(data)
+        answer = MOVE_EXPIRED
+        if move is not None and (query.from_user.id != move.confirmer or chat.chat_id != move.chat_id):
+            answer = MOVE_NOT_YOURS
+            metrics.DROPPED.labels("telegram", "move_not_confirmer").inc()
+        elif move is not None and await self._still_valid(move) and await self.tg.moves.take(data):
+            info = ChatInfo(move.chat_id, move.chat_type, "", "")
+            await self._move(update, info, move.user_id, move.via)
+            answer = MOVED
+        self.tg.answer_later(query.id, answer)
+
+    async def _still_valid(self, move: Move) -> bool:
+        services = self.tg.services
+        return await services.registry.exists(move.user_id) and not await services.eraser.is_erasing(move.user_id)
 
     async def _adopt(self, update: Update, chat: ChatInfo) -> tuple[str | None, list[Item]]:
         """A chat not linked yet that becomes linked by this very update (bot added, group upgraded)."""
@@ -312,11 +270,15 @@ class Ingress:
             await self._hint(chat, HINT_UNLINKED, "unlinked", HINT_EVERY)
 
     async def _hint(self, chat: ChatInfo, text: str, kind: str, every: int) -> None:
+        if await self._once(chat, kind, every):
+            self.tg.reply_later(chat, text)
+
+    async def _once(self, chat: ChatInfo, kind: str, every: int) -> bool:
+        """True at most once per `every` seconds for this chat and kind, across processes."""
         # The chat id is hashed: the gateway keeps no readable trace of chats it does not serve.
         digest = hashlib.sha256(f"{self.tg.bot_id}:{chat.chat_id}".encode()).hexdigest()[:32]
         key = self.tg.keys.global_key(f"tg:hint:{kind}:{digest}")
-        if await self.tg.services.redis.set(key, b"1", nx=True, ex=every):
-            self.tg.reply_later(chat, text)
+        return bool(await self.tg.services.redis.set(key, b"1", nx=True, ex=every))
 
 
 async def webhook(request: web.Request) -> web.Response:
@@ -329,12 +291,21 @@ async def webhook(request: web.Request) -> web.Response:
         raise Unauthorized("bad_secret", "missing or wrong X-Telegram-Bot-Api-Secret-Token")
     try:
         data = await read_json_object(request, limit=MAX_UPDATE)
+    except BadRequest:
+        metrics.WEBHOOK_REJECTED.labels("telegram", "malformed").inc()
+        raise
+    await receive(channel, data)
+    return json_response({"ok": True})
+
+
+async def receive(channel: Telegram, data: dict[str, Any]) -> None:
+    """One Update, from the webhook or from `getUpdates`; returns once it is durably queued."""
+    try:
         update = parse_update(data)
     except BadRequest:
         metrics.WEBHOOK_REJECTED.labels("telegram", "malformed").inc()
         raise
     await Ingress(channel).accept(update, data)
-    return json_response({"ok": True})
 
 
 async def create_link(request: web.Request) -> web.Response:

@@ -10,8 +10,18 @@ goes to the waiting call with the smallest tag among those whose chat allows the
 go now. A user with a long backlog only delays their own later calls; another user's
 single message is next in line at once.
 
-A Telegram 429 pauses the whole bot until `retry_after` for every process. A call
-that would wait longer than `max_wait` is refused with 429 and `Retry-After`.
+Every Bot API call counts, whatever its method: against its chat (when it names one),
+against the group limit (when it posts into a group) and in the caller's fair share of
+the bot. A call that would wait longer than `max_wait` is refused with 429 and
+`Retry-After`.
+
+A Telegram 429 (`flood`) pauses what it was for, for `retry_after` capped at one hour:
+the chat the call named, or the calling user's calls that name no chat. It pauses the
+whole bot only when the limit hit is the bot's: when calls of at least two different
+users got a 429 within ten seconds. Telegram's answer does not say which limit it was;
+a chat's or a user's own limit shows in that chat or user only, while the bot-wide one
+shows in everyone's calls. One tenant alone (however many chats it has) can therefore
+never pause the bot for the others, and neither can the gateway's own replies.
 
 All keys share one hash tag per bot, so the scripts run in Redis Cluster too.
 Times are whole microseconds.
@@ -32,9 +42,10 @@ from gateway import metrics
 from gateway.errors import StorageError, TooManyRequests
 from routing.keys import Keys
 
-# KEYS: waiting zset, ticket meta hash, user finish tag, virtual time, ticket counter, chat TAT, group TAT.
-# ARGV: now, chat T, chat tau, group T (0 = not a group), group tau, max wait, max backlog (tags),
-#       global T, key ttl ms.
+# KEYS: waiting zset, ticket meta hash, user finish tag, virtual time, ticket counter, chat TAT, group TAT,
+#       user pause.
+# ARGV: now, chat T (0 = no chat), chat tau, group T (0 = not a group message), group tau, max wait,
+#       max backlog (tags), global T, key ttl ms.
 _ENQUEUE = """
 local now = tonumber(ARGV[1])
 local max_wait = tonumber(ARGV[6])
@@ -43,14 +54,20 @@ local function tat_of(key)
   if tat < now then tat = now end
   return tat
 end
-local chat_tat = tat_of(KEYS[6])
-local eligible = math.max(now, chat_tat - tonumber(ARGV[3]))
+local eligible = now
+local chat_t = tonumber(ARGV[2])
+local chat_tat = 0
+if chat_t > 0 then
+  chat_tat = tat_of(KEYS[6])
+  eligible = math.max(eligible, chat_tat - tonumber(ARGV[3]))
+end
 local group_tat = 0
 local group_t = tonumber(ARGV[4])
 if group_t > 0 then
   group_tat = tat_of(KEYS[7])
   eligible = math.max(eligible, group_tat - tonumber(ARGV[5]))
 end
+eligible = math.max(eligible, tonumber(redis.call('GET', KEYS[8]) or '0'))
 if eligible - now > max_wait then return {-1, eligible - now} end
 local vt = tonumber(redis.call('GET', KEYS[4]) or '0')
 local start = math.max(vt, tonumber(redis.call('GET', KEYS[3]) or '0'))
@@ -58,7 +75,9 @@ if start - vt > tonumber(ARGV[7]) then
   return {-1, math.floor((start - vt) * tonumber(ARGV[8]))}
 end
 local ttl = tonumber(ARGV[9])
-redis.call('SET', KEYS[6], string.format('%d', math.max(chat_tat, eligible) + tonumber(ARGV[2])), 'PX', ttl)
+if chat_t > 0 then
+  redis.call('SET', KEYS[6], string.format('%d', math.max(chat_tat, eligible) + chat_t), 'PX', ttl)
+end
 if group_t > 0 then
   redis.call('SET', KEYS[7], string.format('%d', math.max(group_tat, eligible) + group_t), 'PX', ttl)
 end
@@ -124,6 +143,34 @@ end
 return 0
 """
 
+# A Telegram 429. KEYS: what it pauses (the chat's TAT, or the user's pause), recent 429s, bot pause.
+# ARGV: now, until, how far the key is set past `until` (the chat's burst), who (hashed; '' = the
+#       gateway itself), window, distinct users that make it bot-wide.
+# → 1 when the bot as a whole was paused.
+_FLOOD = """
+local now, until_ = tonumber(ARGV[1]), tonumber(ARGV[2])
+local mark = until_ + tonumber(ARGV[3])
+if mark > tonumber(redis.call('GET', KEYS[1]) or '0') then
+  redis.call('SET', KEYS[1], string.format('%d', mark), 'PXAT', string.format('%d', math.floor(mark / 1000) + 60000))
+end
+if ARGV[4] == '' then return 0 end
+local window = tonumber(ARGV[5])
+redis.call('ZADD', KEYS[2], now, ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window)
+redis.call('PEXPIRE', KEYS[2], math.floor(window / 1000) + 1000)
+if redis.call('ZCARD', KEYS[2]) < tonumber(ARGV[6]) then return 0 end
+if until_ > tonumber(redis.call('GET', KEYS[3]) or '0') then
+  redis.call('SET', KEYS[3], string.format('%d', until_), 'PXAT', string.format('%d', math.floor(until_ / 1000) + 1000))
+end
+return 1
+"""
+
+MAX_PAUSE = 3600.0
+"""The longest any Telegram 429 pauses anything (its `retry_after` is capped to this)."""
+BOT_WIDE_WINDOW = 10.0
+BOT_WIDE_USERS = 2
+"""429s for this many different users within the window: Telegram is limiting the bot, not a chat."""
+
 US = 1_000_000
 
 
@@ -156,6 +203,7 @@ class Limiter:
         self._enqueue = redis.register_script(_ENQUEUE)
         self._try = redis.register_script(_TRY)
         self._pause = redis.register_script(_PAUSE)
+        self._flood = redis.register_script(_FLOOD)
 
     def _key(self, name: str) -> str:
         return self._keys.global_key(f"{self._tag}:{name}")
@@ -164,8 +212,17 @@ class Limiter:
         # Hashed like the chat keys: the limiter's keys name no one.
         return self._key("f:" + hashlib.sha256(f"{self._tag}:{user_id}".encode()).hexdigest()[:24])
 
-    async def acquire(self, user_id: str, chat_id: int, *, group: bool) -> float:
-        """Wait for this user's turn to send one message to `chat_id`; return the seconds waited.
+    def _chat_hash(self, chat_id: int) -> str:
+        # Hashed: the limiter's keys keep no readable trace of who talks to whom.
+        return hashlib.sha256(f"{self._tag}:{chat_id}".encode()).hexdigest()[:24]
+
+    def _user_pause(self, user_id: str) -> str:
+        return self._key("pu:" + self.user_key(user_id).rsplit(":", 1)[-1])
+
+    async def acquire(self, user_id: str, chat_id: int | None, *, group: bool) -> float:
+        """Wait for this user's turn to make one call (to `chat_id`, if any); return the seconds waited.
+
+        `group` is for calls that post a message into a group (Telegram's 20 a minute).
 
         Raises TooManyRequests (with the expected wait) rather than waiting past `max_wait`.
         """
@@ -201,10 +258,9 @@ class Limiter:
         metrics.RATE_LIMIT_WAIT_SECONDS.observe(waited)
         return waited
 
-    async def _enter(self, user_id: str, chat_id: int, *, group: bool, budget: float) -> str:
+    async def _enter(self, user_id: str, chat_id: int | None, *, group: bool, budget: float) -> str:
         lim = self.limits
-        # Hashed: the limiter's keys keep no readable trace of who talks to whom.
-        chat = hashlib.sha256(f"{self._tag}:{chat_id}".encode()).hexdigest()[:24]
+        chat = self._chat_hash(chat_id) if chat_id is not None else "-"
         result = await self._enqueue(
             keys=[
                 self._key("w"),
@@ -214,12 +270,13 @@ class Limiter:
                 self._key("seq"),
                 self._key(f"c:{chat}"),
                 self._key(f"g:{chat}"),
+                self._user_pause(user_id),
             ],
             args=[
                 _us(time.time()),
-                _us(lim.chat_interval),
+                _us(lim.chat_interval) if chat_id is not None else 0,
                 _us(lim.chat_interval * (lim.chat_burst - 1)),
-                _us(lim.group_interval) if group else 0,
+                _us(lim.group_interval) if group and chat_id is not None else 0,
                 _us(lim.group_interval * (lim.group_burst - 1)),
                 _us(max(0.0, budget)),
                 int(max(0.0, budget) / lim.bot_interval),
@@ -257,10 +314,35 @@ class Limiter:
         await self._redis.zrem(self._key("w"), ticket)
         await self._redis.hdel(self._key("m"), ticket)
 
+    async def flood(self, user_id: str, chat_id: int | None, seconds: float, *, tenant: bool = True) -> str:
+        """Telegram answered 429 with `retry_after` = `seconds`: pause what it was for.
+
+        Returns what was paused: "chat", "user" (a call that names no chat) or "bot". `tenant`
+        False (the gateway's own replies) never counts towards a bot-wide pause.
+        """
+        lim, now = self.limits, _us(time.time())
+        seconds = min(max(seconds, 0.0), MAX_PAUSE)
+        if chat_id is not None:
+            # The chat's next slot moves past the pause (and past its burst: after a 429 it starts slow).
+            target, extra = self._key(f"c:{self._chat_hash(chat_id)}"), _us(lim.chat_interval * (lim.chat_burst - 1))
+        else:
+            target, extra = self._user_pause(user_id), 0
+        who = self.user_key(user_id).rsplit(":", 1)[-1] if tenant else ""
+        try:
+            bot = await self._flood(
+                keys=[target, self._key("r429"), self._key("pause")],
+                args=[now, now + _us(seconds), extra, who, _us(BOT_WIDE_WINDOW), BOT_WIDE_USERS],
+            )
+        except RedisError as exc:
+            raise StorageError("rate limiter unavailable") from exc
+        if int(bot):
+            return "bot"
+        return "chat" if chat_id is not None else "user"
+
     async def pause(self, seconds: float) -> None:
         """Telegram said 429: no process sends through this bot for `seconds`."""
         try:
-            await self._pause(keys=[self._key("pause")], args=[_us(time.time() + seconds)])
+            await self._pause(keys=[self._key("pause")], args=[_us(time.time() + min(seconds, MAX_PAUSE))])
         except RedisError as exc:
             raise StorageError("rate limiter unavailable") from exc
 
@@ -274,3 +356,4 @@ class Limiter:
 
     async def forget_user(self, user_id: str) -> None:
         await self._redis.delete(self.user_key(user_id))
+        await self._redis.delete(self._user_pause(user_id))

@@ -403,20 +403,6 @@ async def test_a_webhook_url_telegram_refuses_is_not_retried_forever(tmp_path: P
         await wipe(settings.key_prefix)
 
 
-async def test_opening_another_users_link_moves_the_chat(tg: TgGateway, dedicated: DedicatedServer):
-    await tg.create_user(dedicated, "u1")
-    await tg.create_user(dedicated, "u2")
-    await tg.link_private(dedicated, "u1", ALICE)
-    await tg.link_private(dedicated, "u2", ALICE)
-    await dedicated.wait_for(lambda: len(of_type(dedicated, "u1", "telegram.unlinked")) == 1)
-    assert of_type(dedicated, "u1", "telegram.unlinked")[0]["reason"] == "relinked"
-    assert await tg.channel.chats.owner(ALICE["id"]) == "u2"
-    update = tgs.text(tgs.private_chat(ALICE), ALICE, "who gets this?")
-    assert (await tg.post_update(update)).status == 200
-    await dedicated.wait_for(lambda: update in updates(dedicated, "u2"))
-    assert update not in updates(dedicated, "u1")
-
-
 async def test_a_group_upgraded_to_a_supergroup_stays_linked(tg: TgGateway, dedicated: DedicatedServer):
     await tg.create_user(dedicated, "u1")
     await tg.link_private(dedicated, "u1", ALICE)

@@ -219,3 +219,23 @@ async def test_a_waiting_call_whose_process_died_stops_blocking_others(redis: Re
     # line, the next call would wait behind it until max_wait and be refused.
     await limiter._enter("ghost", 1, group=False, budget=10)
     await limiter.acquire("alive", 2, group=False)
+
+
+async def test_a_flood_pauses_its_chat_then_the_bot_once_two_users_hit_it(redis: Redis, keys: Keys):
+    limiter = Limiter(redis, keys, "42", Limits(max_wait=5.0))
+    assert await limiter.flood("u1", 10, 30.0) == "chat"
+    with pytest.raises(TooManyRequests) as refused:
+        await limiter.acquire("u1", 10, group=False)
+    assert 25.0 < refused.value.retry_after <= 30.0
+    await limiter.acquire("u1", 11, group=False)  # the same user's other chat is not held back
+    await limiter.acquire("u2", 20, group=False)
+    # The gateway's own replies never make it bot-wide; a call with no chat pauses its user only.
+    assert await limiter.flood("~gateway", 30, 30.0, tenant=False) == "chat"
+    assert await limiter.flood("u1", None, 30.0) == "user"
+    with pytest.raises(TooManyRequests):
+        await limiter.acquire("u1", None, group=False)
+    await limiter.acquire("u2", 21, group=False)
+    assert await limiter.paused_for() == 0
+    # A second tenant's 429 within seconds: Telegram is limiting the bot as a whole.
+    assert await limiter.flood("u2", 22, 7200.0) == "bot"
+    assert 3500.0 < await limiter.paused_for() <= 3600.0
