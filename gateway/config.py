@@ -42,6 +42,8 @@ class Settings:
     telegram_bot_token: str | None = field(default=None, repr=False)
     telegram_webhook_secret: str | None = field(default=None, repr=False)
     telegram_api_url: str = "https://api.telegram.org"
+    telegram_mode: str = "webhook"
+    telegram_poll_lease: float = 15.0
     google_client_id: str | None = None
     google_client_secret: str | None = field(default=None, repr=False)
     google_auth_uri: str = "https://accounts.google.com/o/oauth2/v2/auth"
@@ -261,6 +263,9 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,40}", key_prefix) or "{" in key_prefix:
         raise ConfigError("ALLY_KEY_PREFIX must be 1-40 characters of A-Za-z0-9_.:-")
 
+    telegram_api_url = _u(r, "ALLY_TELEGRAM_API_URL", Settings.telegram_api_url).rstrip("/")
+    telegram_mode = _telegram_mode(r, public_url, telegram_api_url)
+
     return Settings(
         env=env,
         host=host,
@@ -274,7 +279,9 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         key_prefix=key_prefix,
         telegram_bot_token=_telegram_token(r.text("ALLY_TELEGRAM_BOT_TOKEN")),
         telegram_webhook_secret=_telegram_secret(r.text("ALLY_TELEGRAM_WEBHOOK_SECRET")),
-        telegram_api_url=_u(r, "ALLY_TELEGRAM_API_URL", Settings.telegram_api_url).rstrip("/"),
+        telegram_api_url=telegram_api_url,
+        telegram_mode=telegram_mode,
+        telegram_poll_lease=r.number("ALLY_TELEGRAM_POLL_LEASE", 15.0, low=1.0),
         google_client_id=r.text("ALLY_GOOGLE_CLIENT_ID"),
         google_client_secret=r.text("ALLY_GOOGLE_CLIENT_SECRET"),
         google_auth_uri=_u(r, "ALLY_GOOGLE_AUTH_URI", Settings.google_auth_uri),
@@ -334,3 +341,17 @@ def _telegram_secret(value: str | None) -> str | None:
     if value is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,256}", value):
         raise ConfigError("ALLY_TELEGRAM_WEBHOOK_SECRET must be 1-256 characters of A-Za-z0-9_-")
     return value
+
+
+def _telegram_mode(r: _Reader, public_url: str, api_url: str) -> str:
+    mode = (r.text("ALLY_TELEGRAM_MODE", "webhook") or "webhook").lower()
+    if mode not in ("webhook", "polling"):
+        raise ConfigError(f"ALLY_TELEGRAM_MODE must be webhook or polling, got {mode!r}")
+    real_api = urlsplit(api_url).hostname == "api.telegram.org"
+    if r.raw("ALLY_TELEGRAM_BOT_TOKEN") and mode == "webhook" and real_api and not public_url.startswith("https://"):
+        # Telegram delivers webhooks to https only: this setup would never receive an update.
+        raise ConfigError(
+            f"ALLY_PUBLIC_URL ({public_url}) is not https, and Telegram sends webhooks only to https: "
+            "set ALLY_TELEGRAM_MODE=polling (no public address needed), or give the gateway an https ALLY_PUBLIC_URL"
+        )
+    return mode

@@ -5,16 +5,20 @@ wire       the Bot API on the wire (Telegram's JSON in and out, retries)
 ratelimit  shared, fair outbound limits in Redis
 chats      chat → user routing, link codes, what each user may name
 channel    the running channel: bot, limiter, sending, lifecycle
+updates    reading an Update: its chat, sender, and what it says about links
+moves      chats waiting for their Telegram user to confirm a move to another user
 ingress    the webhook, linking and routing of updates
 methods    the table of Bot API methods a server may call, and what each parameter names
 jsontext   JSON read once and strictly (repeated keys refused)
 policy     checking one call against the table and what its user owns
 notices    telling chats their assistant is offline, or that messages expired
+polling    getUpdates long polling, one poller across all processes (ALLY_TELEGRAM_MODE=polling)
 outbound   the server API: Bot API calls and the file proxy
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from collections.abc import AsyncIterator
@@ -27,8 +31,9 @@ from gateway.keys import ROLE, SERVICES
 from gateway.tls import client_context
 
 from . import ingress, inputs, notices, outbound
-from .channel import TELEGRAM, Telegram, storage_errors
+from .channel import ALLOWED_UPDATES, TELEGRAM, Telegram, storage_errors
 from .identity import identity_of
+from .polling import Poller
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +58,9 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     connector = aiohttp.TCPConnector(limit=200, ttl_dns_cache=300, ssl=client_context())
     session = aiohttp.ClientSession(connector=connector, trust_env=False)
     # Web-serving processes own the webhook; workers and operator commands leave it alone.
-    channel = Telegram(services, identity, session, register_webhook=app[ROLE] in ("all", "web"))
+    polling = services.settings.telegram_mode == "polling"
+    register = not polling and app[ROLE] in ("all", "web")
+    channel = Telegram(services, identity, session, register_webhook=register)
     app[TELEGRAM] = channel
     services.hooks.status["telegram"] = lambda uid: _summary(channel, uid)
     services.hooks.export["telegram"] = lambda uid: _summary(channel, uid)
@@ -61,10 +68,25 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     services.hooks.link["telegram"] = lambda uid: ingress.new_link(channel, uid)
     services.outages.listen(notices.CHANNEL, channel.notices.expired)
     channel.start()
+    poller = None
+    if polling and app[ROLE] in ("all", "web", "worker"):
+        # Every serving process competes for the one lease, so polling survives any of them dying.
+        poller = Poller(
+            channel.api,
+            services.redis,
+            services.keys,
+            channel.bot_id,
+            functools.partial(ingress.receive, channel),
+            lease=services.settings.telegram_poll_lease,
+            allowed_updates=ALLOWED_UPDATES,
+        )
+        poller.start()
     try:
         yield
     finally:
         try:
+            if poller is not None:
+                await poller.aclose()
             await channel.aclose()
         finally:
             await session.close()

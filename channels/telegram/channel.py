@@ -138,7 +138,7 @@ class Telegram:
                         allowed_updates=list(ALLOWED_UPDATES),
                         max_connections=MAX_CONNECTIONS,
                     )
-                log.info("telegram webhook registered", extra={"bot_id": self.bot_id, "webhook": self.webhook_url})
+                    log.info("telegram webhook registered", extra={"bot_id": self.bot_id, "webhook": self.webhook_url})
                 return
             except InvalidToken:
                 log.error("telegram refused the bot token; the channel cannot send", extra={"bot_id": self.bot_id})

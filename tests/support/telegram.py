@@ -44,6 +44,9 @@ class FakeTelegram:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     messages: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)
     """Every message the bot sent or was shown, by (chat id, message id): what replies quote."""
+    updates: list[dict[str, Any]] = field(default_factory=list)
+    """Updates waiting for getUpdates, oldest first (only while no webhook is set)."""
+    _poll: asyncio.Future[None] | None = None
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     @property
@@ -127,6 +130,8 @@ class FakeTelegram:
         if script:
             status, body = script.pop(0)
             return web.json_response(body, status=status)
+        if method.lower() == "getupdates":
+            return await self._get_updates(params)
         handler = getattr(self, "_m_" + method.lower(), None)
         if handler is None:
             return _error(404, "Not Found")
@@ -157,8 +162,60 @@ class FakeTelegram:
         }
 
     def _m_setwebhook(self, p: dict[str, Any], _f: Any) -> Any:
-        self.webhook = dict(p)
+        self.webhook = dict(p) if p.get("url") else {}
         return True
+
+    def _m_deletewebhook(self, p: dict[str, Any], _f: Any) -> Any:
+        self.webhook = {}
+        if str(p.get("drop_pending_updates", "")).lower() == "true":
+            self.updates.clear()
+        return True
+
+    def _m_getwebhookinfo(self, _p: dict[str, Any], _f: Any) -> Any:
+        pending = len(self.updates) if not self.webhook else 0
+        return {"url": self.webhook.get("url", ""), "has_custom_certificate": False, "pending_update_count": pending}
+
+    # -- getUpdates, as the Bot API documents it ----------------------------------------
+
+    def push(self, *updates: dict[str, Any]) -> None:
+        """Updates arriving at Telegram for this bot, to be fetched with getUpdates."""
+        self.updates.extend(updates)
+        self.changed.set()
+
+    async def _get_updates(self, p: dict[str, Any]) -> web.Response:
+        if self.webhook:
+            return _error(
+                409,
+                "Conflict: can't use getUpdates method while webhook is active; "
+                "use deleteWebhook to delete the webhook first",
+            )
+        offset, limit, timeout = int(p.get("offset", 0)), int(p.get("limit", 100)), float(p.get("timeout", 0))
+        if not 1 <= limit <= 100:
+            limit = 100
+        # An update is confirmed by a call with a higher offset; a negative offset keeps the last -offset.
+        if offset < 0:
+            del self.updates[:offset]
+        elif offset:
+            self.updates[:] = [u for u in self.updates if u["update_id"] >= offset]
+        # A newer getUpdates call ends one still waiting, which gets 409 (two pollers of one bot).
+        if self._poll is not None and not self._poll.done():
+            self._poll.set_result(None)
+        poll = self._poll = asyncio.get_running_loop().create_future()
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not self.updates and not poll.done():
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                break
+            self.changed.clear()
+            waiter = asyncio.ensure_future(self.changed.wait())
+            await asyncio.wait([waiter, poll], timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+        if poll.done():
+            return _error(
+                409, "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running"
+            )
+        poll.set_result(None)
+        return web.json_response({"ok": True, "result": self.updates[:limit]})
 
     def _m_sendchataction(self, p: dict[str, Any], _f: Any) -> Any:
         _chat(p)
