@@ -178,3 +178,13 @@ async def test_run_away_from_the_data_dir_it_says_where_it_looked(tmp_path: Path
     assert re.search(rf"FAIL +data dir +no data dir at {re.escape(str(ROOT / '.ally-not-here'))} ", output)
     assert f"relative to the working directory {ROOT}" in output
     assert "Traceback" not in output
+
+
+async def test_polling_mode_is_checked_for_a_webhook_that_takes_the_updates(tmp_path: Path, bot_api: BotApi):
+    settings = make_settings(tmp_path)
+    status, output = await doctor(settings, ALLY_TELEGRAM_API_URL=bot_api.url, ALLY_TELEGRAM_MODE="polling")
+    assert status != 0
+    assert "ALLY_TELEGRAM_MODE=polling, but a webhook is set" in output and "409 Conflict" in output
+    bot_api.webhook.update(url="", pending_update_count=2)
+    status, output = await doctor(settings, ALLY_TELEGRAM_API_URL=bot_api.url, ALLY_TELEGRAM_MODE="polling")
+    assert "long polling (no webhook), 2 update(s) waiting at Telegram" in output

@@ -49,7 +49,26 @@ async def check_telegram(settings: Settings, report: Report) -> None:
     if not info.get("ok"):
         report.fail("telegram", f"getWebhookInfo refused: {info.get('error_code')}")
         return
-    _webhook(info["result"], expected, report)
+    if settings.telegram_mode == "polling":
+        _polling(info["result"], report)
+    else:
+        _webhook(info["result"], expected, report)
+
+
+def _polling(hook: dict[str, Any], report: Report) -> None:
+    url = hook.get("url") or ""
+    pending = int(hook.get("pending_update_count") or 0)
+    if url:
+        # Telegram answers getUpdates with 409 Conflict while any webhook is set.
+        report.fail(
+            "telegram",
+            f"ALLY_TELEGRAM_MODE=polling, but a webhook is set ({scrub(url)}): getUpdates gets 409 Conflict. "
+            "Another deployment in webhook mode uses this bot; stop it or switch it to polling too",
+        )
+        return
+    report.ok("telegram", f"long polling (no webhook), {pending} update(s) waiting at Telegram")
+    if pending > PENDING_WARN:
+        report.warn("telegram", f"{pending} updates waiting at Telegram: is a gateway process running?")
 
 
 def _webhook(hook: dict[str, Any], expected: str, report: Report) -> None:
