@@ -9,13 +9,15 @@ It plays both sides of Telegram:
   sendChatAction (printed), and a few more answered the way Telegram answers them;
 - a person typing in a private chat: `POST /_user/say {"text": "..."}` turns the text into
   an Update, shaped as the Bot API documents it, and posts it to the gateway's webhook with
-  the secret header, exactly as Telegram would.
+  the secret header, exactly as Telegram would; with no webhook set (the gateway runs with
+  `ALLY_TELEGRAM_MODE=polling`) the update waits for the gateway's `getUpdates` instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import re
 import signal
@@ -49,6 +51,8 @@ class StandIn:
         # so a restarted stand-in must never reuse an update_id of an earlier run.
         self.update_ids = itertools.count(int(time.time() * 1000))
         self.message_ids = itertools.count(1)
+        self.pending: list[dict[str, Any]] = []
+        self.arrived = asyncio.Event()
 
     async def params(self, request: web.Request) -> dict[str, Any]:
         # The Bot API takes query strings, form bodies and JSON bodies alike.
@@ -87,6 +91,8 @@ class StandIn:
         if method == "deleteWebhook":
             self.webhook_url = None
             return ok(True)
+        if method == "getUpdates":
+            return await self.get_updates(p)
         if method == "getWebhookInfo":
             return ok({"url": self.webhook_url or "", "has_custom_certificate": False, "pending_update_count": 0})
         if method == "sendChatAction":
@@ -105,10 +111,20 @@ class StandIn:
             return ok(message)
         return error(400, f"Bad Request: the local stand-in does not implement {method}")
 
+    async def get_updates(self, p: dict[str, Any]) -> web.Response:
+        """Long polling as the Bot API documents it: `offset` confirms every update below it."""
+        if self.webhook_url is not None:
+            return error(409, "Conflict: can't use getUpdates method while webhook is active")
+        offset = int(p.get("offset", 0))
+        self.pending = [u for u in self.pending if u["update_id"] >= offset]
+        if not self.pending:
+            self.arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.arrived.wait(), float(p.get("timeout", 0)))
+        return ok(self.pending[: int(p.get("limit", 100))])
+
     async def user_says(self, request: web.Request) -> web.Response:
         """A person types `text` in their private chat with the bot."""
-        if self.webhook_url is None:
-            return web.json_response({"error": "no webhook yet: is the gateway running?"}, status=409)
         body = await request.json()
         text = str(body["text"])
         chat_id = int(body.get("chat_id", 4242))
@@ -123,6 +139,11 @@ class StandIn:
         if text.startswith("/"):
             message["entities"] = [{"offset": 0, "length": len(text.split()[0]), "type": "bot_command"}]
         update = {"update_id": next(self.update_ids), "message": message}
+        if self.webhook_url is None:
+            self.pending.append(update)
+            self.arrived.set()
+            say(f"chat {chat_id} → bot: {text}  (update {update['update_id']}, waiting for getUpdates)")
+            return web.json_response({"update_id": update["update_id"], "queued_for": "getUpdates"})
         headers = {"X-Telegram-Bot-Api-Secret-Token": self.secret or ""}
         async with (
             aiohttp.ClientSession() as session,

@@ -260,8 +260,10 @@ def free_port() -> int:
         return port
 
 
-async def test_walkthrough_a_message_typed_in_telegram_arrives_opened_at_the_example_server(tmp_path: Path):
-    """examples/README.md, run as written: stand-in, gateway, example server, link, say hello."""
+@pytest.mark.parametrize("mode", ["webhook", "polling"])
+async def test_walkthrough_a_message_typed_in_telegram_arrives_opened_at_the_example_server(tmp_path: Path, mode: str):
+    """examples/README.md, run as written: stand-in, gateway, example server, link, say hello; and
+    the README's laptop path, where the gateway fetches the chat's messages with getUpdates."""
     async with telegram_standin() as standin:
         port = free_port()
         settings = make_settings(
@@ -269,14 +271,16 @@ async def test_walkthrough_a_message_typed_in_telegram_arrives_opened_at_the_exa
             public_url=f"http://127.0.0.1:{port}",
             telegram_bot_token="123456789:AAElocalexampletokenxxxxxxxxxxxxxxx",
             telegram_api_url=standin.url(),
+            telegram_mode=mode,
         )
         client = TestClient(TestServer(create_app(settings), host="127.0.0.1", port=port))
         await client.start_server()
         try:
             gateway = Gateway(client, settings)
-            await standin.wait_for(
-                lambda out: f"webhook set: http://127.0.0.1:{port}/telegram/webhook/123456789" in out
-            )
+            if mode == "webhook":
+                await standin.wait_for(
+                    lambda out: f"webhook set: http://127.0.0.1:{port}/telegram/webhook/123456789" in out
+                )
             key_file = tmp_path / "server.key"
             public_key = await print_key(key_file)
             created = await register(gateway, "demo", "http://127.0.0.1:9", public_key, 201)
@@ -290,7 +294,9 @@ async def test_walkthrough_a_message_typed_in_telegram_arrives_opened_at_the_exa
                     for text in (f"/start {link['code']}", marker):
                         async with session.post(f"{standin.url()}/_user/say", json={"text": text}) as resp:
                             assert resp.status == 200
-                            assert (await resp.json())["gateway_status"] == 200
+                            answer = await resp.json()
+                            assert answer.get("gateway_status", 200) == 200
+                            assert ("queued_for" in answer) == (mode == "polling")
                 await example.wait_for(lambda out: marker in out)
                 linked, update = example.output.index("telegram.linked evt_"), example.output.index(marker)
                 assert linked < update, "the link arrives before the first message"
