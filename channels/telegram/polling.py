@@ -195,13 +195,19 @@ class Poller:
             return CONFLICT_BACKOFF
         if reply is not None and reply.retry_after is not None:
             return min(reply.retry_after, FAILURE_BACKOFF[1])
-        log.warning("telegram getUpdates failed", extra={"status": reply.status if reply is not None else None})
+        log.warning("telegram polling call failed", extra={"status": reply.status if reply is not None else None})
         low, high = FAILURE_BACKOFF
         return float(min(high, low * 2.0 ** min(failures, 6)) * random.uniform(0.8, 1.2))
 
     async def _delete_webhook(self) -> None:
-        # Telegram refuses getUpdates while a webhook is set (409); updates waiting are kept.
-        with contextlib.suppress(GatewayError):
-            reply = await self._api.call("deleteWebhook", {"drop_pending_updates": False})
-            if not reply.ok:
-                log.warning("telegram deleteWebhook refused", extra={"status": reply.status})
+        """Until Telegram confirms: it refuses getUpdates while a webhook is set. Waiting updates are kept."""
+        failures = 0
+        while True:
+            try:
+                reply: Reply | None = await self._api.call("deleteWebhook", {"drop_pending_updates": False})
+            except GatewayError:
+                reply = None
+            if reply is not None and reply.ok:
+                return
+            failures += 1
+            await asyncio.sleep(self._backoff(reply, failures))

@@ -94,6 +94,20 @@ async def test_a_webhook_set_elsewhere_is_reported_and_not_fought_over(
     assert fake.webhook == {"url": "https://other.example/hook"}
 
 
+async def test_polling_starts_only_once_the_webhook_is_gone(tmp_path: Path, fake_tg: FakeTelegram):
+    fake_tg.webhook = {"url": "https://old.example/telegram/webhook/1"}
+    fake_tg.fail("deleteWebhook", 500, "Internal Server Error", times=3)  # one call's every attempt
+    settings = tg_settings(tmp_path, fake_tg, telegram_mode="polling")
+    client = TestClient(TestServer(create_app(settings), port=0))
+    await client.start_server()
+    try:
+        await fake_tg.wait_for(lambda: bool(polls(fake_tg)), timeout=20)
+        assert len(fake_tg.sent("deleteWebhook")) == 4 and fake_tg.webhook == {}
+    finally:
+        await client.close()
+        await wipe(settings.key_prefix)
+
+
 def test_the_mode_is_checked_at_start():
     base = {"ALLY_TELEGRAM_BOT_TOKEN": TOKEN, "ALLY_PUBLIC_URL": "https://gw.example"}
     assert load(base).telegram_mode == "webhook"
