@@ -58,6 +58,9 @@ CASES = [
     ({**PROD, "ALLY_ADMIN_TOKEN": ""}, "ALLY_ADMIN_TOKEN"),
     ({**PROD, "ALLY_MASTER_KEYS": ""}, "ALLY_MASTER_KEYS"),
     ({**PROD, "ALLY_PUBLIC_URL": "http://gw.example"}, "ALLY_PUBLIC_URL"),
+    ({"ALLY_TELEGRAM_MODE": "push"}, "ALLY_TELEGRAM_MODE"),
+    # A laptop with a real bot and no https address: Telegram would never call the webhook.
+    ({"ALLY_TELEGRAM_BOT_TOKEN": "123456789:AAEexampleexampleexampleexampleexam"}, "ALLY_TELEGRAM_MODE=polling"),
 ]
 
 
@@ -69,7 +72,7 @@ def test_a_bad_setting_is_refused_naming_it(env: dict[str, str], variable: str):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("env", "variable"), [CASES[i] for i in (0, 3, 6, 14, 15, 16)])
+@pytest.mark.parametrize(("env", "variable"), [CASES[i] for i in (0, 3, 6, 14, 15, 16, 18)])
 def test_a_bad_setting_stops_serve_with_one_line_naming_it(env: dict[str, str], variable: str, tmp_path: Path):
     result = serve(env, tmp_path)
     assert result.returncode == 2
