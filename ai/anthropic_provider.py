@@ -19,6 +19,7 @@ import anthropic
 import httpx2
 
 from ai.errors import ProviderError, StreamBroken
+from ai.foreign import retry_after
 from ai.request import MessagesRequest
 from ai.sse import error_type
 from gateway.tls import client_context
@@ -46,13 +47,13 @@ class AnthropicProvider:
         )
 
     async def open(self, model: str, request: MessagesRequest) -> AnthropicReply:
-        headers = {"anthropic-beta": request.beta} if request.beta else None
+        headers = {"anthropic-beta": ",".join(request.betas)} if request.betas else None
         pending = self._client.messages.with_streaming_response.create(
             model=model,
             max_tokens=request.max_tokens,
             messages=cast(Any, request.messages),
             stream=request.stream,
-            extra_body=request.extra or None,
+            extra_body=request.options or None,
             extra_headers=headers,
         )
         try:
@@ -119,18 +120,9 @@ def _status_error(exc: anthropic.APIStatusError) -> ProviderError:
         status=status,
         body=body,
         headers=_passed_on(response.headers),
-        retry_after=_retry_after(response.headers),
+        retry_after=retry_after(response.headers),
     )
 
 
 def _passed_on(headers: httpx2.Headers) -> dict[str, str]:
     return {name: headers[name] for name in _PASSED_ON if name in headers}
-
-
-def _retry_after(headers: httpx2.Headers) -> float | None:
-    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
-        try:
-            return max(0.0, float(headers.get(name, "")) * scale)
-        except ValueError:
-            continue
-    return None

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from ai.errors import ProviderError, StreamBroken
+from ai.errors import ProviderError, StreamBroken, Untranslatable
 from ai.provider import Provider, Reply
 from ai.request import MessagesRequest
 from ai.sse import SseEvent, SseSplitter, error_type
@@ -108,24 +108,34 @@ class Chain:
         return [first, *(link for link in self._fallbacks if link != first)]
 
     async def open(self, request: MessagesRequest) -> Opened:
-        """The first link's answer that began; else the last failure (`ProviderError`)."""
+        """The first link's answer that began; else the failure the caller should see (`ProviderError`).
+
+        A link whose provider cannot express the request is skipped. When a link of another
+        provider than the first fails for good, the first link's failure is what the caller
+        sees: the caller asked the first provider, and speaks its language.
+        """
         links = self.links(request.model)
+        first: ProviderError | None = None
+        last: ProviderError | None = None
         for index, link in enumerate(links):
             try:
                 opened = await self._with_retries(link, request)
+            except Untranslatable as exc:
+                log.info("fallback skipped: the request has no equivalent there", extra=_about(link, exc.feature))
+                continue
             except ProviderError as exc:
-                exc.model = link.model
-                if not exc.retryable or index == len(links) - 1:
-                    raise
+                exc.model, exc.provider = link.model, link.provider.name
+                first, last = first or exc, exc
+                if not exc.retryable:
+                    raise (exc if link.provider is self._default else first) from None
                 metrics.AI_FALLBACKS.labels(exc.reason).inc()
-                log.warning(
-                    "model failed before its first byte; falling back",
-                    extra={"model": link.model, "next_model": links[index + 1].model, "reason": exc.reason},
-                )
+                log.warning("model failed before its first byte; falling back", extra=_about(link, exc.reason))
                 continue
             opened.fell_back = index
             return opened
-        raise AssertionError("a chain always has its first link")
+        # The first link is the default provider's, which expresses every request: `last` is set.
+        assert last is not None
+        raise last
 
     async def _with_retries(self, link: Link, request: MessagesRequest) -> Opened:
         retrying = AsyncRetrying(
@@ -202,3 +212,7 @@ def _feed(splitter: SseSplitter, chunk: bytes) -> list[SseEvent]:
     if len(splitter.pending) > MAX_EVENT_BYTES:
         raise StreamBroken("oversized")
     return events
+
+
+def _about(link: Link, reason: str) -> dict[str, str]:
+    return {"provider": link.provider.name, "model": link.model, "reason": reason}

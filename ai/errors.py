@@ -4,6 +4,7 @@
     ├── ProviderError        the provider gave no usable answer before the first byte
     │                        (status and body as the provider sent them, when it sent any)
     ├── StreamBroken         the provider's stream failed after bytes reached the caller
+    ├── Untranslatable       a fallback provider cannot express the request; it is skipped
     └── ApiError
         └── PaymentRequired
             └── QuotaExceeded   402: the user's monthly token cap is reached
@@ -41,6 +42,8 @@ class ProviderError(GatewayError):
         self.retry_after = retry_after
         self.model: str | None = None
         """The model whose attempt failed; set by the chain."""
+        self.provider: str | None = None
+        """That model's provider; set by the chain."""
 
 
 class StreamBroken(GatewayError):
@@ -60,3 +63,11 @@ class QuotaExceeded(PaymentRequired):
 
     def body(self) -> dict[str, object]:
         return {**super().body(), "cap": self.cap, "used": self.used, "resets_at": self.resets_at}
+
+
+class Untranslatable(GatewayError):
+    """The request uses a feature a fallback provider has no equivalent for: it is not sent there."""
+
+    def __init__(self, feature: str) -> None:
+        super().__init__(feature)
+        self.feature = feature

@@ -1,8 +1,9 @@
 """Token metering: input and output tokens per user, model and calendar month (UTC).
 
 One Redis hash per user and month, `{prefix}{u:<user_id>}:ai:usage:<YYYY-MM>`, with
-fields `input:<model>`, `output:<model>`, `requests:<model>` and `total`
-(input + output, what the cap counts). Input tokens include cache writes and cache
+fields `input:<model>`, `output:<model>`, `requests:<model>`, `provider:<model>`
+(who served it: `anthropic`, `openai` or `google`) and `total` (input + output,
+what the cap counts; `admission.py` reads it to reserve). Input tokens include cache writes and cache
 reads, which the provider bills as input. Hashes expire after `RETENTION` so that
 the export covers about a year. Only counts and model names are stored: nothing of
 a prompt or an answer.
@@ -26,7 +27,6 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from ai.errors import QuotaExceeded
 from ai.sse import SseEvent
 from gateway.clock import iso
 from gateway.errors import StorageError
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RETENTION = 400 * 24 * 3600
+TOTAL_FIELD = "total"
 EXPORT_MONTHS = 13
 _USAGE_FIELDS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens")
 
@@ -132,6 +133,16 @@ def _months_back(ts: float, count: int) -> list[str]:
     return months
 
 
+def _by_provider(models: dict[str, dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """The month's tokens and requests summed per provider, so fallback use shows at a glance."""
+    providers: dict[str, dict[str, int]] = {}
+    for entry in models.values():
+        sums = providers.setdefault(entry["provider"], {"input_tokens": 0, "output_tokens": 0, "requests": 0})
+        for name in sums:
+            sums[name] += entry[name]
+    return dict(sorted(providers.items()))
+
+
 class Meter:
     def __init__(self, redis: Redis, keys: Keys, cap: int | None, clock: Callable[[], float] = time.time) -> None:
         self._redis = redis
@@ -139,48 +150,48 @@ class Meter:
         self.cap = cap
         self._clock = clock
 
-    def _key(self, user_id: str, month: str) -> str:
+    def usage_key(self, user_id: str, month: str) -> str:
         return self._keys.user_key(user_id, f"ai:usage:{month}")
 
-    async def check(self, user_id: str) -> None:
-        """Raise `QuotaExceeded` once the user's tokens this month have reached the cap."""
-        if self.cap is None:
-            return
-        now = self._clock()
-        try:
-            used = int(await self._redis.hget(self._key(user_id, month_of(now)), "total") or 0)
-        except RedisError as exc:
-            raise StorageError("usage could not be read") from exc
-        if used >= self.cap:
-            raise QuotaExceeded(cap=self.cap, used=used, resets_at=next_month_start(now))
-
-    async def record(self, user_id: str, model: str, tokens: Tokens) -> None:
-        key = self._key(user_id, month_of(self._clock()))
+    async def record(self, user_id: str, provider: str, model: str, tokens: Tokens) -> None:
+        key = self.usage_key(user_id, month_of(self._clock()))
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(key, f"provider:{model}", provider)
                 pipe.hincrby(key, f"input:{model}", tokens.input)
                 pipe.hincrby(key, f"output:{model}", tokens.output)
                 pipe.hincrby(key, f"requests:{model}", 1)
-                pipe.hincrby(key, "total", tokens.total)
+                pipe.hincrby(key, TOTAL_FIELD, tokens.total)
                 pipe.expire(key, RETENTION)
                 await pipe.execute()
         except RedisError as exc:
             raise StorageError("usage could not be recorded") from exc
 
     async def _month(self, user_id: str, month: str) -> dict[str, Any]:
-        raw = await self._redis.hgetall(self._key(user_id, month))
-        models: dict[str, dict[str, int]] = {}
+        raw = await self._redis.hgetall(self.usage_key(user_id, month))
+        models: dict[str, dict[str, Any]] = {}
         total = 0
         for field, value in raw.items():
             name = field.decode()
-            if name == "total":
+            if name == TOTAL_FIELD:
                 total = int(value)
                 continue
             kind, _, model = name.partition(":")
-            if kind in ("input", "output", "requests"):
-                entry = models.setdefault(model, {"input_tokens": 0, "output_tokens": 0, "requests": 0})
-                entry[kind if kind == "requests" else f"{kind}_tokens"] = int(value)
-        return {"month": month, "total_tokens": total, "models": dict(sorted(models.items()))}
+            if kind in ("input", "output", "requests", "provider"):
+                # Months recorded before fallback providers existed were all Anthropic's.
+                entry = models.setdefault(
+                    model, {"provider": "anthropic", "input_tokens": 0, "output_tokens": 0, "requests": 0}
+                )
+                if kind == "provider":
+                    entry["provider"] = value.decode()
+                else:
+                    entry[kind if kind == "requests" else f"{kind}_tokens"] = int(value)
+        return {
+            "month": month,
+            "total_tokens": total,
+            "models": dict(sorted(models.items())),
+            "providers": _by_provider(models),
+        }
 
     async def usage(self, user_id: str) -> dict[str, Any]:
         """This month by model, with the cap (`null`: unlimited) and what is left of it."""

@@ -18,7 +18,11 @@ What the caller sees:
   provider's status and body as sent (`{"type": "error", "error": {...}}`);
 - the gateway's own refusals (400 bad request, 401, 402 cap, 503 relay off,
   502/504 nothing answered): `{"error": "<code>", "detail": "..."}`.
-`ally-ai-model` names the model that answered (or failed last) whenever one did.
+`ally-ai-model` names the model that answered (or failed last) whenever one did,
+`ally-ai-provider` its provider (`anthropic`, `openai` or `google`).
+
+Before any of that, a request takes one of the user's `ALLY_AI_CONCURRENCY` slots
+(429 `ai_busy` beyond) and, with a cap, reserves its tokens (`admission.py`).
 """
 
 from __future__ import annotations
@@ -29,39 +33,51 @@ import logging
 import re
 from collections.abc import AsyncIterator, Mapping
 
+import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
+from ai.admission import Admission, Slot
 from ai.chain import Chain, Link, Opened, RetryPolicy
 from ai.errors import ProviderError, StreamBroken
 from ai.metering import Meter, StreamCounter, Tokens, tokens_of_message
 from ai.provider import Provider
-from ai.request import parse
+from ai.request import Policy, parse
 from ai.sse import error_event
 from gateway import metrics
 from gateway.auth import require_server
 from gateway.config import Settings
-from gateway.errors import ApiError, ClosedError, ConfigError, StorageError
-from gateway.http import json_response, read_json_object, write_within
+from gateway.errors import ApiError, BadRequest, ClosedError, ConfigError, StorageError
+from gateway.http import json_response, read_body, write_within
 from gateway.keys import SERVICES, SETTINGS
 
 log = logging.getLogger(__name__)
 
 MODEL_HEADER = "ally-ai-model"
+PROVIDER_HEADER = "ally-ai-provider"
 # Anthropic accepts Messages requests up to 32 MB (images and documents inline).
 MAX_BODY = 32 << 20
 _PROVIDER_PREFIX = re.compile(r"^([a-z][a-z0-9-]*):(.+)$")
-PROVIDERS = ("anthropic",)
+# Provider name -> the variable holding its key.
+PROVIDERS = {"anthropic": "ALLY_ANTHROPIC_API_KEY", "openai": "ALLY_OPENAI_API_KEY", "google": "ALLY_GEMINI_API_KEY"}
 
 
 def fallback_names(settings: Settings) -> list[tuple[str, str]]:
     """`ALLY_AI_FALLBACKS` as (provider, model) pairs; `<provider>:<model>` picks a provider."""
+    keys = {
+        "anthropic": settings.anthropic_api_key,
+        "openai": settings.openai_api_key,
+        "google": settings.gemini_api_key,
+    }
     pairs = []
     for entry in settings.ai_fallbacks:
         match = _PROVIDER_PREFIX.match(entry)
         provider, model = (match.group(1), match.group(2)) if match else ("anthropic", entry)
         if provider not in PROVIDERS:
-            raise ConfigError(f"ALLY_AI_FALLBACKS: unknown provider {provider!r} in {entry!r} (known: anthropic)")
+            known = ", ".join(PROVIDERS)
+            raise ConfigError(f"ALLY_AI_FALLBACKS: unknown provider {provider!r} in {entry!r} (known: {known})")
+        if settings.ai_enabled and not keys[provider]:
+            raise ConfigError(f"ALLY_AI_FALLBACKS names {provider!r} ({entry!r}) but {PROVIDERS[provider]} is not set")
         pairs.append((provider, model))
     return pairs
 
@@ -71,12 +87,20 @@ class Relay:
 
     def __init__(self) -> None:
         self._meter: Meter | None = None
+        self._admission: Admission | None = None
         self._chain: Chain | None = None
         self._providers: list[Provider] = []
+        self.policy = Policy()
         self._closed = False
 
-    def start(self, meter: Meter, chain: Chain | None, providers: list[Provider]) -> None:
-        self._meter, self._chain, self._providers = meter, chain, providers
+    def start(self, meter: Meter, admission: Admission, chain: Chain | None, providers: list[Provider]) -> None:
+        self._meter, self._admission, self._chain, self._providers = meter, admission, chain, providers
+
+    @property
+    def admission(self) -> Admission:
+        if self._closed or self._admission is None:
+            raise ClosedError("the AI relay is not running")
+        return self._admission
 
     @property
     def meter(self) -> Meter:
@@ -108,9 +132,24 @@ async def messages(request: web.Request) -> web.StreamResponse:
     user_id = await require_server(request)
     relay = request.app[RELAY]
     chain = relay.chain
-    ask = parse(await read_json_object(request, limit=MAX_BODY), beta=request.headers.get("anthropic-beta"))
     try:
-        await relay.meter.check(user_id)
+        slot = await relay.admission.enter(user_id)
+    except ApiError:
+        metrics.AI_REQUESTS.labels("busy").inc()
+        raise
+    try:
+        return await _admitted(request, relay, chain, slot)
+    finally:
+        await asyncio.shield(slot.release())
+
+
+async def _admitted(request: web.Request, relay: Relay, chain: Chain, slot: Slot) -> web.StreamResponse:
+    raw = await read_body(request, limit=MAX_BODY)
+    policy = relay.policy
+    ask = parse(_json_object(raw), beta=request.headers.get("anthropic-beta"), policy=policy, size=len(raw))
+    del raw
+    try:
+        await slot.reserve(ask)
     except ApiError:
         metrics.AI_REQUESTS.labels("quota").inc()
         raise
@@ -119,16 +158,30 @@ async def messages(request: web.Request) -> web.StreamResponse:
     except ProviderError as exc:
         return _failure(exc)
     if ask.stream:
-        return await _stream(request, relay.meter, user_id, opened)
-    return await _whole(relay.meter, user_id, opened)
+        return await _stream(request, relay.meter, slot.user_id, opened)
+    return await _whole(relay.meter, slot.user_id, opened)
+
+
+def _json_object(raw: bytes) -> dict[str, object]:
+    try:
+        value = orjson.loads(raw) if raw.strip() else None
+    except orjson.JSONDecodeError:
+        raise BadRequest("invalid_json", "body is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise BadRequest("invalid_json", "body must be a JSON object")
+    return value
 
 
 async def _whole(meter: Meter, user_id: str, opened: Opened) -> web.Response:
     await opened.aclose()
     tokens = tokens_of_message(opened.body)
     await _record(meter, user_id, opened, tokens, outcome="ok")
-    headers = _headers(opened.reply.headers, {MODEL_HEADER: opened.link.model})
+    headers = _headers(opened.reply.headers, _served_by(opened))
     return web.Response(body=opened.body, headers=headers)
+
+
+def _served_by(opened: Opened) -> dict[str, str]:
+    return {MODEL_HEADER: opened.link.model, PROVIDER_HEADER: opened.link.provider.name}
 
 
 async def _stream(request: web.Request, meter: Meter, user_id: str, opened: Opened) -> web.StreamResponse:
@@ -138,7 +191,7 @@ async def _stream(request: web.Request, meter: Meter, user_id: str, opened: Open
             "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no",
             **{k: v for k, v in opened.reply.headers.items() if k == "request-id"},
-            MODEL_HEADER: opened.link.model,
+            **_served_by(opened),
         }
     )
     counter = StreamCounter()
@@ -212,13 +265,14 @@ async def _record(meter: Meter, user_id: str, opened: Opened, tokens: Tokens, *,
     extra = {
         "user_id": user_id,
         "model": opened.link.model,
+        "provider": opened.link.provider.name,
         "fell_back": opened.fell_back,
         "input_tokens": tokens.input,
         "output_tokens": tokens.output,
         "outcome": outcome,
     }
     try:
-        await meter.record(user_id, opened.link.model, tokens)
+        await meter.record(user_id, opened.link.provider.name, opened.link.model, tokens)
     except StorageError:
         # The answer is already on its way; losing the count is better than losing the answer.
         log.error("AI usage could not be recorded", extra=extra)
@@ -228,13 +282,17 @@ async def _record(meter: Meter, user_id: str, opened: Opened, tokens: Tokens, *,
 
 def _failure(exc: ProviderError) -> web.Response:
     metrics.AI_REQUESTS.labels(f"failed_{exc.reason}").inc()
-    log.warning("AI request failed", extra={"model": exc.model, "reason": exc.reason, "status": exc.status})
+    log.warning(
+        "AI request failed",
+        extra={"model": exc.model, "provider": exc.provider, "reason": exc.reason, "status": exc.status},
+    )
     if exc.reason == "provider_auth":
         raise ApiError("ai_unavailable", "the AI provider refused the gateway's credentials", status=502)
     if exc.status is None or exc.body is None:
         status = 504 if exc.reason == "timeout" else 502
         raise ApiError("ai_unavailable", f"no model in the chain answered (last: {exc.reason})", status=status)
-    headers = _headers(exc.headers, {MODEL_HEADER: exc.model} if exc.model else {})
+    served = {MODEL_HEADER: exc.model, PROVIDER_HEADER: exc.provider} if exc.model and exc.provider else {}
+    headers = _headers(exc.headers, served)
     return web.Response(status=exc.status, body=exc.body, headers=headers)
 
 
@@ -251,27 +309,47 @@ async def usage(request: web.Request) -> web.Response:
     return json_response(await request.app[RELAY].meter.usage(user_id))
 
 
+def _providers(settings: Settings) -> dict[str, Provider]:
+    """Every provider with a key, by name; Anthropic first, as the default."""
+    # Imported only when the relay is on: the SDKs take seconds to import, which every operator
+    # command would otherwise pay (and here, in a thread, the event loop does not wait for it).
+    from ai.anthropic_provider import AnthropicProvider
+    from ai.gemini_provider import GeminiProvider
+    from ai.openai_provider import OpenAIProvider
+
+    timeout = settings.ai_timeout
+    providers: dict[str, Provider] = {}
+    if settings.anthropic_api_key:
+        providers["anthropic"] = AnthropicProvider(
+            api_key=settings.anthropic_api_key, base_url=settings.anthropic_base_url, timeout=timeout
+        )
+    if settings.openai_api_key:
+        providers["openai"] = OpenAIProvider(
+            api_key=settings.openai_api_key, base_url=settings.openai_base_url, timeout=timeout
+        )
+    if settings.gemini_api_key:
+        providers["google"] = GeminiProvider(
+            api_key=settings.gemini_api_key, base_url=settings.gemini_base_url, timeout=timeout
+        )
+    return providers
+
+
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     services = app[SERVICES]
     meter = Meter(services.redis, services.keys, settings.ai_monthly_tokens)
-    providers: list[Provider] = []
+    admission = Admission(services.redis, services.keys, meter, concurrency=settings.ai_concurrency)
+    providers: dict[str, Provider] = {}
     chain = None
     if settings.ai_enabled:
-        # Imported only when the relay is on: the SDK takes seconds to import, which every
-        # operator command would otherwise pay.
-        from ai.anthropic_provider import AnthropicProvider
-
-        assert settings.anthropic_api_key is not None
-        anthropic = AnthropicProvider(
-            api_key=settings.anthropic_api_key, base_url=settings.anthropic_base_url, timeout=settings.ai_timeout
-        )
-        providers.append(anthropic)
-        by_name: dict[str, Provider] = {"anthropic": anthropic}
-        fallbacks = [Link(by_name[p], model) for p, model in fallback_names(settings)]
-        chain = Chain(anthropic, fallbacks, RetryPolicy(attempts=settings.ai_attempts, backoff=settings.ai_backoff))
+        # SDK imports and clients (certificates, settings) are blocking work: off the event loop.
+        providers = await asyncio.to_thread(_providers, settings)
+        fallbacks = [Link(providers[p], model) for p, model in fallback_names(settings)]
+        policy = RetryPolicy(attempts=settings.ai_attempts, backoff=settings.ai_backoff)
+        chain = Chain(providers["anthropic"], fallbacks, policy)
     relay = app[RELAY]
-    relay.start(meter, chain, providers)
+    relay.policy = Policy.of(settings.ai_allowed_server_tools, settings.ai_allowed_betas)
+    relay.start(meter, admission, chain, list(providers.values()))
     services.hooks.status["ai"] = meter.usage
     services.hooks.export["ai"] = meter.export
     try:

@@ -73,6 +73,13 @@ class Settings:
     ai_attempts: int = 2
     ai_backoff: float = 0.5
     ai_timeout: float = 600.0
+    ai_concurrency: int = 4
+    ai_allowed_server_tools: tuple[str, ...] = ()
+    ai_allowed_betas: tuple[str, ...] = ()
+    openai_api_key: str | None = field(default=None, repr=False)
+    openai_base_url: str | None = None
+    gemini_api_key: str | None = field(default=None, repr=False)
+    gemini_base_url: str | None = None
     delivery_timeout: float = 10.0
     delivery_lease: float = 20.0
     log_level: str = "INFO"
@@ -251,7 +258,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         origins = tuple(checked)
 
     fallbacks_raw = r.text("ALLY_AI_FALLBACKS")
-    fallbacks = tuple(m.strip() for m in fallbacks_raw.split(",") if m.strip()) if fallbacks_raw else ()
+    fallbacks = _words(fallbacks_raw)
     data_dir = Path(r.text("ALLY_DATA_DIR", ".ally") or ".ally")
     log_level = (r.text("ALLY_LOG_LEVEL", "INFO") or "INFO").upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -310,6 +317,13 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         ai_attempts=r.whole("ALLY_AI_ATTEMPTS", 2, low=1, high=10) or 2,
         ai_backoff=r.number("ALLY_AI_BACKOFF", 0.5, low=0.0),
         ai_timeout=r.number("ALLY_AI_TIMEOUT", 600.0, low=0.1),
+        ai_concurrency=r.whole("ALLY_AI_CONCURRENCY", 4, low=1, high=1000) or 4,
+        ai_allowed_server_tools=_words(r.text("ALLY_AI_ALLOWED_SERVER_TOOLS")),
+        ai_allowed_betas=_words(r.text("ALLY_AI_ALLOWED_BETAS")),
+        openai_api_key=r.text("ALLY_OPENAI_API_KEY"),
+        openai_base_url=r.url("ALLY_OPENAI_BASE_URL", None),
+        gemini_api_key=r.text("ALLY_GEMINI_API_KEY"),
+        gemini_base_url=r.url("ALLY_GEMINI_BASE_URL", None),
         delivery_timeout=r.number("ALLY_DELIVERY_TIMEOUT", 10.0, low=0.1),
         delivery_lease=r.number("ALLY_DELIVERY_LEASE", 20.0, low=1.0),
         log_level=log_level,
@@ -355,3 +369,8 @@ def _telegram_mode(r: _Reader, public_url: str, api_url: str) -> str:
             "set ALLY_TELEGRAM_MODE=polling (no public address needed), or give the gateway an https ALLY_PUBLIC_URL"
         )
     return mode
+
+
+def _words(value: str | None) -> tuple[str, ...]:
+    """A comma-separated list, blanks dropped."""
+    return tuple(w.strip() for w in (value or "").split(",") if w.strip())

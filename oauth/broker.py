@@ -277,7 +277,7 @@ class Broker:
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception_type(ProviderUnavailable),
                 stop=stop_after_attempt(self._attempts),
-                wait=wait_exponential_jitter(multiplier=self._retry_wait, max=8 * self._retry_wait),
+                wait=wait_exponential_jitter(initial=self._retry_wait, max=8 * self._retry_wait),
                 reraise=True,
             ):
                 with attempt:

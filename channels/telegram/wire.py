@@ -110,7 +110,7 @@ class BotApi:
         """Call `method`; a 5xx or network failure is retried, then answered as Telegram's JSON or a 502."""
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._attempts),
-            wait=wait_exponential_jitter(multiplier=self._backoff, max=8 * self._backoff),
+            wait=wait_exponential_jitter(initial=self._backoff, max=8 * self._backoff),
             retry=retry_if_exception_type(_Transient),
             reraise=True,
         )
