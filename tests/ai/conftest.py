@@ -8,6 +8,8 @@ import pytest
 from gateway.config import Settings
 from tests.conftest import Gateway, make_settings, random_public_key
 from tests.support.anthropic import API_KEY, AnthropicStandIn
+from tests.support.gemini import GeminiStandIn
+from tests.support.openai import OpenAIStandIn
 
 PRIMARY = "claude-sonnet-5-5"
 FALLBACK = "claude-haiku-5-5"
@@ -56,3 +58,23 @@ def ask(
         "stream": stream,
         **extra,
     }
+
+
+@pytest.fixture
+async def openai_api() -> AsyncIterator[OpenAIStandIn]:
+    api = OpenAIStandIn()
+    await api.start()
+    try:
+        yield api
+    finally:
+        await api.close()
+
+
+@pytest.fixture
+async def gemini_api() -> AsyncIterator[GeminiStandIn]:
+    api = GeminiStandIn()
+    await api.start()
+    try:
+        yield api
+    finally:
+        await api.close()

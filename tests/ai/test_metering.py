@@ -15,6 +15,10 @@ from tests.conftest import ADMIN_TOKEN, Gateway
 from tests.support.anthropic import AnthropicStandIn, error, message, stream
 
 
+def served(input_tokens: int, output_tokens: int, requests: int) -> dict[str, object]:
+    return {"provider": "anthropic", "input_tokens": input_tokens, "output_tokens": output_tokens, "requests": requests}
+
+
 async def usage(gateway: Gateway, headers: dict[str, str]) -> dict[str, Any]:
     resp = await gateway.client.get("/v1/ai/usage", headers=headers)
     assert resp.status == 200
@@ -30,7 +34,7 @@ async def test_whole_answers_are_metered_from_their_usage(gateway: Gateway, anth
     body = await usage(gateway, headers)
     assert body["month"] == month_of(time.time())
     # Cache reads are input the provider bills.
-    assert body["models"] == {PRIMARY: {"input_tokens": 30, "output_tokens": 14, "requests": 2}}
+    assert body["models"] == {PRIMARY: served(30, 14, 2)}
     assert body["total_tokens"] == 44
     assert body["cap"] is None and body["remaining"] is None
     assert body["resets_at"].endswith("-01T00:00:00.000Z")
@@ -45,7 +49,7 @@ async def test_streams_are_metered_from_message_start_and_message_delta(
     await resp.read()
     # message_start says 25 in, 1 out; message_delta's cumulative 15 out replaces the 1.
     body = await usage(gateway, headers)
-    assert body["models"] == {PRIMARY: {"input_tokens": 25, "output_tokens": 15, "requests": 1}}
+    assert body["models"] == {PRIMARY: served(25, 15, 1)}
     assert body["total_tokens"] == 40
 
 
@@ -53,7 +57,12 @@ async def test_a_broken_stream_is_metered_for_what_it_used(gateway: Gateway, ant
     headers = await server_token(gateway)
     anthropic_api.plan(PRIMARY, stream(input_tokens=25, output_tokens=15, fail_after=4, failure="break"))
     await (await gateway.client.post("/v1/ai/messages", json=ask(stream=True), headers=headers)).read()
-    assert (await usage(gateway, headers))["models"][PRIMARY] == {"input_tokens": 25, "output_tokens": 1, "requests": 1}
+    assert (await usage(gateway, headers))["models"][PRIMARY] == {
+        "provider": "anthropic",
+        "input_tokens": 25,
+        "output_tokens": 1,
+        "requests": 1,
+    }
 
 
 async def test_usage_is_counted_for_the_model_that_served(gateway: Gateway, anthropic_api: AnthropicStandIn):
@@ -61,9 +70,7 @@ async def test_usage_is_counted_for_the_model_that_served(gateway: Gateway, anth
     anthropic_api.plan(PRIMARY, error(529, "Overloaded"))
     anthropic_api.plan(FALLBACK, message(input_tokens=3, output_tokens=4))
     await gateway.client.post("/v1/ai/messages", json=ask(), headers=headers)
-    assert (await usage(gateway, headers))["models"] == {
-        FALLBACK: {"input_tokens": 3, "output_tokens": 4, "requests": 1}
-    }
+    assert (await usage(gateway, headers))["models"] == {FALLBACK: served(3, 4, 1)}
 
 
 async def test_users_are_metered_apart_and_shown_in_admin_status_and_export(
@@ -81,7 +88,8 @@ async def test_users_are_metered_apart_and_shown_in_admin_status_and_export(
         {
             "month": month_of(time.time()),
             "total_tokens": 15,
-            "models": {PRIMARY: {"input_tokens": 10, "output_tokens": 5, "requests": 1}},
+            "models": {PRIMARY: served(10, 5, 1)},
+            "providers": {"anthropic": {"input_tokens": 10, "output_tokens": 5, "requests": 1}},
         }
     ]
     keys = [k async for k in gateway.services.redis.scan_iter(match=f"{gateway.settings.key_prefix}*ai:usage:*")]
@@ -113,10 +121,11 @@ class TestCap:
         assert body["error"] == "ai_quota_exceeded" and body["cap"] == 40 and body["used"] == 70
         assert body["resets_at"].endswith("-01T00:00:00.000Z")
         assert len(anthropic_api.calls) == calls
-        assert (await usage(gateway, headers)) | {"models": None} == {
+        assert (await usage(gateway, headers)) | {"models": None, "providers": None} == {
             "month": month_of(time.time()),
             "total_tokens": 70,
             "models": None,
+            "providers": None,
             "cap": 40,
             "remaining": 0,
             "resets_at": body["resets_at"],

@@ -58,18 +58,17 @@ async def test_garbage_is_a_400_json_error_and_reaches_no_model(
     assert anthropic_api.calls == []
 
 
-async def test_unknown_fields_and_the_beta_header_are_forwarded(gateway: Gateway, anthropic_api: AnthropicStandIn):
+async def test_the_messages_fields_reach_the_model_rebuilt(gateway: Gateway, anthropic_api: AnthropicStandIn):
     headers = await server_token(gateway)
     anthropic_api.plan(PRIMARY, message())
-    body = ask(temperature=0.2, some_new_field={"x": [1, 2]}, system=[{"type": "text", "text": "Be brief."}])
-    resp = await gateway.client.post(
-        "/v1/ai/messages", json=body, headers={**headers, "anthropic-beta": "files-api-2025-04-14"}
-    )
+    system = [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}]
+    tool = {"name": "get_weather", "description": "Weather", "input_schema": {"type": "object"}}
+    body = ask(temperature=0.2, system=system, tools=[tool], metadata={"user_id": "u-1"}, top_k=5)
+    resp = await gateway.client.post("/v1/ai/messages", json=body, headers=headers)
     assert resp.status == 200
-    call = anthropic_api.calls[-1]
-    assert call.body["some_new_field"] == {"x": [1, 2]} and call.body["temperature"] == 0.2
-    assert call.body["system"] == [{"type": "text", "text": "Be brief."}]
-    assert call.headers["anthropic-beta"] == "files-api-2025-04-14"
+    sent = anthropic_api.calls[-1].body
+    assert sent == {**body, "stream": False}
+    assert "anthropic-beta" not in anthropic_api.calls[-1].headers
 
 
 async def test_only_a_server_token_may_call(gateway: Gateway, anthropic_api: AnthropicStandIn):
@@ -122,8 +121,11 @@ class TestRelayOff:
 
 
 def test_a_fallback_naming_an_unknown_provider_stops_the_start(tmp_path: Path):
-    with pytest.raises(ConfigError, match="ALLY_AI_FALLBACKS"):
-        create_app(make_settings(tmp_path, ai_fallbacks=("claude-haiku-5-5", "openai:gpt-5")))
+    with pytest.raises(ConfigError, match=r"ALLY_AI_FALLBACKS.*known: anthropic, openai, google"):
+        create_app(make_settings(tmp_path, ai_fallbacks=("claude-haiku-5-5", "mistral:large")))
+    with pytest.raises(ConfigError, match="ALLY_OPENAI_API_KEY is not set"):
+        create_app(make_settings(tmp_path, anthropic_api_key="k", ai_fallbacks=("openai:gpt-5",)))
+    create_app(make_settings(tmp_path, anthropic_api_key="k", openai_api_key="o", ai_fallbacks=("openai:gpt-5",)))
     # Provider-qualified and dotted model ids are fine.
     create_app(make_settings(tmp_path, ai_fallbacks=("anthropic:claude-haiku-5-5", "us.anthropic.claude-x-v1:0")))
 

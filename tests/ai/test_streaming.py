@@ -70,16 +70,17 @@ async def test_a_caller_that_goes_away_mid_stream_still_has_its_usage_metered(
     resp.close()
     gate.set()
 
-    async def metered() -> dict[str, int]:
+    async def metered() -> dict[str, str]:
         redis, keys = gateway.services.redis, gateway.services.keys
         while True:
             found = [k async for k in redis.scan_iter(match=keys.user_key("alice", "ai:usage:*"))]
             if found:
-                return {k.decode(): int(v) for k, v in (await redis.hgetall(found[0])).items()}
+                return {k.decode(): v.decode() for k, v in (await redis.hgetall(found[0])).items()}
             await asyncio.sleep(0.05)
 
     usage = await asyncio.wait_for(metered(), timeout=5)
-    assert usage[f"input:{PRIMARY}"] == 25 and usage[f"requests:{PRIMARY}"] == 1
+    assert usage[f"input:{PRIMARY}"] == "25" and usage[f"requests:{PRIMARY}"] == "1"
+    assert usage[f"provider:{PRIMARY}"] == "anthropic"
 
 
 async def test_a_slow_stream_does_not_hold_up_another_users_request(gateway: Gateway, anthropic_api: AnthropicStandIn):
