@@ -22,7 +22,8 @@ from gateway.errors import BadRequest
 
 MAX_MESSAGES = 100_000
 _ROLES = ("user", "assistant")
-# Field name -> (accepted JSON types, what the 400 says it must be).
+# Field name -> (accepted JSON types, what the 400 says it must be). The fields of the pinned
+# SDK's `MessageCreateParams` (a test compares) and the sampling parameters older models take.
 _OPTIONAL: dict[str, tuple[tuple[type, ...], str]] = {
     "system": ((str, list), "a string or a list of text blocks"),
     "metadata": ((dict,), "an object"),
@@ -34,9 +35,16 @@ _OPTIONAL: dict[str, tuple[tuple[type, ...], str]] = {
     "tool_choice": ((dict,), "an object"),
     "thinking": ((dict,), "an object"),
     "service_tier": ((str,), "a string"),
+    "cache_control": ((dict,), "an object"),
+    "output_config": ((dict,), "an object"),
+    "diagnostics": ((dict,), "an object"),
+    "inference_geo": ((str,), "a string"),
+    "speed": ((str,), "a string"),
     "mcp_servers": ((list,), "a list"),
     "container": ((str, dict), "a string or an object"),
 }
+# Fields of the API that pick the account a request runs for: on this relay that is the gateway's.
+ACCOUNT_FIELDS = ("workspace_id", "user_profile_id")
 _REQUIRED = ("model", "max_tokens", "messages", "stream")
 # Request fields that make the provider act on the gateway's account; allowed only by name.
 _GATED_FIELDS = ("mcp_servers", "container")
@@ -81,6 +89,9 @@ class MessagesRequest:
 def parse(
     body: dict[str, Any], *, beta: str | None = None, policy: Policy = Policy(), size: int = 0
 ) -> MessagesRequest:
+    for name in ACCOUNT_FIELDS:
+        if name in body:
+            raise _bad(name, "picks the account a request runs for, which is this gateway's")
     unknown = sorted(set(body) - set(_REQUIRED) - set(_OPTIONAL))
     if unknown:
         raise _bad(unknown[0][:64], "is not a field of the Messages API this gateway relays")

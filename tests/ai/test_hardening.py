@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import typing
 from typing import Any
 
 import pytest
+from anthropic.types.message_create_params import MessageCreateParamsBase
 from redis.asyncio import Redis
 
 from ai import admission as admission_module
+from ai import request as request_module
 from ai.admission import Admission
 from ai.metering import Meter
 from gateway.config import Settings
@@ -41,6 +44,8 @@ SERVER_TOOLS = [
         (ask(container="container_011CPR5CNjB747bTd36fQLFk"), None),
         (ask(container={"skills": [{"type": "anthropic", "skill_id": "pptx"}]}), None),
         (ask(some_new_field={"x": 1}), None),
+        (ask(workspace_id="wrkspc_011CZkZaBF1tNoB5wlCeusgy"), None),
+        (ask(user_profile_id="prof_other"), None),
         (ask(metadata={"user_id": "u", "tenant": "other"}), None),
         ({**ask(), "messages": [{"role": "user", "content": "hi", "cache": True}]}, None),
         (ask(messages=None) | {"messages": [{"role": "assistant", "content": [{"type": "server_tool_use"}]}]}, None),
@@ -59,6 +64,14 @@ async def test_server_side_features_and_unknown_fields_are_400_and_reach_no_mode
     assert resp.status == 400
     assert (await resp.json())["error"] == "invalid_request"
     assert anthropic_api.calls == []
+
+
+def test_the_relayed_fields_are_the_sdks_less_the_account_ones():
+    """An SDK upgrade that adds a request field fails here, so that someone decides about it."""
+    sdk = set(typing.get_type_hints(MessageCreateParamsBase)) | {"stream"}
+    relayed = set(request_module._OPTIONAL) | set(request_module._REQUIRED)
+    sampling = {"temperature", "top_p", "top_k"}
+    assert relayed - sampling - {"mcp_servers"} == sdk - set(request_module.ACCOUNT_FIELDS)
 
 
 class TestAllowedByConfiguration:
