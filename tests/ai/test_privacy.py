@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import uuid
@@ -12,9 +13,14 @@ import pytest
 from redis.asyncio import Redis
 
 from gateway import logs
+from gateway.config import Settings
 from tests.ai.conftest import FALLBACK, PRIMARY, ask, server_token
 from tests.conftest import REDIS_URL, Gateway
+from tests.support import gemini as gemini_module
+from tests.support import openai as openai_module
 from tests.support.anthropic import AnthropicStandIn, error, message, stream
+from tests.support.gemini import GeminiStandIn
+from tests.support.openai import OpenAIStandIn
 
 
 @pytest.fixture
@@ -99,3 +105,57 @@ async def test_a_marker_in_prompts_and_answers_is_found_nowhere(
     assert "AI request served" in logged and "falling back" in logged
     assert marker not in logged
     assert not files_holding(tmp_path, marker.encode())
+
+
+class TestFallbackProviders:
+    @pytest.fixture
+    def settings(self, settings: Settings, openai_api: OpenAIStandIn, gemini_api: GeminiStandIn) -> Settings:
+        return dataclasses.replace(
+            settings,
+            ai_fallbacks=("openai:gpt-test-5", "google:gemini-test-3"),
+            openai_api_key=openai_module.API_KEY,
+            openai_base_url=openai_api.base_url,
+            gemini_api_key=gemini_module.API_KEY,
+            gemini_base_url=gemini_api.url,
+        )
+
+    async def test_a_marker_served_by_openai_and_gemini_is_found_nowhere(
+        self,
+        gateway: Gateway,
+        anthropic_api: AnthropicStandIn,
+        openai_api: OpenAIStandIn,
+        gemini_api: GeminiStandIn,
+        log_output: io.StringIO,
+        tmp_path: Path,
+    ):
+        marker = f"MARKER{uuid.uuid4().hex}"
+        headers = await server_token(gateway)
+        anthropic_api.plan(PRIMARY, error(529, "Overloaded"))
+        calls = (("lookup", {"q": marker}),)
+        openai_api.plan(
+            "gpt-test-5",
+            openai_module.completion(f"answer {marker}"),
+            openai_module.stream((marker,), tool_calls=calls),
+            openai_module.error(500, f"failed on {marker}"),
+        )
+        gemini_api.plan(
+            "gemini-test-3",
+            gemini_module.answer(f"gemini {marker}", function_calls=calls),
+            gemini_module.stream(("x", marker)),
+        )
+        prompt = ask(f"secret {marker}", system=f"system {marker}")
+        for streaming in (False, True, False, True):
+            prompt["stream"] = streaming
+            resp = await gateway.client.post("/v1/ai/messages", json=prompt, headers=headers)
+            assert resp.status == 200
+            assert marker.encode() in await resp.read()
+        # Two answers from OpenAI, then its 500s (retried) hand the last two to Gemini.
+        assert len(openai_api.calls) == 6 and len(gemini_api.calls) == 2
+
+        stored = await everything_in_redis(gateway.settings.key_prefix)
+        assert any(b"provider:gpt-test-5" in item for item in stored)
+        assert not [item for item in stored if marker.encode() in item]
+        logged = log_output.getvalue()
+        assert '"provider": "google"' in logged or '"provider":"google"' in logged
+        assert marker not in logged
+        assert not files_holding(tmp_path, marker.encode())
