@@ -214,5 +214,6 @@ def configure(level: str = "INFO", stream: Any = None) -> None:
     # Library loggers can echo request URLs or bodies at debug level; keep them quiet.
     for noisy in ("aiohttp.access", "urllib3", "googleapiclient", "msal", "httpx", "httpcore", "telegram", "anthropic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
-    for noisy in ("httpx2", "httpcore2"):  # the Anthropic SDK's own HTTP stack
+    # The AI SDKs' own HTTP stack, and the fallback providers' SDKs: request logs could carry prompts.
+    for noisy in ("httpx2", "httpcore2", "openai", "google_genai"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))

@@ -1,8 +1,9 @@
 """Reading an Anthropic Messages request for translation: what both fallbacks share.
 
 Dropped on purpose (hints with no effect on the answer's meaning): `cache_control`,
-`metadata`, `service_tier`, a disabled `thinking`, and earlier `thinking` /
-`redacted_thinking` blocks, which only Anthropic can read. Anything else without
+`metadata`, `service_tier`, `diagnostics`, `inference_geo`, `speed`, a disabled
+`thinking`, and earlier `thinking` / `redacted_thinking` blocks, which only
+Anthropic can read. Anything else without
 an equivalent raises `Untranslatable`, and the request is not sent.
 """
 
@@ -19,7 +20,8 @@ DROPPED_BLOCKS = ("thinking", "redacted_thinking")
 def check(request: MessagesRequest) -> None:
     """Refuse what neither fallback can express."""
     options = request.options
-    for name in ("mcp_servers", "container"):
+    # output_config can ask for a structured output format, which changes what the answer is.
+    for name in ("mcp_servers", "container", "output_config"):
         if name in options:
             raise Untranslatable(name)
     thinking = options.get("thinking")

@@ -190,6 +190,8 @@ EXPRESSIBLE: dict[str, tuple[MessagesRequest, bool, bool]] = {
     "top_k": (ask(top_k=5), False, True),
     "thinking enabled": (ask(thinking={"type": "enabled", "budget_tokens": 1024}), False, False),
     "thinking disabled": (ask(thinking={"type": "disabled"}), True, True),
+    "structured output": (ask(output_config={"format": {"type": "json_schema", "schema": SCHEMA}}), False, False),
+    "speed and geography": (ask(speed="fast", inference_geo="us", diagnostics={}), True, True),
     "documents": (ask([user(DOCUMENT)]), False, False),
     "image URLs": (ask([user(IMAGE_URL)]), True, False),
     "5 stop sequences": (ask(stop_sequences=["a", "b", "c", "d", "e"]), False, True),
