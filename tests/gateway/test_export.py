@@ -53,7 +53,7 @@ async def test_export_matches_its_schema_and_holds_no_secret(gateway: Gateway, d
     await services.handoff("exported", items, dedup_scope="tg")
     await dedicated.wait_for(lambda: len(dedicated.attempts) >= 1)
     meter = gateway.client.app[RELAY].meter
-    await meter.record("exported", "claude-sonnet-4-5", Tokens(input=1200, output=340))
+    await meter.record("exported", "anthropic", "claude-sonnet-4-5", Tokens(input=1200, output=340))
 
     resp = await gateway.admin("GET", "/admin/v1/users/exported/export")
     assert resp.status == 200
@@ -67,7 +67,9 @@ async def test_export_matches_its_schema_and_holds_no_secret(gateway: Gateway, d
     assert document["server"]["health"] == "failing"
     assert document["server"]["last_failure"] == "http_503"
     [month] = document["ai"]["months"]
-    assert month["models"]["claude-sonnet-4-5"] == {"input_tokens": 1200, "output_tokens": 340, "requests": 1}
+    counts = {"input_tokens": 1200, "output_tokens": 340, "requests": 1}
+    assert month["models"]["claude-sonnet-4-5"] == {"provider": "anthropic", **counts}
+    assert month["providers"] == {"anthropic": counts}
 
     text = json.dumps(document)
     record = await services.redis.hgetall(services.keys.user("exported"))
