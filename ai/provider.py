@@ -2,7 +2,9 @@
 
 A provider turns one Messages request for one model into a `Reply` once the
 answer's head has arrived, or raises `ProviderError` (translated from its SDK or
-transport). The chain (`chain.py`) decides about retries and fallbacks; the relay
+transport), or `Untranslatable` before sending anything when it has no
+equivalent for something the request uses. Replies are in Anthropic's format
+whoever served them. The chain (`chain.py`) decides about retries and fallbacks; the relay
 (`relay.py`) about what the caller sees. A new provider is one class with `open`
 and `aclose`, named in `PROVIDERS` by `relay.py`; `ALLY_AI_FALLBACKS` entries of
 the form `<provider>:<model>` pick it.

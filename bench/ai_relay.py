@@ -66,7 +66,10 @@ async def run(label: str, url: str, headers: dict[str, str]) -> dict[str, float]
 async def main() -> None:
     api = AnthropicStandIn()
     await api.start()
-    settings = make_settings(Path(tempfile.mkdtemp()), anthropic_api_key=API_KEY, anthropic_base_url=api.url)
+    # One user sends all of it: its ALLY_AI_CONCURRENCY must admit the 40 parallel streams.
+    settings = make_settings(
+        Path(tempfile.mkdtemp()), anthropic_api_key=API_KEY, anthropic_base_url=api.url, ai_concurrency=40
+    )
     server = TestServer(create_app(settings), port=0)
     await server.start_server()
     try:
