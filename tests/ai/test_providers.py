@@ -247,15 +247,21 @@ async def test_a_request_the_fallback_cannot_express_is_not_sent_and_the_origina
     assert fallback.calls == []
 
 
+@pytest.mark.parametrize("streaming", [False, True], ids=["json", "stream"])
 @pytest.mark.parametrize("status", [429, 500, 503])
 async def test_the_fallbacks_own_failures_come_back_as_anthropic_errors(
-    gateway: Gateway, anthropic_api: AnthropicStandIn, fallback: ScriptedApi, provider: str, status: int
+    gateway: Gateway,
+    anthropic_api: AnthropicStandIn,
+    fallback: ScriptedApi,
+    provider: str,
+    status: int,
+    streaming: bool,
 ):
     headers = await server_token(gateway)
     anthropic_api.plan(PRIMARY, error(529, "Overloaded"))
     module: Any = openai_api_module if provider == "openai" else gemini_api_module
     fallback.plan(MODELS[provider], module.error(status, "busy upstream"))
-    resp = await gateway.client.post("/v1/ai/messages", json=ask(), headers=headers)
+    resp = await gateway.client.post("/v1/ai/messages", json=ask(stream=streaming), headers=headers)
     assert resp.status == status
     body = await resp.json()
     kinds = {429: "rate_limit_error", 500: "api_error", 503: "overloaded_error"}
@@ -275,3 +281,18 @@ async def test_a_fallbacks_refusal_returns_the_original_error(
     resp = await gateway.client.post("/v1/ai/messages", json=ask(), headers=headers)
     assert resp.status == 529 and (await resp.json())["error"]["type"] == "overloaded_error"
     assert len(fallback.calls) == 1
+
+
+async def test_a_fallback_stream_that_breaks_after_it_began_ends_with_an_error_event(
+    gateway: Gateway, anthropic_api: AnthropicStandIn, fallback: ScriptedApi, provider: str
+):
+    headers = await server_token(gateway)
+    anthropic_api.plan(PRIMARY, error(529, "Overloaded"))
+    module: Any = openai_api_module if provider == "openai" else gemini_api_module
+    fallback.plan(MODELS[provider], module.stream(("one", "two", "three"), fail_after=2))
+    resp = await gateway.client.post("/v1/ai/messages", json=ask(stream=True), headers=headers)
+    assert resp.status == 200 and resp.headers["ally-ai-provider"] == provider
+    body = await resp.read()
+    assert b"event: message_start" in body and b"event: message_stop" not in body
+    assert body.endswith(b"\n\n") and body.rsplit(b"event: ", 1)[1].startswith(b"error\n")
+    assert (await usage_of(gateway, provider))["requests"] == 1
