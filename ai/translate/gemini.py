@@ -141,6 +141,8 @@ def usage(metadata: dict[str, Any] | None) -> tuple[int, int]:
 
 
 def _parts(response: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
+    if not response.get("candidates") and (response.get("prompt_feedback") or {}).get("block_reason"):
+        return [], "SAFETY"  # the prompt itself was blocked: no candidate at all
     candidate = (response.get("candidates") or [{}])[0]
     parts = ((candidate.get("content") or {}).get("parts")) or []
     return [p for p in parts if not p.get("thought")], candidate.get("finish_reason")

@@ -251,6 +251,12 @@ ANSWERS: dict[str, tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]], s
         [],
         "refusal",
     ),
+    "a blocked prompt": (
+        completion({"role": "assistant", "content": None}, "content_filter"),
+        {"prompt_feedback": {"block_reason": "PROHIBITED_CONTENT"}},
+        [],
+        "refusal",
+    ),
     "a tool call": (
         completion({"role": "assistant", "content": None, "tool_calls": [CALL]}, "tool_calls"),
         {
