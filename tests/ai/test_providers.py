@@ -218,7 +218,7 @@ async def test_a_two_turn_tool_use_conversation(
 @pytest.mark.parametrize(
     "extra",
     [
-        {"top_k": 5},
+        {"output_config": {"format": {"type": "json_schema", "schema": {"type": "object"}}}},
         {"thinking": {"type": "enabled", "budget_tokens": 2000}},
         {
             "messages": [
@@ -231,13 +231,11 @@ async def test_a_two_turn_tool_use_conversation(
             ]
         },
     ],
-    ids=["top_k", "thinking", "document"],
+    ids=["structured_output", "thinking", "document"],
 )
 async def test_a_request_the_fallback_cannot_express_is_not_sent_and_the_original_error_returns(
     gateway: Gateway, anthropic_api: AnthropicStandIn, fallback: ScriptedApi, provider: str, extra: dict[str, Any]
 ):
-    if provider == "google" and "top_k" in extra:
-        pytest.skip("Gemini has top_k")
     headers = await server_token(gateway)
     anthropic_api.plan(PRIMARY, error(529, "Overloaded"))
     resp = await gateway.client.post("/v1/ai/messages", json=ask(**extra), headers=headers)
