@@ -47,9 +47,9 @@ OPERATOR = "operator"
 MAX_BODY = 1 << 20
 
 
-def create_app(settings: Settings, role: str = "all", parts: Sequence[str] = CHANNELS) -> web.Application:
+def create_app(settings: Settings, role: str = "all", parts: Sequence[str] | None = None) -> web.Application:
     """The app; `parts` narrows the channels set up (an operator command that needs none of
-    their hooks imports none of them)."""
+    their hooks imports none of them). Unset: every one in `CHANNELS`, read at call time."""
     if role not in (*ROLES, OPERATOR):
         raise ValueError(f"role must be one of {ROLES}")
     app = web.Application(middlewares=[head_deadline_middleware, errors_middleware], client_max_size=MAX_BODY)
@@ -60,7 +60,7 @@ def create_app(settings: Settings, role: str = "all", parts: Sequence[str] = CHA
     ops.setup(app)
     admin.setup(app)
     server_api.setup(app)
-    for name in parts:
+    for name in CHANNELS if parts is None else parts:
         importlib.import_module(name).setup(app)
     app.cleanup_ctx.append(_background)
     return app
