@@ -2,7 +2,8 @@
 
     GatewayError
     ├── ConfigError          a setting is missing or invalid (names the variable)
-    ├── StorageError         Redis did not answer or refused (translated from redis-py)
+    ├── StorageError         Redis did not answer or refused
+    │   └── NotReplicated    fewer replicas than ALLY_ACK_REPLICAS confirmed a write in time
     ├── SealingError         an event could not be sealed to a server's key
     ├── VaultError           a ciphertext or wrapped key could not be opened
     │   └── KeyShredded      the user's data key is gone (erased)
@@ -19,10 +20,13 @@
         │   └── NotConnected the user has no connection to that provider
         ├── Conflict         409
         ├── PayloadTooLarge  413
-        └── TooManyRequests  429 (with retry_after)
+        ├── TooManyRequests  429 (with retry_after)
+        └── StorageUnavailable  503 storage_unavailable (with retry_after)
 
-Lower layers (redis, aiohttp, provider SDKs) are translated at the boundary with
-`raise X(...) from exc`, so callers handle one tree. The AI relay's provider
+Lower layers (aiohttp, provider SDKs) are translated at the boundary with
+`raise X(...) from exc`, so callers handle one tree. Storage failures have one boundary of
+their own: a `StorageError` or any redis-py error that reaches the HTTP middleware
+(`gateway.http`) is answered 503 `storage_unavailable` there, on every route. The AI relay's provider
 failures (`ai/errors.py`: ProviderError, StreamBroken) hang under GatewayError too.
 """
 
@@ -39,6 +43,15 @@ class ConfigError(GatewayError):
 
 class StorageError(GatewayError):
     pass
+
+
+class NotReplicated(StorageError):
+    """A write reached the primary, but too few replicas confirmed it: it could still be lost."""
+
+    def __init__(self, confirmed: int, wanted: int) -> None:
+        super().__init__(f"{confirmed} of {wanted} replica(s) confirmed the write in time")
+        self.confirmed = confirmed
+        self.wanted = wanted
 
 
 class SealingError(GatewayError):
@@ -137,3 +150,13 @@ class TooManyRequests(ApiError):
 
     def body(self) -> dict[str, object]:
         return {**super().body(), "retry_after": self.retry_after}
+
+
+class StorageUnavailable(ApiError):
+    """What every route answers while storage fails: callers (providers, servers) retry."""
+
+    status = 503
+    retry_after = 1.0
+
+    def __init__(self) -> None:
+        super().__init__("storage_unavailable", "storage is unavailable; retry later")

@@ -11,9 +11,18 @@ from typing import Any
 import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from redis.exceptions import RedisError
 
 from gateway import metrics
-from gateway.errors import ApiError, BadRequest, PayloadTooLarge, StorageError, TooManyRequests, Unauthorized
+from gateway.errors import (
+    ApiError,
+    BadRequest,
+    PayloadTooLarge,
+    StorageError,
+    StorageUnavailable,
+    TooManyRequests,
+    Unauthorized,
+)
 from gateway.logs import accept_request_id, request_id
 
 log = logging.getLogger(__name__)
@@ -40,7 +49,7 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
 
 def error_response(exc: ApiError) -> web.Response:
     headers = {}
-    if isinstance(exc, TooManyRequests):
+    if isinstance(exc, TooManyRequests | StorageUnavailable):
         headers["Retry-After"] = str(max(1, int(exc.retry_after + 0.999)))
     return json_response(exc.body(), status=exc.status, headers=headers)
 
@@ -65,9 +74,11 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
                 response = error_response(ApiError(code, exc.reason, status=exc.status))
             else:
                 raise
-        except StorageError:
-            log.warning("storage unavailable", extra={"route": route})
-            response = error_response(ApiError("unavailable", "storage is unavailable; retry later", status=503))
+        except (StorageError, RedisError) as exc:
+            # The one place storage failures become an answer: every route, every cause (Redis
+            # down, failing over, out of memory, too few replicas confirming a write).
+            log.warning("storage unavailable", extra={"route": route, "error": type(exc).__name__})
+            response = error_response(StorageUnavailable())
         except Exception:
             log.exception("unhandled error", extra={"route": route})
             response = error_response(

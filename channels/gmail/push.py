@@ -20,12 +20,11 @@ import re
 from typing import Any
 
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from channels.gmail.oidc import PushVerifier
 from channels.gmail.watches import Watches
 from gateway import metrics
-from gateway.errors import BadRequest, StorageError, Unauthorized
+from gateway.errors import BadRequest, Unauthorized
 from gateway.http import bearer, read_json_object
 
 log = logging.getLogger(__name__)
@@ -77,8 +76,5 @@ async def handle(request: web.Request, verifier: PushVerifier, watches: Watches)
         metrics.DROPPED.labels("gmail", "history_id_out_of_range").inc()
         log.warning("gmail push with a historyId above 64 bits dropped")
         return web.Response(status=204)
-    try:
-        await watches.notify(address, history_id, message_id)
-    except RedisError as exc:
-        raise StorageError("could not record the push") from exc
+    await watches.notify(address, history_id, message_id)
     return web.Response(status=204)

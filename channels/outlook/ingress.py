@@ -20,7 +20,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from channels.outlook.subscriptions import Subscriptions
-from gateway.errors import ApiError, BadRequest, GatewayError, StorageError
+from gateway.errors import BadRequest, GatewayError, StorageError
 from gateway.http import read_json_object
 from gateway.types import Event
 from routing.queue import Item
@@ -85,7 +85,7 @@ async def notify(request: web.Request, subs: Subscriptions) -> web.Response:
             failed = True
     failed = await _lifecycle(subs, lifecycle) or failed
     if failed:
-        raise ApiError("unavailable", "notifications could not be queued; retry later", status=503)
+        raise StorageError("notifications could not be queued")
     return web.Response(status=202)
 
 
@@ -97,7 +97,7 @@ async def lifecycle(request: web.Request, subs: Subscriptions) -> web.Response:
     owners = await _owners(subs, items)
     pairs = [(u, i) for i, u in zip(items, owners, strict=True) if u is not None]
     if await _lifecycle(subs, pairs):
-        raise ApiError("unavailable", "lifecycle notifications could not be recorded; retry later", status=503)
+        raise StorageError("lifecycle notifications could not be recorded")
     return web.Response(status=202)
 
 
@@ -113,7 +113,4 @@ async def _lifecycle(subs: Subscriptions, pairs: list[tuple[str, dict[str, Any]]
 
 
 async def _owners(subs: Subscriptions, items: list[dict[str, Any]]) -> list[str | None]:
-    try:
-        return await subs.owners(items)
-    except RedisError as exc:
-        raise StorageError("could not look up subscriptions") from exc
+    return await subs.owners(items)

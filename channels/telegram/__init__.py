@@ -31,7 +31,7 @@ from gateway.keys import ROLE, SERVICES
 from gateway.tls import client_context
 
 from . import ingress, inputs, notices, outbound
-from .channel import ALLOWED_UPDATES, TELEGRAM, Telegram, storage_errors
+from .channel import ALLOWED_UPDATES, TELEGRAM, Telegram
 from .identity import identity_of
 from .polling import Poller
 
@@ -41,11 +41,11 @@ log = logging.getLogger(__name__)
 def setup(app: web.Application) -> None:
     for category in inputs.MALFORMED_PARTS:
         warnings.filterwarnings("error", category=category)
-    app.router.add_post("/telegram/webhook/{bot_id}", storage_errors(ingress.webhook))
-    app.router.add_post("/admin/v1/users/{user_id}/telegram/link", storage_errors(ingress.create_link))
-    app.router.add_get("/v1/telegram/files/{file_id}", storage_errors(outbound.download))
-    app.router.add_get("/v1/telegram/files/{file_id}/{name}", storage_errors(outbound.download))
-    app.router.add_post("/v1/telegram/{method}", storage_errors(outbound.call))
+    app.router.add_post("/telegram/webhook/{bot_id}", ingress.webhook)
+    app.router.add_post("/admin/v1/users/{user_id}/telegram/link", ingress.create_link)
+    app.router.add_get("/v1/telegram/files/{file_id}", outbound.download)
+    app.router.add_get("/v1/telegram/files/{file_id}/{name}", outbound.download)
+    app.router.add_post("/v1/telegram/{method}", outbound.call)
     app.cleanup_ctx.append(_lifecycle)
 
 

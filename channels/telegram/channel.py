@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import aiohttp
 import telegram
 from aiohttp import web
-from redis.exceptions import RedisError
 from telegram.error import BadRequest, InvalidToken, TelegramError
 
-from gateway.errors import ApiError, ClosedError, GatewayError, NotFound, StorageError, TooManyRequests
+from gateway.errors import ApiError, ClosedError, GatewayError, NotFound, TooManyRequests
 from gateway.services import Services
 from routing.keys import Keys
 
@@ -244,19 +242,3 @@ def telegram_of(request: web.Request) -> Telegram:
     if channel is None:
         raise NotFound("telegram_disabled", "the Telegram channel is not configured (ALLY_TELEGRAM_BOT_TOKEN)")
     return channel
-
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def storage_errors(handler: Handler) -> Handler:
-    """Redis failures inside a Telegram route become StorageError (503: Telegram and servers retry)."""
-
-    @functools.wraps(handler)
-    async def wrapped(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except RedisError as exc:
-            raise StorageError("telegram storage unavailable") from exc
-
-    return wrapped

@@ -322,7 +322,8 @@ async def test_queueing_failure_is_503_so_telegram_retries(tmp_path: Path, fake_
             headers={"X-Telegram-Bot-Api-Secret-Token": settings.telegram_webhook_secret or ""},
         )
         assert resp.status == 503
-        assert (await resp.json())["error"] == "unavailable"
+        assert (await resp.json())["error"] == "storage_unavailable"
+        assert resp.headers["Retry-After"] == "1"
     finally:
         await client.close()
 
