@@ -6,11 +6,12 @@ from typing import Any, cast
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
+from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.driver_info import DriverInfo
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
+from redis.maint_notifications import MaintNotificationsConfig
 
 MAX_CONNECTIONS = 256
 POOL_WAIT = 5.0
@@ -19,6 +20,11 @@ POOL_WAIT = 5.0
 # up in the installed packages' metadata each time (milliseconds of blocking file-system reads).
 _DRIVER = DriverInfo()
 
+
+# redis-py 8 turns on "maintenance notifications" (a Redis Enterprise feature) by default, and
+# with them on, its pool no longer checks a pooled connection on checkout: a connection that
+# died with a restarted Redis was handed to the next request. Off, a dead one is replaced.
+_NO_MAINT = MaintNotificationsConfig(enabled=False)
 
 _TORN = "the cluster client closed a connection under a running command"
 
@@ -61,12 +67,21 @@ class _Cluster(RedisCluster):  # type: ignore[misc]
 
 
 def connect(url: str, *, cluster: bool = False) -> Redis:
-    """A client that retries briefly on connection loss (Redis restarts are ridden through)."""
+    """A client that retries briefly on connection loss (Redis restarts are ridden through).
+
+    `Retry` must be the asyncio one: the synchronous class accepted here "retries" the creation
+    of a coroutine, never its failure, so no command was ever retried on a fresh connection.
+    """
     retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3)
     errors = [RedisConnectionError, RedisTimeoutError, ConnectionResetError]
     if cluster:
         # RedisCluster speaks the same command API; callers treat both alike.
-        return cast(Redis, _Cluster.from_url(url, retry=retry, retry_on_error=errors, driver_info=_DRIVER))
+        return cast(
+            Redis,
+            _Cluster.from_url(
+                url, retry=retry, retry_on_error=errors, driver_info=_DRIVER, maint_notifications_config=_NO_MAINT
+            ),
+        )
     # A blocking pool: under a burst, a command waits (up to POOL_WAIT) for a free connection
     # instead of failing at once with MaxConnectionsError, which turned load into 503s and
     # delivery retries.
@@ -79,5 +94,6 @@ def connect(url: str, *, cluster: bool = False) -> Redis:
         max_connections=MAX_CONNECTIONS,
         timeout=POOL_WAIT,
         driver_info=_DRIVER,
+        maint_notifications_config=_NO_MAINT,
     )
     return Redis.from_pool(pool)

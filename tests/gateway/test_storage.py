@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 
 import pytest
 import redis
@@ -11,7 +12,8 @@ import redis.exceptions
 from gateway import storage
 from gateway.storage import connect
 from tests.conftest import REDIS_URL, wipe
-from tests.support.redis_servers import RedisCluster
+from tests.support.redis_servers import RedisCluster, RedisServer
+from tests.support.waiting import eventually
 
 
 async def test_a_burst_larger_than_the_pool_waits_for_connections_instead_of_failing():
@@ -78,3 +80,26 @@ async def test_a_connection_torn_down_under_a_cluster_command_is_a_redis_error(
         monkeypatch.undo()
         await client.delete("{t}:torn")
         await client.aclose()
+
+
+async def test_a_command_whose_connection_is_killed_under_it_runs_again_on_a_fresh_one(tmp_path: Path):
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    client = connect(server.url)
+    try:
+        waiting = asyncio.create_task(client.blpop(["list"], timeout=5))
+        with redis.Redis.from_url(server.url) as admin:
+
+            def blocked() -> list[int]:
+                return [int(c["id"]) for c in admin.client_list() if c["cmd"] == "blpop"]
+
+            await eventually(lambda: len(blocked()) == 1)
+            first = blocked()[0]
+            admin.client_kill_filter(_id=str(first))
+            # Run again on a new connection, not failed: the caller never sees the kill.
+            await eventually(lambda: blocked() not in ([], [first]))
+            admin.rpush("list", b"v")
+        assert await waiting == (b"list", b"v")
+    finally:
+        await client.aclose()
+        server.stop()
