@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import aiohttp
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from gateway import admin, logs, ops, server_api
 from gateway.config import Settings
@@ -23,6 +24,7 @@ from gateway.embedded import EmbeddedRedis
 from gateway.http import errors_middleware, stamp_request_id
 from gateway.keys import ROLE, SERVICES, SETTINGS
 from gateway.listener import head_deadline_middleware
+from gateway.replication import Replication
 from gateway.services import Services
 from gateway.storage import connect
 from gateway.tls import client_context
@@ -74,6 +76,12 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         embedded = EmbeddedRedis(settings.data_dir)
         url = await embedded.start()
     redis = connect(url, cluster=settings.redis_cluster)
+    replication = Replication(redis, settings)
+    try:
+        await replication.detect()
+    except (RedisError, OSError) as exc:
+        log.warning("redis topology not read at start", extra={"error": type(exc).__name__})
+    topology = asyncio.create_task(replication.watch(), name="redis-topology")
     keys = Keys(settings.key_prefix)
     # In production every outbound connection (delivery, providers) goes to public addresses only.
     make_connector = public_only_connector if settings.production else aiohttp.TCPConnector
@@ -109,6 +117,7 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         session=session,
         eraser=Eraser(redis, keys, {}),
         broker=Broker(redis, keys, vault, handoff, providers_for(settings, session)),
+        replication=replication,
     )
     # The eraser reads the hooks dict live: channels register theirs after the core starts.
     services.eraser = Eraser(
@@ -119,6 +128,9 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        topology.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await topology
         await _close_all(
             ("eraser", services.eraser.aclose()),
             ("worker", worker.aclose()),

@@ -34,6 +34,10 @@ class Settings:
     port: int = 8080
     redis_url: str | None = None
     redis_cluster: bool = False
+    ack_replicas: int | None = None
+    """ALLY_ACK_REPLICAS; None (unset): 1 when the Redis in use has replicas, else 0."""
+    ack_timeout_ms: int = 500
+    aof_rewrite_interval: float = 600.0
     data_dir: Path = Path(".ally")
     public_url: str = "http://127.0.0.1:8080"
     admin_token: str | None = field(default=None, repr=False)
@@ -279,6 +283,9 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         port=port,
         redis_url=redis_url,
         redis_cluster=redis_cluster,
+        ack_replicas=r.whole("ALLY_ACK_REPLICAS", None, low=0, high=16),
+        ack_timeout_ms=r.whole("ALLY_ACK_TIMEOUT_MS", 500, low=1, high=60_000) or 500,
+        aof_rewrite_interval=r.number("ALLY_AOF_REWRITE_INTERVAL", 600.0, low=1.0),
         data_dir=data_dir,
         public_url=public_url,
         admin_token=admin_token,

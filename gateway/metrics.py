@@ -31,6 +31,10 @@ class StoredCounter(Collector):
 
 EVENTS_IN = Counter("ally_events_in_total", "Events durably queued", ["channel"])
 EVENTS_OUT = Counter("ally_events_out_total", "Events acknowledged by dedicated servers", ["channel"])
+NOT_REPLICATED = Counter(
+    "ally_writes_not_replicated_total",
+    "Flushes of acknowledged writes that too few replicas confirmed within ALLY_ACK_TIMEOUT_MS (answered 503)",
+)
 EVENTS_EXPIRED = Counter("ally_events_expired_total", "Events dropped after ALLY_HOLD_TTL")
 DELIVERIES = Counter("ally_deliveries_total", "Transaction attempts by outcome", ["outcome"])
 DELIVERY_RETRIES = Counter(

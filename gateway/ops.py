@@ -27,8 +27,15 @@ async def readyz(request: web.Request) -> web.Response:
         return json_response({"status": "starting"}, status=503)
     try:
         await asyncio.wait_for(services.redis.ping(), timeout=1.0)
+        await asyncio.wait_for(services.replication.detect(), timeout=1.0)
     except (RedisError, OSError, TimeoutError):
         return json_response({"status": "unavailable", "redis": "down"}, status=503)
+    lacking = services.replication.lacking()
+    if lacking:
+        # Acknowledged writes wait for replicas these primaries do not have: they would all 503.
+        wanted = services.replication.wanted
+        missing = {"ack_replicas": wanted, "primaries_lacking_replicas": [s.primary for s in lacking]}
+        return json_response({"status": "unavailable", "redis": "up", **missing}, status=503)
     return json_response({"status": "ready", "redis": "up"})
 
 

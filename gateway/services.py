@@ -15,6 +15,7 @@ import aiohttp
 from redis.asyncio import Redis
 
 from gateway.config import Settings
+from gateway.replication import Replication
 from oauth.broker import Broker
 from oauth.vault import Vault
 from routing.delivery import DeliveryWorker
@@ -55,6 +56,8 @@ class Services:
     eraser: Eraser
     broker: Broker
     """OAuth connections and access-token leases (`oauth/broker.py`)."""
+    replication: Replication
+    """How many replicas acknowledged writes wait for, and the shards lacking them."""
     hooks: Hooks = field(default_factory=Hooks)
     loops: dict[str, Loop] = field(default_factory=dict)
     """Background loops run by processes with the worker role, by name."""

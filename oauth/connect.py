@@ -36,7 +36,7 @@ from gateway import metrics
 from gateway.admin import admin_user
 from gateway.clock import iso
 from gateway.config import Settings, origin_of
-from gateway.errors import BadRequest, GatewayError, NotFound, ProviderError
+from gateway.errors import BadRequest, GatewayError, NotFound, ProviderError, StorageError
 from gateway.http import json_response, read_json_object
 from gateway.keys import SERVICES
 from gateway.services import Services
@@ -268,6 +268,8 @@ async def start(request: web.Request) -> web.Response:
         handler = services.broker.provider(provider)
         authorization = await services.broker.blocking(handler.authorize, state, expected)
         await flows.new_state(session, state, binding, authorization.pending, expected)
+    except StorageError:
+        raise  # 503 storage_unavailable, like every route (gateway.http)
     except GatewayError as exc:
         log.warning("connect flow could not start", extra={"provider": provider, "error": type(exc).__name__})
         return _outcome(provider, return_url, PROVIDER_ERROR if isinstance(exc, ProviderError) else INTERNAL_ERROR)
@@ -333,6 +335,8 @@ async def _finish(
     except ProviderError as exc:
         log.warning("code exchange failed", extra={"provider": provider, "error": str(exc)})
         return PROVIDER_ERROR
+    except StorageError:
+        raise  # 503 storage_unavailable, like every route (gateway.http)
     except GatewayError as exc:
         log.warning("connect flow failed", extra={"provider": provider, "error": type(exc).__name__})
         return INTERNAL_ERROR

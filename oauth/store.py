@@ -200,7 +200,9 @@ class ConnectionStore:
             "updated_at",
             repr(now),
         ]
-        return int(await self._put(keys=[self.key(user_id, provider)], args=fields))
+        return int(
+            await self._batch.call(batching.script(self._put, [self.key(user_id, provider)], fields, durable=True))
+        )
 
     async def update_tokens(self, connection: Connection, tokens: Tokens) -> int:
         """Compare-and-set after a refresh; 0 when another process wrote first."""

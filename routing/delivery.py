@@ -606,7 +606,9 @@ class DeliveryWorker:
             self._keys.queue_bytes(user_id),
             self._keys.overflow(user_id),
         ]
-        n, queued = await self._batch.call(batching.script(self._ack, keys, [txn.txn_id, repr(time.time())]))
+        n, queued = await self._batch.call(
+            batching.script(self._ack, keys, [txn.txn_id, repr(time.time())], durable=True)
+        )
         n = int(n)
         if n > 0:
             # Counted by channel when the transaction was built (a txn from before that: "unknown").

