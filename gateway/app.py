@@ -19,6 +19,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from gateway import admin, logs, ops, server_api
+from gateway.compaction import Compactor
 from gateway.config import Settings
 from gateway.embedded import EmbeddedRedis
 from gateway.http import errors_middleware, stamp_request_id
@@ -120,8 +121,15 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         replication=replication,
     )
     # The eraser reads the hooks dict live: channels register theirs after the core starts.
+    compactor = Compactor(
+        redis, keys.global_key("aof"), keys.global_key("aof:gate"), interval=settings.aof_rewrite_interval
+    )
     services.eraser = Eraser(
-        redis, keys, services.hooks.erase, delivery_wait=settings.delivery_timeout + settings.delivery_lease + 5
+        redis,
+        keys,
+        services.hooks.erase,
+        delivery_wait=settings.delivery_timeout + settings.delivery_lease + 5,
+        compactor=compactor,
     )
     services.loops["erasure"] = services.eraser.watch
     app[SERVICES] = services

@@ -116,13 +116,14 @@ class Batcher:
 
     async def _alone(self, call: Call) -> Any:
         """One call on a cluster, in a pipeline of its own (with its WAIT, on its node)."""
-        pipe = self._redis.pipeline(transaction=False)
-        call.queue(pipe)
         ack = self.ack if call.durable else Ack()
-        if ack.replicas:
-            node = self._redis.get_node_from_key(call.keys[0])
-            pipe.execute_command("WAIT", ack.replicas, ack.timeout_ms, target_nodes=node)
         try:
+            pipe = self._redis.pipeline(transaction=False)
+            call.queue(pipe)
+            if ack.replicas:
+                await self._redis.initialize()  # the slot map, before asking it for a node
+                node = self._redis.get_node_from_key(call.keys[0])
+                pipe.execute_command("WAIT", ack.replicas, ack.timeout_ms, target_nodes=node)
             replies = await pipe.execute(raise_on_error=False)
         except Exception as exc:
             return exc

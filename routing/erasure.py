@@ -34,6 +34,7 @@ from redis.exceptions import RedisError
 
 from gateway import batching
 from gateway.clock import iso_now
+from gateway.compaction import Compactor
 from gateway.logs import bound_request_id, new_request_id
 from routing.keys import Keys
 
@@ -71,11 +72,13 @@ class Eraser:
         hooks: Mapping[str, EraseHook],
         *,
         delivery_wait: float = 35.0,
+        compactor: Compactor | None = None,
     ) -> None:
         self._redis = redis
         self._keys = keys
         self._hooks = hooks
         self._delivery_wait = delivery_wait
+        self._compactor = compactor
         self._owner = f"{os.getpid()}-{os.urandom(6).hex()}"
         self._running: dict[str, asyncio.Task[None]] = {}
         self._closed = False
@@ -146,7 +149,19 @@ class Eraser:
                     log.info("resumed interrupted erasures", extra={"count": resumed})
             except RedisError as exc:
                 log.warning("erasure watch: redis unavailable", extra={"error": type(exc).__name__})
+            await self._compact()
             await asyncio.sleep(WATCH_EVERY)
+
+    async def _compact(self, *, erased: bool = False) -> None:
+        """Ask for the AOF rewrite that takes erased users out of its history (gateway.compaction)."""
+        if self._compactor is None:
+            return
+        try:
+            if erased:
+                await self._compactor.erased()
+            await self._compactor.run_due()
+        except RedisError as exc:
+            log.warning("AOF compaction not asked for; retried later", extra={"error": type(exc).__name__})
 
     async def wait(self, user_id: str) -> None:
         task = self._running.get(user_id)
@@ -167,6 +182,8 @@ class Eraser:
                     await renewer
                 with contextlib.suppress(RedisError):
                     await self._release(keys=[lease_key], args=[self._owner])
+            # After the lease is gone too: a rewrite forked earlier would keep its key (the user id).
+            await self._compact(erased=True)
         except RedisError as exc:
             log.warning("erasure interrupted; it resumes later", extra={"error": type(exc).__name__})
 

@@ -188,3 +188,18 @@ async def test_polling_mode_is_checked_for_a_webhook_that_takes_the_updates(tmp_
     bot_api.webhook.update(url="", pending_update_count=2)
     status, output = await doctor(settings, ALLY_TELEGRAM_API_URL=bot_api.url, ALLY_TELEGRAM_MODE="polling")
     assert "long polling (no webhook), 2 update(s) waiting at Telegram" in output
+
+
+async def test_ack_replicas_without_a_replica_is_a_failure_that_says_what_to_do(tmp_path: Path, bot_api: BotApi):
+    redis = RedisServer(tmp_path / "redis")
+    await asyncio.to_thread(redis.start)
+    try:
+        settings = make_settings(tmp_path, redis_url=redis.url)
+        status, output = await doctor(settings, ALLY_TELEGRAM_API_URL=bot_api.url, ALLY_ACK_REPLICAS="1")
+        assert status == 1
+        failures = [line for line in output.splitlines() if line.startswith("FAIL")]
+        assert any("wait for 1 replica(s) (ALLY_ACK_REPLICAS) but primary redis has 0" in f for f in failures), output
+        status, output = await doctor(settings, ALLY_TELEGRAM_API_URL=bot_api.url)
+        assert status == 0 and "no replica: acknowledged writes live on one node" in output, output
+    finally:
+        await asyncio.to_thread(redis.stop)

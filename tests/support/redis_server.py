@@ -12,8 +12,9 @@ from tests.support.subprocess_gateway import free_port
 
 
 class RedisServer:
-    def __init__(self, directory: Path, *, appendonly: bool = True) -> None:
+    def __init__(self, directory: Path, *, appendonly: bool = True, extra: tuple[str, ...] = ()) -> None:
         self.dir = directory
+        self.extra = extra
         self.port = free_port()
         self.appendonly = appendonly
         self.proc: subprocess.Popen[bytes] | None = None
@@ -35,6 +36,7 @@ class RedisServer:
             # Plain RESP commands in the AOF, no compressed RDB preamble: a test can search it.
             "--aof-use-rdb-preamble", "no",
             "--logfile", str(self.dir / "redis.log"),
+            *self.extra,
         ]  # fmt: skip
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 10

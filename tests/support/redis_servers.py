@@ -175,25 +175,34 @@ class ReplicatedRedis:
 
 @dataclass
 class RedisCluster:
-    """Three masters, no replicas, slots split evenly; `url` names the first node."""
+    """Three primaries with slots split evenly, and with `replicas` a replica each (nodes 3..5);
+    `url` names the first node. A node that misses for `NODE_TIMEOUT_MS` counts as failed, so
+    a replica takes over a dead primary within a few seconds."""
 
     nodes: list[RedisServer]
+    primaries: int = 3
+
+    NODE_TIMEOUT_MS = 1000
 
     @property
     def url(self) -> str:
         return self.nodes[0].url
 
     @classmethod
-    def start(cls, root: Path, size: int = 3) -> RedisCluster:
-        nodes = [
-            RedisServer(
-                root / f"node{i}",
-                port=free_port(with_bus=True),
-                extra=("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--appendfsync", "everysec"),
-            )
-            for i in range(size)
-        ]
-        cluster = cls(nodes)
+    def start(cls, root: Path, size: int = 3, *, replicas: bool = False) -> RedisCluster:
+        options: tuple[str, ...] = (
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--appendfsync",
+            "everysec",
+        )
+        if replicas:
+            options += ("--cluster-node-timeout", str(cls.NODE_TIMEOUT_MS), "--repl-diskless-sync-delay", "0")
+        count = size * 2 if replicas else size
+        nodes = [RedisServer(root / f"node{i}", port=free_port(with_bus=True), extra=options) for i in range(count)]
+        cluster = cls(nodes, size)
         try:
             for node in nodes:
                 node.start()
@@ -205,12 +214,29 @@ class RedisCluster:
 
     def _form(self, timeout: float = 30.0) -> None:
         clients = [redis.Redis(port=n.port) for n in self.nodes]
-        share = CLUSTER_SLOTS // len(clients)
-        for i, client in enumerate(clients):
-            end = CLUSTER_SLOTS if i == len(clients) - 1 else (i + 1) * share
+        share = CLUSTER_SLOTS // self.primaries
+        for i, client in enumerate(clients[: self.primaries]):
+            end = CLUSTER_SLOTS if i == self.primaries - 1 else (i + 1) * share
             client.execute_command("CLUSTER ADDSLOTS", *range(i * share, end))
         for node in self.nodes[1:]:
             clients[0].execute_command("CLUSTER MEET", "127.0.0.1", node.port)
+        self._settle(clients, timeout)
+        for i, client in enumerate(clients[self.primaries :]):
+            primary_id = clients[i].execute_command("CLUSTER MYID")
+            deadline = time.monotonic() + timeout
+            while True:  # the replica must know the primary before it can follow it
+                try:
+                    client.execute_command("CLUSTER REPLICATE", primary_id)
+                    break
+                except redis.ResponseError:
+                    assert time.monotonic() < deadline, "replica could not follow its primary"
+                    time.sleep(0.1)
+        if len(self.nodes) > self.primaries:
+            self.wait_for_replicas()
+        for client in clients:
+            client.close()
+
+    def _settle(self, clients: list[redis.Redis], timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:
             infos: list[dict[str, object]] = [c.execute_command("CLUSTER INFO") for c in clients]
@@ -218,12 +244,21 @@ class RedisCluster:
                 str(i.get("cluster_state")) == "ok" and int(str(i.get("cluster_known_nodes", 0))) == len(clients)
                 for i in infos
             ):
-                break
+                return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"cluster did not form: {infos}")
             time.sleep(0.1)
-        for client in clients:
-            client.close()
+
+    def wait_for_replicas(self, timeout: float = 30.0) -> None:
+        """Until each primary's replica is in sync and every node's view of the cluster says so."""
+        for primary in self.nodes[: self.primaries]:
+            wait_for_replicas(primary, 1)
+        deadline = time.monotonic() + timeout
+        for node in self.nodes:
+            with node.client() as client:
+                while sum("slave" in n["flags"] for n in client.cluster("NODES").values()) < self.primaries:
+                    assert time.monotonic() < deadline, "the nodes did not learn of the replicas"
+                    time.sleep(0.05)
 
     def stop(self) -> None:
         for node in self.nodes:

@@ -3,6 +3,8 @@
 configuration   settings, development secrets, providers' settings
 redis           answers, AOF persistence on, no eviction; queues and erasures in progress
 key ring        every data key wrapped by a kid in ALLY_MASTER_KEYS, and opening under it
+replication     replicas behind acknowledged writes (ALLY_ACK_REPLICAS)
+erasure         erased users compacted out of the AOF (BGREWRITEAOF refused?)
 telegram        getMe and getWebhookInfo (webhook URL, pending updates, last error)
 
 Exit status 0 when nothing is wrong (warnings allowed), 1 otherwise. It changes nothing.

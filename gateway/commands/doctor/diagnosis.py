@@ -7,6 +7,7 @@ from typing import Any
 
 from gateway import config
 from gateway.commands.doctor.configuration import check_configuration, check_data_dir, check_providers
+from gateway.commands.doctor.durability import check_compaction, check_replicas
 from gateway.commands.doctor.report import Report
 from gateway.commands.doctor.storage import check_key_ring, check_queues, check_redis, redis_target, shown_url
 from gateway.commands.doctor.telegram import check_telegram
@@ -27,6 +28,8 @@ async def diagnose(settings: config.Settings, report: Report) -> None:
             else:
                 report.fail("key ring", "no master keys (ALLY_MASTER_KEYS unset, none generated yet)")
             await check_queues(redis, settings, report)
+            await check_replicas(redis, settings, report)
+            await check_compaction(redis, settings, report)
     finally:
         await redis.aclose()
     await check_telegram(settings, report)
