@@ -20,7 +20,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from channels.outlook.subscriptions import Subscriptions
-from gateway.errors import BadRequest, GatewayError, StorageError
+from gateway.errors import ApiError, BadRequest, GatewayError, StorageError
 from gateway.http import read_json_object
 from gateway.types import Event
 from routing.queue import Item
