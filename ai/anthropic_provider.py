@@ -18,7 +18,7 @@ from typing import Any, cast
 import anthropic
 import httpx2
 
-from ai.errors import ProviderError, StreamBroken
+from ai.errors import ModelCallFailed, StreamBroken
 from ai.foreign import retry_after
 from ai.request import MessagesRequest
 from ai.sse import error_type
@@ -61,9 +61,9 @@ class AnthropicProvider:
         except anthropic.APIStatusError as exc:
             raise _status_error(exc) from None
         except anthropic.APITimeoutError:
-            raise ProviderError("timeout", retryable=True) from None
+            raise ModelCallFailed("timeout", retryable=True) from None
         except anthropic.APIConnectionError:
-            raise ProviderError("connection", retryable=True) from None
+            raise ModelCallFailed("connection", retryable=True) from None
         return AnthropicReply(response)
 
     async def aclose(self) -> None:
@@ -82,9 +82,9 @@ class AnthropicReply:
         try:
             return await self._response.read()
         except httpx2.TimeoutException:
-            raise ProviderError("timeout", retryable=True) from None
+            raise ModelCallFailed("timeout", retryable=True) from None
         except httpx2.HTTPError:
-            raise ProviderError("connection", retryable=True) from None
+            raise ModelCallFailed("connection", retryable=True) from None
 
     async def chunks(self) -> AsyncGenerator[bytes, None]:
         try:
@@ -99,7 +99,7 @@ class AnthropicReply:
         await self._response.close()
 
 
-def _status_error(exc: anthropic.APIStatusError) -> ProviderError:
+def _status_error(exc: anthropic.APIStatusError) -> ModelCallFailed:
     status = exc.status_code
     response = exc.response
     try:
@@ -108,13 +108,13 @@ def _status_error(exc: anthropic.APIStatusError) -> ProviderError:
         body = None
     if status in (401, 403):
         # The gateway's key was refused: nothing the caller did, and no other model would fix it.
-        return ProviderError("provider_auth", retryable=False, status=status)
+        return ModelCallFailed("provider_auth", retryable=False, status=status)
     retryable = status in (408, 429) or status >= 500
     if status == 529 or error_type(body) == "overloaded_error":
         reason = "overloaded"
     else:
         reason = f"status_{status // 100}xx" if status >= 500 else f"status_{status}"
-    return ProviderError(
+    return ModelCallFailed(
         reason,
         retryable=retryable,
         status=status,

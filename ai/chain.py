@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from ai.errors import ProviderError, StreamBroken, Untranslatable
+from ai.errors import ModelCallFailed, StreamBroken, Untranslatable
 from ai.provider import Provider, Reply
 from ai.request import MessagesRequest
 from ai.sse import SseEvent, SseSplitter, error_type
@@ -108,22 +108,22 @@ class Chain:
         return [first, *(link for link in self._fallbacks if link != first)]
 
     async def open(self, request: MessagesRequest) -> Opened:
-        """The first link's answer that began; else the failure the caller should see (`ProviderError`).
+        """The first link's answer that began; else the failure the caller should see (`ModelCallFailed`).
 
         A link whose provider cannot express the request is skipped. When a link of another
         provider than the first fails for good, the first link's failure is what the caller
         sees: the caller asked the first provider, and speaks its language.
         """
         links = self.links(request.model)
-        first: ProviderError | None = None
-        last: ProviderError | None = None
+        first: ModelCallFailed | None = None
+        last: ModelCallFailed | None = None
         for index, link in enumerate(links):
             try:
                 opened = await self._with_retries(link, request)
             except Untranslatable as exc:
                 log.info("fallback skipped: the request has no equivalent there", extra=_about(link, exc.feature))
                 continue
-            except ProviderError as exc:
+            except ModelCallFailed as exc:
                 exc.model, exc.provider = link.model, link.provider.name
                 first, last = first or exc, exc
                 if not exc.retryable:
@@ -148,20 +148,20 @@ class Chain:
         return await retrying(self._attempt, link, request)
 
     def _worth_retrying(self, exc: BaseException) -> bool:
-        if not isinstance(exc, ProviderError) or not exc.retryable:
+        if not isinstance(exc, ModelCallFailed) or not exc.retryable:
             return False
         return exc.retry_after is None or exc.retry_after <= self._policy.max_backoff
 
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, ProviderError) and exc.retry_after is not None:
+        if isinstance(exc, ModelCallFailed) and exc.retry_after is not None:
             return exc.retry_after
         delay = self._policy.backoff * 2.0 ** (state.attempt_number - 1)
         return min(self._policy.max_backoff, delay) * random.uniform(0.8, 1.2)
 
     def _note_retry(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
-        reason = exc.reason if isinstance(exc, ProviderError) else "unknown"
+        reason = exc.reason if isinstance(exc, ModelCallFailed) else "unknown"
         link = state.args[0] if state.args else None
         metrics.AI_RETRIES.labels(reason).inc()
         log.info(
@@ -194,7 +194,7 @@ async def _first_events(chunks: AsyncIterator[bytes], splitter: SseSplitter) -> 
                 continue
             kind = error_type(first.data) if first.name == "error" else None
             if kind is not None and kind in RETRYABLE_STREAM_ERRORS:
-                raise ProviderError(
+                raise ModelCallFailed(
                     "overloaded" if kind == "overloaded_error" else f"stream_{kind}",
                     retryable=True,
                     status=RETRYABLE_STREAM_ERRORS[kind],
@@ -203,8 +203,8 @@ async def _first_events(chunks: AsyncIterator[bytes], splitter: SseSplitter) -> 
                 )
             return head
     except StreamBroken as exc:
-        raise ProviderError(exc.reason, retryable=True) from None
-    raise ProviderError("broken", retryable=True)
+        raise ModelCallFailed(exc.reason, retryable=True) from None
+    raise ModelCallFailed("broken", retryable=True)
 
 
 def _feed(splitter: SseSplitter, chunk: bytes) -> list[SseEvent]:

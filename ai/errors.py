@@ -1,8 +1,9 @@
 """The relay's errors, all under the gateway's one root (`gateway/errors.py`).
 
     GatewayError
-    ├── ProviderError        the provider gave no usable answer before the first byte
-    │                        (status and body as the provider sent them, when it sent any)
+    ├── ModelCallFailed      a model provider gave no usable answer before the first byte
+    │                        (status and body as the provider sent them, when it sent any);
+    │                        not `gateway.errors.ProviderError`, which is Google or Microsoft
     ├── StreamBroken         the provider's stream failed after bytes reached the caller
     ├── Untranslatable       a fallback provider cannot express the request; it is skipped
     └── ApiError
@@ -19,7 +20,7 @@ from collections.abc import Mapping
 from gateway.errors import GatewayError, PaymentRequired
 
 
-class ProviderError(GatewayError):
+class ModelCallFailed(GatewayError):
     """A failed attempt. `retryable` failures (429, 5xx, overload, timeouts, connection errors)
     are retried and then fall back; the others are the caller's to see."""
 

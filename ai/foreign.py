@@ -13,7 +13,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 
 import orjson
 
-from ai.errors import ProviderError
+from ai.errors import ModelCallFailed
 
 _ERROR_TYPES = {
     400: "invalid_request_error",
@@ -57,18 +57,18 @@ class TranslatedReply:
             await close()
 
 
-def status_error(provider: str, status: int, message: str, headers: Mapping[str, str]) -> ProviderError:
-    """A provider's error status as the relay's `ProviderError`, its body in Anthropic's shape."""
+def status_error(provider: str, status: int, message: str, headers: Mapping[str, str]) -> ModelCallFailed:
+    """A provider's error status as the relay's `ModelCallFailed`, its body in Anthropic's shape."""
     if status in (401, 403):
         # The gateway's key was refused: nothing the caller did.
-        return ProviderError("provider_auth", retryable=False, status=status)
+        return ModelCallFailed("provider_auth", retryable=False, status=status)
     kind = _ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
     if kind == "overloaded_error":
         reason = "overloaded"
     else:
         reason = f"status_{status // 100}xx" if status >= 500 else f"status_{status}"
     body = orjson.dumps({"type": "error", "error": {"type": kind, "message": f"{provider}: {message}"}})
-    return ProviderError(
+    return ModelCallFailed(
         reason,
         retryable=status in (408, 429) or status >= 500,
         status=status,

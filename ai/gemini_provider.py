@@ -19,7 +19,7 @@ import orjson
 from google import genai
 from google.genai import errors, types
 
-from ai.errors import ProviderError, StreamBroken
+from ai.errors import ModelCallFailed, StreamBroken
 from ai.foreign import TranslatedReply, status_error
 from ai.request import MessagesRequest
 from ai.translate import gemini
@@ -61,9 +61,9 @@ class GeminiProvider:
         except errors.APIError as exc:
             raise _status_error(exc) from None
         except httpx2.TimeoutException:
-            raise ProviderError("timeout", retryable=True) from None
+            raise ModelCallFailed("timeout", retryable=True) from None
         except (httpx2.HTTPError, StopAsyncIteration):
-            raise ProviderError("connection", retryable=True) from None
+            raise ModelCallFailed("connection", retryable=True) from None
         return TranslatedReply(events=_events(first, stream, model), close=_closer(stream))
 
     async def aclose(self) -> None:
@@ -101,6 +101,6 @@ def _closer(stream: AsyncIterator[types.GenerateContentResponse]) -> Any:
     return close
 
 
-def _status_error(exc: errors.APIError) -> ProviderError:
+def _status_error(exc: errors.APIError) -> ModelCallFailed:
     headers = exc.response.headers if isinstance(exc.response, httpx2.Response) else {}
     return status_error("google", exc.code, str(exc.message or exc.status or "error"), headers)

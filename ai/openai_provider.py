@@ -16,7 +16,7 @@ import httpx2
 import openai
 import orjson
 
-from ai.errors import ProviderError, StreamBroken
+from ai.errors import ModelCallFailed, StreamBroken
 from ai.foreign import TranslatedReply, status_error
 from ai.request import MessagesRequest
 from ai.translate import openai_chat
@@ -44,9 +44,9 @@ class OpenAIProvider:
         except openai.APIStatusError as exc:
             raise _status_error(exc) from None
         except openai.APITimeoutError:
-            raise ProviderError("timeout", retryable=True) from None
+            raise ModelCallFailed("timeout", retryable=True) from None
         except openai.APIConnectionError:
-            raise ProviderError("connection", retryable=True) from None
+            raise ModelCallFailed("connection", retryable=True) from None
         if not request.stream:
             body = openai_chat.answer(answer.model_dump(mode="json"), model)
             return TranslatedReply(body=orjson.dumps(body))
@@ -70,7 +70,7 @@ async def _events(stream: openai.AsyncStream[Any], model: str) -> AsyncGenerator
     yield translator.end()
 
 
-def _status_error(exc: openai.APIStatusError) -> ProviderError:
+def _status_error(exc: openai.APIStatusError) -> ModelCallFailed:
     body = exc.body if isinstance(exc.body, dict) else {}
     error = body.get("error") if isinstance(body.get("error"), dict) else body
     message = str(error.get("message") or exc.message) if isinstance(error, dict) else exc.message

@@ -1,7 +1,7 @@
 """The seam a model provider plugs into: open a reply, read it, close it.
 
 A provider turns one Messages request for one model into a `Reply` once the
-answer's head has arrived, or raises `ProviderError` (translated from its SDK or
+answer's head has arrived, or raises `ModelCallFailed` (translated from its SDK or
 transport), or `Untranslatable` before sending anything when it has no
 equivalent for something the request uses. Replies are in Anthropic's format
 whoever served them. The chain (`chain.py`) decides about retries and fallbacks; the relay
@@ -19,7 +19,7 @@ from ai.request import MessagesRequest
 
 
 class Reply(Protocol):
-    """An answer whose status line was a success. Reading raises `ProviderError` (whole body)
+    """An answer whose status line was a success. Reading raises `ModelCallFailed` (whole body)
     or `StreamBroken` (chunks); `aclose` releases the connection and may be called twice."""
 
     @property

@@ -39,7 +39,7 @@ from multidict import CIMultiDict
 
 from ai.admission import Admission, Slot
 from ai.chain import Chain, Link, Opened, RetryPolicy
-from ai.errors import ProviderError, StreamBroken
+from ai.errors import ModelCallFailed, StreamBroken
 from ai.metering import Meter, StreamCounter, Tokens, tokens_of_message
 from ai.provider import Provider
 from ai.request import Policy, parse
@@ -155,7 +155,7 @@ async def _admitted(request: web.Request, relay: Relay, chain: Chain, slot: Slot
         raise
     try:
         opened = await chain.open(ask)
-    except ProviderError as exc:
+    except ModelCallFailed as exc:
         return _failure(exc)
     if ask.stream:
         return await _stream(request, relay.meter, slot.user_id, opened)
@@ -280,7 +280,7 @@ async def _record(meter: Meter, user_id: str, opened: Opened, tokens: Tokens, *,
     log.info("AI request served", extra=extra)
 
 
-def _failure(exc: ProviderError) -> web.Response:
+def _failure(exc: ModelCallFailed) -> web.Response:
     metrics.AI_REQUESTS.labels(f"failed_{exc.reason}").inc()
     log.warning(
         "AI request failed",
