@@ -119,6 +119,10 @@ def requests(r: Running) -> dict[tuple[str, str], dict[str, Any]]:
             "json": {"text": "hi"},
         },
         ("GET", "/v1/telegram/files/{file_id}"): {"path": "/v1/telegram/files/BQACAgIAAxkBAAI", "headers": server},
+        ("GET", "/v1/telegram/files/{file_id}/{name}"): {
+            "path": "/v1/telegram/files/BQACAgIAAxkBAAI/file_0.jpg",
+            "headers": server,
+        },
         ("POST", "/v1/ai/messages"): {"path": "/v1/ai/messages", "headers": server, "json": MESSAGE},
         ("POST", "/v1/ai/v1/messages"): {"path": "/v1/ai/v1/messages", "headers": server, "json": MESSAGE},
         ("GET", "/v1/ai/usage"): {"path": "/v1/ai/usage", "headers": server},
