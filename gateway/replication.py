@@ -97,6 +97,7 @@ class Replication:
         while True:
             await asyncio.sleep(REFRESH)
             try:
-                await self.detect()
-            except (RedisError, OSError) as exc:
+                # Bounded: a node that stopped answering (frozen, cut off) must not stall the refresh.
+                await asyncio.wait_for(self.detect(), REFRESH)
+            except (RedisError, OSError, TimeoutError) as exc:
                 log.info("redis topology not read", extra={"error": type(exc).__name__})
