@@ -17,7 +17,7 @@ from gateway.config import Settings
 from tests.conftest import ADMIN_TOKEN, make_settings
 from tests.support import ingress
 from tests.support.dedicated import DedicatedServer
-from tests.support.redis_servers import RedisServer, ReplicatedRedis
+from tests.support.redis_servers import ReplicatedRedis
 
 pytestmark = pytest.mark.slow
 
@@ -77,22 +77,15 @@ async def cut_replica_then_fail_over(
     dedicated.mode["u1"] = "ok"
     client = await started(dataclasses.replace(settings, redis_url=pair.replica.url))
     try:
-        acknowledged = [seq for seq, status in answers.items() if status == 200]
 
         def arrived() -> list[int]:
             return [e["payload"]["seq"] for e in dedicated.events("u1") if e["type"] == "telegram.update"]
 
-        # Wait for what can still arrive: the acknowledged events, or (control) everything on the replica.
-        with_replica = await _queued_on(pair.replica)
-        await dedicated.wait_for(lambda: len(arrived()) >= min(len(acknowledged), with_replica), timeout=20)
+        # Seq 0..4 were on the replica before the cut; whatever else arrives comes with them.
+        await dedicated.wait_for(lambda: len(arrived()) >= 5, timeout=20)
         return Outcome(answers, arrived())
     finally:
         await client.close()
-
-
-async def _queued_on(server: RedisServer) -> int:
-    with server.client() as client:
-        return sum(int(client.xlen(k)) for k in client.scan_iter(match="*:q"))
 
 
 async def test_every_acknowledged_event_survives_the_primary_dying_with_its_replica_cut_off(

@@ -157,7 +157,10 @@ class ReplicatedRedis:
             client.replicaof("NO", "ONE")
 
     def cut_link(self) -> None:
-        """The replica gets nothing the primary takes from now on (and the primary sees it gone)."""
+        """The replica gets nothing the primary takes from now on (and the primary sees it gone);
+        what the primary had before is on the replica, so the cut falls exactly here."""
+        with self.primary.client() as client:
+            assert client.wait(1, 5000) >= 1, "the replica did not catch up before the cut"
         self.promote_replica()
         with self.primary.client() as client:
             deadline = time.monotonic() + 10
