@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
@@ -64,6 +64,11 @@ class Ack:
 
     replicas: int = 0
     timeout_ms: int = 500
+    per_node: Mapping[str, int] = field(default_factory=dict)
+    """On a cluster, what the node (`host:port`) of a write waits for, where it differs."""
+
+    def on(self, node: str) -> int:
+        return self.per_node.get(node, self.replicas)
 
 
 def command(queue: Queue, *, durable: bool = False, key: Any = None) -> Call:
@@ -123,6 +128,8 @@ class Batcher:
             if ack.replicas:
                 await self._redis.initialize()  # the slot map, before asking it for a node
                 node = self._redis.get_node_from_key(call.keys[0])
+                ack = Ack(ack.on(node.name), ack.timeout_ms)
+            if ack.replicas:
                 pipe.execute_command("WAIT", ack.replicas, ack.timeout_ms, target_nodes=node)
             replies = await pipe.execute(raise_on_error=False)
         except Exception as exc:

@@ -36,6 +36,11 @@ async def readyz(request: web.Request) -> web.Response:
         wanted = services.replication.wanted
         missing = {"ack_replicas": wanted, "primaries_lacking_replicas": [s.primary for s in lacking]}
         return json_response({"status": "unavailable", "redis": "up", **missing}, status=503)
+    unreplicated = services.replication.unreplicated()
+    if unreplicated:
+        # After a failover: served, but a second failure there would lose writes (§9.9).
+        primaries = [s.primary for s in unreplicated]
+        return json_response({"status": "ready", "redis": "up", "primaries_without_replica": primaries})
     return json_response({"status": "ready", "redis": "up"})
 
 

@@ -7,8 +7,19 @@ code redeemed, tokens stored, an erasure accepted, a delivered transaction dropp
 
 Unset, `ALLY_ACK_REPLICAS` means 1 as soon as the Redis in use has been seen with a replica, and
 it stays 1 for the life of the process: a replica that drops out is exactly when waiting for it
-matters (writes then answer 503 until it is back, or the operator sets 0). The topology is read
-at start-up and again every `REFRESH` seconds and on every `/readyz` (failovers, replicas added).
+matters (writes then answer 503 until it is back, or the operator sets 0).
+
+On a cluster, unset, it is decided per shard: 1 while the shard's primary has a replica *listed*
+in the cluster's view — in sync, lagging, cut off or failing alike, so a replica that falls
+behind still makes writes wait for it (or 503) — and 0 for a primary with no replica listed at
+all. That is the shard right after a failover: its old primary is gone, nobody can confirm a
+write, and refusing every write until an operator restarts a node would take that shard's users
+offline for no gain. It serves unreplicated meanwhile (a second failure before a replica rejoins
+would lose what it took); `/readyz` names it, the log says so once. An explicit
+`ALLY_ACK_REPLICAS` is strict everywhere: a shard without enough replicas refuses writes.
+
+The topology is read at start-up and again every `REFRESH` seconds and on every `/readyz`
+(failovers, replicas added).
 """
 
 from __future__ import annotations
@@ -36,6 +47,8 @@ class Shard:
     """The primary's address (`host:port`), or `redis` for a single primary."""
     replicas: int
     """Replicas attached and in sync (online) right now."""
+    listed: int = 0
+    """Replicas the cluster lists for this primary, failing or not (a single primary: `replicas`)."""
 
 
 async def shards(redis: Redis) -> list[Shard]:
@@ -46,7 +59,7 @@ async def shards(redis: Redis) -> list[Shard]:
     online = [
         v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict) and v.get("state") == "online"
     ]
-    return [Shard("redis", len(online))]
+    return [Shard("redis", len(online), len(online))]
 
 
 def _cluster_shards(nodes: dict[str, dict[str, Any]]) -> list[Shard]:
@@ -58,16 +71,22 @@ def _cluster_shards(nodes: dict[str, dict[str, Any]]) -> list[Shard]:
         for address, node in nodes.items()
         if "master" in str(node.get("flags", "")) and node.get("slots") and healthy(node)
     }
-    counts = dict.fromkeys(primaries, 0)
+    counts, listed = dict.fromkeys(primaries, 0), dict.fromkeys(primaries, 0)
     for node in nodes.values():
-        if "slave" in str(node.get("flags", "")) and healthy(node) and node.get("master_id") in counts:
-            counts[str(node["master_id"])] += 1
-    return [Shard(primaries[node_id], counts[node_id]) for node_id in sorted(primaries, key=primaries.get)]  # type: ignore[arg-type]
+        if "slave" in str(node.get("flags", "")) and node.get("master_id") in counts:
+            listed[str(node["master_id"])] += 1
+            if healthy(node):
+                counts[str(node["master_id"])] += 1
+    return [
+        Shard(primaries[node_id], counts[node_id], listed[node_id])
+        for node_id in sorted(primaries, key=primaries.get)  # type: ignore[arg-type]
+    ]
 
 
 class Replication:
     def __init__(self, redis: Redis, settings: Settings) -> None:
         self._redis = redis
+        self._cluster = isinstance(redis, RedisCluster)
         self._configured = settings.ack_replicas
         self._timeout_ms = settings.ack_timeout_ms
         self._seen_replica = False
@@ -80,17 +99,33 @@ class Replication:
             return self._configured
         return 1 if self._seen_replica else 0
 
+    def wanted_for(self, shard: Shard) -> int:
+        if self._configured is not None or not self._cluster:
+            return self.wanted
+        return 1 if shard.listed else 0
+
     def lacking(self) -> list[Shard]:
         """Shards whose primary has fewer replicas than acknowledged writes wait for."""
-        return [shard for shard in self.shards if shard.replicas < self.wanted]
+        return [shard for shard in self.shards if shard.replicas < self.wanted_for(shard)]
+
+    def unreplicated(self) -> list[Shard]:
+        """Cluster shards serving without a replica (after a failover, ALLY_ACK_REPLICAS unset)."""
+        return [shard for shard in self.shards if self.wanted and not self.wanted_for(shard)]
 
     async def detect(self) -> None:
         found = await shards(self._redis)
         if any(shard.replicas for shard in found) and not self._seen_replica:
             self._seen_replica = True
             log.info("redis replicas found; acknowledged writes wait for them", extra={"shards": len(found)})
+        before = {shard.primary for shard in self.unreplicated()}
         self.shards = found
-        batching.shared(self._redis).ack = batching.Ack(self.wanted, self._timeout_ms)
+        newly = sorted({shard.primary for shard in self.unreplicated()} - before)
+        if newly:
+            log.warning(
+                "redis primaries without a replica: their writes are not replicated", extra={"primaries": newly}
+            )
+        per_node = {shard.primary: self.wanted_for(shard) for shard in found}
+        batching.shared(self._redis).ack = batching.Ack(self.wanted, self._timeout_ms, per_node)
 
     async def watch(self) -> None:
         """Read the topology again every REFRESH seconds, for the life of the process."""

@@ -157,21 +157,27 @@ async def test_a_primary_killed_under_load_loses_nothing_acknowledged(cluster: R
     victim = primary_of(cluster, "ann")
     recovered: list[float] = []
 
+    replica = replica_of(cluster, victim)
+    ready: list[dict[str, Any]] = []
+
     async def chaos() -> None:
         await asyncio.sleep(1.0)
         victim.stop(crash=True)
-        # Its replica takes over after the node timeout (1 s) and an election. Until the new
-        # primary has a replica of its own, ann's writes cannot be confirmed and answer 503: the
-        # dead node is restarted, as an orchestrator would, and rejoins as that replica.
-        await promoted(replica_of(cluster, victim))
+        # Its replica takes over after the node timeout (1 s) and an election. The new primary
+        # has no replica listed: ann is served again, unreplicated, without waiting for anyone
+        # to restart the dead node, and /readyz names that primary.
+        await promoted(replica)
         since = time.monotonic()
-        victim.start()
         recovered.append(await back_within(load, "ann", since, limit=20.0))
+        ready.append(await (await load.client.get("/readyz")).json())
+        victim.start()  # rejoins as the new primary's replica
         await asyncio.sleep(1.0)
 
     await run(load, chaos)
     assert 503 in load.answers, "the kill was noticed"
     assert recovered[0] < 10.0
+    assert ready[0]["status"] == "ready"
+    assert ready[0]["primaries_without_replica"] == [f"127.0.0.1:{replica.port}"]
     assert sum(len(v) for v in load.acked.values()) > 50, "the load was steady"
 
 
