@@ -20,7 +20,7 @@ from channels.telegram.ratelimit import Limiter, Limits
 from gateway.errors import TooManyRequests
 from gateway.storage import connect
 from routing.keys import Keys
-from tests.conftest import REDIS_URL, wipe
+from tests.support.gateway import REDIS_URL, wipe
 
 # Monotonic and wall clocks may drift apart by a few milliseconds between two readings.
 CLOCK_SLACK = 0.02
@@ -214,11 +214,18 @@ async def test_a_pause_holds_every_process_until_it_ends(redis: Redis, keys: Key
 
 
 async def test_a_waiting_call_whose_process_died_stops_blocking_others(redis: Redis, keys: Keys):
-    limiter = Limiter(redis, keys, "42", Limits(stale_after=0.5))
-    # A call queued and then never heard from again (its process was killed). Were it kept in
-    # line, the next call would wait behind it until max_wait and be refused.
+    # A call queued and then never heard from again (its process was killed between taking its
+    # place in line and leaving it): its place is what `_enter` leaves behind. Kept in line, it
+    # holds the next call back until max_wait, and that call is refused...
+    held = Limiter(redis, keys, "41", Limits(stale_after=60.0, max_wait=1.0))
+    await held._enter("ghost", 1, group=False, budget=10)
+    with pytest.raises(TooManyRequests):
+        await held.acquire("alive", 2, group=False)
+    # ...but a place not heard from for `stale_after` is dropped, and the next call goes ahead.
+    limiter = Limiter(redis, keys, "42", Limits(stale_after=0.5, max_wait=5.0))
     await limiter._enter("ghost", 1, group=False, budget=10)
-    await limiter.acquire("alive", 2, group=False)
+    waited = await limiter.acquire("alive", 2, group=False)
+    assert waited < 2.0  # stale_after and a poll or two, far short of max_wait
 
 
 async def test_a_flood_pauses_its_chat_then_the_bot_once_two_users_hit_it(redis: Redis, keys: Keys):
