@@ -1,51 +1,21 @@
 from __future__ import annotations
 
-import base64
-import dataclasses
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from redis.asyncio import Redis
 
-from gateway.app import create_app
-from gateway.config import MasterKey, Settings
-from gateway.keys import SERVICES
-from gateway.services import Services
-from gateway.storage import connect
+from gateway.config import Settings
+from routing.keys import Keys
 from tests.support.dedicated import DedicatedServer
+from tests.support.gateway import REDIS_URL, Gateway, make_settings, serve, wipe
 from tests.support.redis_server import RedisServer
 from tests.support.redis_servers import RedisCluster
 
-REDIS_URL = os.environ.get("ALLY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-ADMIN_TOKEN = "test-admin-token-0123456789"
-
-
-def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
-    base = Settings(
-        redis_url=REDIS_URL,
-        data_dir=tmp_path / "data",
-        admin_token=ADMIN_TOKEN,
-        master_keys=(MasterKey("k1", os.urandom(32)),),
-        key_prefix=f"t{uuid.uuid4().hex[:12]}:",
-        public_url="http://127.0.0.1:8080",
-        allowed_return_origins=("http://127.0.0.1:8080",),
-    )
-    return dataclasses.replace(base, **overrides)
-
-
-async def wipe(prefix: str, url: str = REDIS_URL, *, cluster: bool = False) -> None:
-    redis = connect(url, cluster=cluster)
-    try:
-        keys = [k async for k in redis.scan_iter(match=f"{prefix}*", count=1000)]
-        # One key per command: keys of different users live in different cluster slots.
-        for key in keys:
-            await redis.delete(key)
-    finally:
-        await redis.aclose()
+# The stand-ins' fixtures: one of each, for every test directory.
+pytest_plugins = ["tests.support.standins"]
 
 
 @pytest.fixture
@@ -53,45 +23,30 @@ def settings(tmp_path: Path) -> Settings:
     return make_settings(tmp_path)
 
 
-@dataclasses.dataclass
-class Gateway:
-    client: TestClient[Any, Any]
-    settings: Settings
+@pytest.fixture
+async def redis() -> AsyncIterator[Redis]:
+    """A plain client of the shared Redis, for tests of one part without a gateway."""
+    client = Redis.from_url(REDIS_URL)
+    try:
+        yield client
+    finally:
+        await client.aclose()
 
-    @property
-    def services(self) -> Services:
-        app = self.client.app
-        assert app is not None
-        services: Services = app[SERVICES]
-        return services
 
-    async def admin(self, method: str, path: str, **kwargs: Any) -> Any:
-        headers = {"Authorization": f"Bearer {self.settings.admin_token}", **kwargs.pop("headers", {})}
-        return await self.client.request(method, path, headers=headers, **kwargs)
-
-    async def create_user(self, server: DedicatedServer, user_id: str) -> dict[str, Any]:
-        public_key = server.new_user(user_id)
-        resp = await self.admin(
-            "PUT",
-            f"/admin/v1/users/{user_id}",
-            json={"server_url": server.url(user_id), "server_public_key": public_key},
-        )
-        assert resp.status == 201, await resp.text()
-        body: dict[str, Any] = await resp.json()
-        server.secrets[user_id] = [body["webhook_secret"]]
-        return body
+@pytest.fixture
+async def keys() -> AsyncIterator[Keys]:
+    """A key layout under a prefix of the test's own, wiped afterwards."""
+    prefix = f"t{uuid.uuid4().hex[:12]}:"
+    try:
+        yield Keys(prefix)
+    finally:
+        await wipe(prefix)
 
 
 @pytest.fixture
 async def gateway(settings: Settings) -> AsyncIterator[Gateway]:
-    app = create_app(settings)
-    client = TestClient(TestServer(app, port=0))
-    await client.start_server()
-    try:
-        yield Gateway(client, settings)
-    finally:
-        await client.close()
-        await wipe(settings.key_prefix, settings.redis_url or REDIS_URL, cluster=settings.redis_cluster)
+    async with serve(settings) as gateway:
+        yield gateway
 
 
 @pytest.fixture(scope="session")
@@ -112,10 +67,6 @@ async def dedicated() -> AsyncIterator[DedicatedServer]:
         yield server
     finally:
         await server.close()
-
-
-def random_public_key() -> str:
-    return base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=").decode()
 
 
 @pytest.fixture

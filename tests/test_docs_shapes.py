@@ -9,8 +9,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import Gateway
 from tests.support.dedicated import DedicatedServer
+from tests.support.gateway import Gateway
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 

@@ -17,19 +17,17 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
-from gateway.app import create_app
 from gateway.types import Event
 from oauth.providers import Grant
 from oauth.store import Tokens
 from routing.queue import Item
-from tests.conftest import Gateway, make_settings
-from tests.support import gemini as gemini_api
-from tests.support import openai as openai_api
+from tests.support import gemini as gemini_wire
+from tests.support import openai as openai_wire
 from tests.support import telegram as tgs
 from tests.support.anthropic import API_KEY, AnthropicStandIn, error, message, stream
 from tests.support.dedicated import DedicatedServer
+from tests.support.gateway import Gateway, make_settings, serve
 from tests.support.leaks import Markers, assert_nothing_leaked, leaks, log_output, redis_server
 from tests.support.redis_server import RedisServer
 from tests.support.telegram import FakeTelegram
@@ -42,43 +40,12 @@ TG_SECRET = "leak-webhook-secret-" + os.urandom(8).hex()
 
 
 @pytest.fixture
-async def anthropic_api() -> AsyncIterator[AnthropicStandIn]:
-    api = AnthropicStandIn()
-    await api.start()
-    try:
-        yield api
-    finally:
-        await api.close()
-
-
-@pytest.fixture
-async def fallbacks() -> AsyncIterator[tuple[openai_api.OpenAIStandIn, gemini_api.GeminiStandIn]]:
-    apis = (openai_api.OpenAIStandIn(), gemini_api.GeminiStandIn())
-    for api in apis:
-        await api.start()
-    try:
-        yield apis
-    finally:
-        for api in apis:
-            await api.close()
-
-
-@pytest.fixture
-async def fake_tg() -> AsyncIterator[FakeTelegram]:
-    server = FakeTelegram()
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.close()
-
-
-@pytest.fixture
 async def gateway(
     tmp_path: Path,
     redis_server: RedisServer,
     anthropic_api: AnthropicStandIn,
-    fallbacks: tuple[openai_api.OpenAIStandIn, gemini_api.GeminiStandIn],
+    openai_api: openai_wire.OpenAIStandIn,
+    gemini_api: gemini_wire.GeminiStandIn,
     fake_tg: FakeTelegram,
     log_output: io.StringIO,
 ) -> AsyncIterator[Gateway]:
@@ -97,17 +64,13 @@ async def gateway(
         ai_backoff=0.0,
         ai_timeout=5.0,
         ai_fallbacks=("openai:gpt-leak", "google:gemini-leak"),
-        openai_api_key=openai_api.API_KEY,
-        openai_base_url=fallbacks[0].base_url,
-        gemini_api_key=gemini_api.API_KEY,
-        gemini_base_url=fallbacks[1].url,
+        openai_api_key=openai_wire.API_KEY,
+        openai_base_url=openai_api.base_url,
+        gemini_api_key=gemini_wire.API_KEY,
+        gemini_base_url=gemini_api.url,
     )
-    client = TestClient(TestServer(create_app(settings), port=0))
-    await client.start_server()
-    try:
-        yield Gateway(client, settings)
-    finally:
-        await client.close()
+    async with serve(settings) as gateway:
+        yield gateway
 
 
 async def drive_core(gateway: Gateway, dedicated: DedicatedServer, m: Markers) -> dict[str, str]:
@@ -120,8 +83,8 @@ async def drive_core(gateway: Gateway, dedicated: DedicatedServer, m: Markers) -
         m.secret("master_key", base64.urlsafe_b64encode(key.key).decode().rstrip("="))
     m.secret("google_client_secret", gateway.settings.google_client_secret or "")
     m.secret("anthropic_api_key", API_KEY)
-    m.secret("openai_api_key", openai_api.API_KEY)
-    m.secret("gemini_api_key", gemini_api.API_KEY)
+    m.secret("openai_api_key", openai_wire.API_KEY)
+    m.secret("gemini_api_key", gemini_wire.API_KEY)
 
     dedicated.mode[USER] = "down"
     payloads: list[dict[str, Any]] = [
@@ -241,16 +204,17 @@ async def drive_ai(gateway: Gateway, api: AnthropicStandIn, m: Markers, auth: di
 async def drive_fallbacks(
     gateway: Gateway,
     api: AnthropicStandIn,
-    fallbacks: tuple[openai_api.OpenAIStandIn, gemini_api.GeminiStandIn],
+    openai_api: openai_wire.OpenAIStandIn,
+    gemini_api: gemini_wire.GeminiStandIn,
     m: Markers,
     auth: dict[str, str],
 ) -> None:
     """Anthropic overloaded: OpenAI answers whole and fails, Gemini streams a function call."""
-    openai, gemini = fallbacks
+    openai, gemini = openai_api, gemini_api
     api.plan("claude-leak-4", error(529, "Overloaded"))
-    openai.plan("gpt-leak", openai_api.completion(m("openai_answer")), openai_api.error(500, m("openai_error")))
+    openai.plan("gpt-leak", openai_wire.completion(m("openai_answer")), openai_wire.error(500, m("openai_error")))
     gemini.plan(
-        "gemini-leak", gemini_api.stream((m("gemini_stream"),), function_calls=(("f", {"q": m("gemini_args")}),))
+        "gemini-leak", gemini_wire.stream((m("gemini_stream"),), function_calls=(("f", {"q": m("gemini_args")}),))
     )
     for streaming in (False, True):
         prompt = [{"role": "user", "content": m("fallback_prompt")}]
@@ -265,7 +229,8 @@ async def test_no_marker_reaches_redis_the_aof_or_the_logs(
     gateway: Gateway,
     dedicated: DedicatedServer,
     anthropic_api: AnthropicStandIn,
-    fallbacks: tuple[openai_api.OpenAIStandIn, gemini_api.GeminiStandIn],
+    openai_api: openai_wire.OpenAIStandIn,
+    gemini_api: gemini_wire.GeminiStandIn,
     fake_tg: FakeTelegram,
     redis_server: RedisServer,
     log_output: io.StringIO,
@@ -275,7 +240,7 @@ async def test_no_marker_reaches_redis_the_aof_or_the_logs(
     await drive_telegram(gateway, fake_tg, dedicated, m, auth)
     await drive_oauth(gateway, m, auth)
     await drive_ai(gateway, anthropic_api, m, auth)
-    await drive_fallbacks(gateway, anthropic_api, fallbacks, m, auth)
+    await drive_fallbacks(gateway, anthropic_api, openai_api, gemini_api, m, auth)
     # Gmail and Outlook add their drive_* here when they arrive.
 
     # The markers did reach the user's own server, opened there: the test looked where the data went.

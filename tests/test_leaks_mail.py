@@ -11,8 +11,8 @@ import pytest
 
 from oauth.providers import Grant
 from oauth.store import Tokens
-from tests.routing.test_erasure import wait_gone
 from tests.support.dedicated import DedicatedServer
+from tests.support.erasure import wait_gone
 from tests.support.google import Google
 from tests.support.graph import Graph
 from tests.support.leaks import Markers, assert_nothing_leaked, log_output, redis_server

@@ -17,8 +17,8 @@ from gateway.app import create_app
 from gateway.config import Settings
 from gateway.types import Event
 from routing.queue import Item
-from tests.conftest import Gateway, make_settings
 from tests.support.dedicated import DedicatedServer
+from tests.support.gateway import Gateway, make_settings
 
 SPEC_PATH = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
 METHODS = {"get", "put", "post", "delete", "patch", "options", "head", "trace"}

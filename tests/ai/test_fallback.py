@@ -6,9 +6,9 @@ import json
 import pytest
 
 from gateway.config import Settings
-from tests.ai.conftest import FALLBACK, PRIMARY, ask, server_token
-from tests.conftest import Gateway
 from tests.support.anthropic import AnthropicStandIn, Step, drop, error, hang, message, stream
+from tests.support.gateway import Gateway
+from tests.support.relay import FALLBACK, PRIMARY, ask, server_token
 
 MODEL_HEADER = "ally-ai-model"
 

@@ -18,9 +18,9 @@ from ai.metering import Meter
 from gateway.config import Settings
 from gateway.errors import TooManyRequests
 from routing.keys import Keys
-from tests.ai.conftest import PRIMARY, ask, server_token
-from tests.conftest import REDIS_URL, Gateway
 from tests.support.anthropic import AnthropicStandIn, message, stream
+from tests.support.gateway import REDIS_URL, Gateway
+from tests.support.relay import PRIMARY, ask, server_token
 
 WEB_SEARCH = {"type": "web_search_20250305", "name": "web_search", "max_uses": 5}
 MCP = [{"type": "url", "url": "https://mcp.example.com/sse", "name": "example"}]

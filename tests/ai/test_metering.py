@@ -10,9 +10,9 @@ import pytest
 from ai.metering import StreamCounter, Tokens, month_of
 from ai.sse import SseEvent
 from gateway.config import Settings
-from tests.ai.conftest import FALLBACK, PRIMARY, ask, server_token
-from tests.conftest import ADMIN_TOKEN, Gateway
 from tests.support.anthropic import AnthropicStandIn, error, message, stream
+from tests.support.gateway import ADMIN_TOKEN, Gateway
+from tests.support.relay import FALLBACK, PRIMARY, ask, server_token
 
 
 def served(input_tokens: int, output_tokens: int, requests: int) -> dict[str, object]:

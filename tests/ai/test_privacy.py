@@ -14,13 +14,13 @@ from redis.asyncio import Redis
 
 from gateway import logs
 from gateway.config import Settings
-from tests.ai.conftest import FALLBACK, PRIMARY, ask, server_token
-from tests.conftest import REDIS_URL, Gateway
 from tests.support import gemini as gemini_module
 from tests.support import openai as openai_module
 from tests.support.anthropic import AnthropicStandIn, error, message, stream
+from tests.support.gateway import REDIS_URL, Gateway
 from tests.support.gemini import GeminiStandIn
 from tests.support.openai import OpenAIStandIn
+from tests.support.relay import FALLBACK, PRIMARY, ask, server_token
 
 
 @pytest.fixture

@@ -11,13 +11,13 @@ import anthropic
 import pytest
 
 from gateway.config import Settings
-from tests.ai.conftest import PRIMARY, ask, server_token
-from tests.conftest import Gateway
 from tests.support import gemini as gemini_api_module
 from tests.support import openai as openai_api_module
 from tests.support.anthropic import AnthropicStandIn, error
+from tests.support.gateway import Gateway
 from tests.support.gemini import GeminiStandIn
 from tests.support.openai import OpenAIStandIn
+from tests.support.relay import PRIMARY, ask, server_token
 from tests.support.scripted import ScriptedApi
 
 MODELS = {"openai": "gpt-test-5", "google": "gemini-test-3"}

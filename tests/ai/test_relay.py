@@ -3,9 +3,9 @@ from __future__ import annotations
 import asyncio
 import json
 
-from tests.ai.conftest import FALLBACK, PRIMARY, ask, server_token
-from tests.conftest import Gateway
 from tests.support.anthropic import AnthropicStandIn, message, stream
+from tests.support.gateway import Gateway
+from tests.support.relay import FALLBACK, PRIMARY, ask, server_token
 
 MODEL_HEADER = "ally-ai-model"
 

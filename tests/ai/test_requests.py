@@ -11,9 +11,9 @@ import pytest
 from gateway.app import create_app
 from gateway.config import Settings
 from gateway.errors import ConfigError
-from tests.ai.conftest import PRIMARY, ask, server_token
-from tests.conftest import ADMIN_TOKEN, Gateway, make_settings
 from tests.support.anthropic import AnthropicStandIn, message, stream
+from tests.support.gateway import ADMIN_TOKEN, Gateway, make_settings
+from tests.support.relay import PRIMARY, ask, server_token
 
 GOOD = ask()
 

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.channels.conftest import TgGateway, serve_tg, tg_settings
-from tests.channels.test_telegram_ingress import updates
-from tests.gateway.test_metrics import scrape, value
 from tests.support import telegram as tgs
 from tests.support.dedicated import DedicatedServer
+from tests.support.metrics import scrape, value
 from tests.support.telegram import FakeTelegram
+from tests.support.telegram_gateway import TgGateway, serve_tg, tg_settings, updates
 
 ALICE = tgs.person(111000333, "Alice", "alice")
 BOB = tgs.person(222000444, "Bob", "bob")

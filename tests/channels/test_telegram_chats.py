@@ -6,36 +6,17 @@ the field `private` of `{u:<id>}:tg:chats`. Users stored the old way must keep w
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator
-
-import pytest
 from redis.asyncio import Redis
 
 from channels.telegram.chats import Chats
 from routing.keys import Keys
-from tests.channels.conftest import TgGateway
-from tests.conftest import REDIS_URL, wipe
 from tests.support import telegram as tgs
 from tests.support.dedicated import DedicatedServer
+from tests.support.telegram_gateway import TgGateway
 
 ALICE = tgs.person(111000111, "Alice", "alice")
 ALICE_2 = tgs.person(111000112, "Alice", "alice_phone")
 GROUP = -4001230000
-
-
-@pytest.fixture
-async def keys() -> AsyncIterator[Keys]:
-    prefix = f"t{uuid.uuid4().hex[:12]}:"
-    yield Keys(prefix)
-    await wipe(prefix)
-
-
-@pytest.fixture
-async def redis() -> AsyncIterator[Redis]:
-    client = Redis.from_url(REDIS_URL)
-    yield client
-    await client.aclose()
 
 
 async def to_old_layout(redis: Redis, keys: Keys, user_id: str) -> None:

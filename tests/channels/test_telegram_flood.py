@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.channels.conftest import TgGateway
-from tests.channels.test_telegram_outbound import linked
 from tests.support import telegram as tgs
 from tests.support.dedicated import DedicatedServer
+from tests.support.telegram_gateway import TgGateway, linked
 
 ALICE = tgs.person(111000111, "Alice", "alice")
 BOB = tgs.person(222000222, "Bob", "bob")

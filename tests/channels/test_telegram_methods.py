@@ -14,9 +14,9 @@ import yaml
 
 from channels.telegram.methods import METHODS, table
 from channels.telegram.ratelimit import Limits
-from tests.channels.conftest import TgGateway
 from tests.support import telegram as tgs
 from tests.support.dedicated import DedicatedServer
+from tests.support.telegram_gateway import TgGateway
 
 ALICE = tgs.person(111000111, "Alice", "alice")
 BOB = tgs.person(222000222, "Bob", "bob")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from tests.channels.conftest import SECRET, TgGateway
-from tests.gateway.test_metrics import scrape, value
 from tests.support import telegram as tgs
+from tests.support.metrics import scrape, value
+from tests.support.telegram_gateway import SECRET, TgGateway
 
 STRANGER = tgs.person(6660001, "Mallory", None)
 

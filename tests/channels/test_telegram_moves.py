@@ -12,10 +12,9 @@ from typing import Any
 import orjson
 
 from channels.telegram.ingress import ASK_MOVE, MOVE_EXPIRED, MOVE_NOT_YOURS, MOVED
-from tests.channels.conftest import TgGateway
-from tests.channels.test_telegram_ingress import of_type, updates
 from tests.support import telegram as tgs
 from tests.support.dedicated import DedicatedServer
+from tests.support.telegram_gateway import TgGateway, of_type, updates
 
 ALICE = tgs.person(111000111, "Alice", "alice")
 BOB = tgs.person(222000222, "Bob", "bob")

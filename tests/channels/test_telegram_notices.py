@@ -18,14 +18,14 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from channels.telegram.notices import OFFLINE, lost
 from gateway.app import create_app
-from tests.channels.conftest import SECRET, TgGateway, tg_settings
-from tests.conftest import wipe
-from tests.routing.test_delivery_faults import ping
-from tests.routing.test_no_content_at_rest import everything_under, forms
 from tests.support import telegram as tgs
 from tests.support.dedicated import DedicatedServer
+from tests.support.delivery import ping
+from tests.support.gateway import wipe
+from tests.support.redisdump import everything_under, forms
 from tests.support.subprocess_gateway import GatewayProcess, environment
 from tests.support.telegram import FakeTelegram
+from tests.support.telegram_gateway import SECRET, TgGateway, tg_settings
 
 ALICE = tgs.person(333000333, "Alice", "alice")
 BOB = tgs.person(444000444, "Bob", "bob")

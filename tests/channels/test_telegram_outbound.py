@@ -11,20 +11,14 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from channels.telegram.split import utf16_len
 from gateway.app import create_app
-from tests.channels.conftest import TgGateway, tg_settings
-from tests.conftest import wipe
 from tests.support import telegram as tgs
 from tests.support.dedicated import DedicatedServer
+from tests.support.gateway import wipe
 from tests.support.telegram import FakeTelegram
+from tests.support.telegram_gateway import TgGateway, linked, tg_settings
 
 ALICE = tgs.person(111000111, "Alice", "alice")
 BOB = tgs.person(222000222, "Bob", "bob")
-
-
-async def linked(tg: TgGateway, dedicated: DedicatedServer, user_id: str, person: dict[str, Any]) -> dict[str, str]:
-    created = await tg.create_user(dedicated, user_id)
-    await tg.link_private(dedicated, user_id, person)
-    return tg.server_headers(created["server_token"])
 
 
 async def test_send_message_defaults_to_the_private_chat_and_answers_telegrams_json(

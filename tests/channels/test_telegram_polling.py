@@ -12,12 +12,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from gateway.app import create_app
 from gateway.config import load
 from gateway.errors import ConfigError
-from tests.channels.conftest import TgGateway, tg_settings
-from tests.channels.test_telegram_ingress import of_type, updates
-from tests.conftest import wipe
 from tests.support import telegram as tgs
 from tests.support.dedicated import DedicatedServer
+from tests.support.gateway import wipe
 from tests.support.telegram import FakeTelegram
+from tests.support.telegram_gateway import TgGateway, of_type, tg_settings, updates
 
 ALICE = tgs.person(111000111, "Alice", "alice")
 TOKEN = "123456789:AAEexampleexampleexampleexampleexam"

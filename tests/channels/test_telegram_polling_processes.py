@@ -15,13 +15,12 @@ import pytest
 from redis.asyncio import Redis
 
 from gateway.config import Settings
-from tests.channels.conftest import SECRET, tg_settings
-from tests.channels.test_telegram_ingress import updates
-from tests.conftest import ADMIN_TOKEN, REDIS_URL, wipe
 from tests.support import telegram as tgs
 from tests.support.dedicated import DedicatedServer
+from tests.support.gateway import ADMIN_TOKEN, REDIS_URL, wipe
 from tests.support.subprocess_gateway import GatewayProcess, environment
 from tests.support.telegram import FakeTelegram
+from tests.support.telegram_gateway import SECRET, tg_settings, updates
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.slow

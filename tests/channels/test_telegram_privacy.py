@@ -3,13 +3,13 @@ after erasure (global chat routes included), and the chat treated as never linke
 
 from __future__ import annotations
 
-from tests.channels.conftest import TgGateway
-from tests.conftest import random_public_key
-from tests.gateway.test_export import validate
-from tests.routing.test_erasure import wait_gone
 from tests.support import telegram as tgs
 from tests.support.dedicated import DedicatedServer
+from tests.support.erasure import wait_gone
+from tests.support.export import validate
+from tests.support.gateway import random_public_key
 from tests.support.redisdump import containing, dump
+from tests.support.telegram_gateway import TgGateway
 
 ALICE = tgs.person(5550001, "Alice", "alice_privacy")
 FAMILY = tgs.group_chat(-4000000123, "Family")

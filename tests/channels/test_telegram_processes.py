@@ -17,11 +17,11 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.channels.conftest import SECRET
-from tests.conftest import ADMIN_TOKEN, REDIS_URL, wipe
 from tests.support import telegram as tgs
 from tests.support.dedicated import DedicatedServer
+from tests.support.gateway import ADMIN_TOKEN, REDIS_URL, wipe
 from tests.support.telegram import FakeTelegram
+from tests.support.telegram_gateway import SECRET
 
 ROOT = Path(__file__).resolve().parents[2]
 ALICE = tgs.person(555000555, "Alice", "alice")

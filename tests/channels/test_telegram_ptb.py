@@ -12,9 +12,9 @@ import telegram
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup, InputMediaDocument, InputMediaPhoto
 from telegram.request import HTTPXRequest
 
-from tests.channels.conftest import TgGateway
 from tests.support import telegram as tgs
 from tests.support.dedicated import DedicatedServer
+from tests.support.telegram_gateway import TgGateway
 
 ALICE = tgs.person(111000111, "Alice", "alice")
 BOB = tgs.person(222000222, "Bob", "bob")

@@ -22,9 +22,9 @@ from redis.crc import key_slot
 from gateway.app import create_app
 from gateway.config import Settings
 from gateway.keys import SERVICES
-from tests.conftest import ADMIN_TOKEN, make_settings
 from tests.support import ingress
 from tests.support.dedicated import DedicatedServer
+from tests.support.gateway import ADMIN_TOKEN, make_settings
 from tests.support.redis_servers import CLUSTER_SLOTS, RedisCluster, RedisServer
 
 pytestmark = pytest.mark.slow

@@ -20,8 +20,8 @@ import pytest
 import redis as redis_sync
 
 from gateway.config import Settings
-from tests.conftest import make_settings
 from tests.support.dedicated import DedicatedServer
+from tests.support.gateway import make_settings
 from tests.support.redis_servers import RedisServer
 from tests.support.subprocess_gateway import ROOT, GatewayProcess, environment
 

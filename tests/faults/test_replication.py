@@ -14,9 +14,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import create_app
 from gateway.config import Settings
-from tests.conftest import ADMIN_TOKEN, make_settings
 from tests.support import ingress
 from tests.support.dedicated import DedicatedServer
+from tests.support.gateway import ADMIN_TOKEN, make_settings
 from tests.support.redis_servers import ReplicatedRedis
 
 pytestmark = pytest.mark.slow

@@ -7,7 +7,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 from gateway.types import Event
 from routing import signing
 from routing.queue import Item
-from tests.conftest import Gateway, random_public_key
+from tests.support.gateway import Gateway, random_public_key
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from redis.exceptions import ResponseError
 
 from gateway.batching import MAX_BATCH, Batcher, Queue, command, script, shared
 from gateway.storage import connect
-from tests.conftest import REDIS_URL, wipe
+from tests.support.gateway import REDIS_URL, wipe
 from tests.support.redis_server import RedisServer
 
 

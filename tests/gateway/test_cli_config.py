@@ -4,18 +4,15 @@ traceback, a non-zero exit, and nothing started."""
 from __future__ import annotations
 
 import base64
-import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from gateway.config import load
 from gateway.errors import ConfigError
+from tests.support.cli import serve
 
-ROOT = Path(__file__).resolve().parents[2]
 GOOD_KEYS = "k1:" + base64.urlsafe_b64encode(bytes(32)).rstrip(b"=").decode()
 PROD = {
     "ALLY_ENV": "production",
@@ -24,19 +21,6 @@ PROD = {
     "ALLY_MASTER_KEYS": GOOD_KEYS,
     "ALLY_REDIS_URL": "redis://127.0.0.1:1/0",
 }
-
-
-def serve(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("ALLY_") and k != "PORT"}
-    clean["ALLY_DATA_DIR"] = str(tmp_path / "data")
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", "serve"],
-        env={**clean, **env},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 CASES = [

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Gateway, random_public_key
-from tests.gateway.test_metrics import scrape, value
+from tests.support.gateway import Gateway, random_public_key
+from tests.support.metrics import scrape, value
 from tests.support.subprocess_gateway import ROOT, environment
 
 pytestmark = pytest.mark.slow

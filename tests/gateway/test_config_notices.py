@@ -8,7 +8,7 @@ import pytest
 
 from gateway.config import load
 from gateway.errors import ConfigError
-from tests.gateway.test_cli_config import serve
+from tests.support.cli import serve
 
 
 @pytest.mark.parametrize(("raw", "seconds"), [(None, 60.0), ("0", 0.0), ("1.5", 1.5), ("300", 300.0)])

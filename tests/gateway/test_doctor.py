@@ -19,7 +19,7 @@ from gateway.config import Settings
 from oauth.vault import Vault
 from routing.keys import Keys
 from routing.registry import Registry
-from tests.conftest import REDIS_URL, make_settings, random_public_key, wipe
+from tests.support.gateway import REDIS_URL, make_settings, random_public_key, wipe
 from tests.support.redis_server import RedisServer
 from tests.support.subprocess_gateway import ROOT, environment
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import make_settings, random_public_key
+from tests.support.gateway import make_settings, random_public_key
 from tests.support.subprocess_gateway import GatewayProcess, environment
 
 pytestmark = pytest.mark.slow

@@ -3,7 +3,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -13,27 +12,9 @@ from ai.relay import RELAY
 from gateway.logs import scrub
 from gateway.types import Event
 from routing.queue import Item
-from tests.conftest import Gateway
 from tests.support.dedicated import DedicatedServer
-
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "docs" / "export.schema.json"
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [k for k, _ in pairs]
-    # json.loads keeps the last of two equal keys: a part documented twice would hide one of them.
-    assert len(keys) == len(set(keys)), f"duplicate keys in the export schema: {keys}"
-    return dict(pairs)
-
-
-def schema() -> dict[str, Any]:
-    loaded: dict[str, Any] = json.loads(SCHEMA_PATH.read_text(), object_pairs_hook=_no_duplicates)
-    jsonschema.Draft202012Validator.check_schema(loaded)
-    return loaded
-
-
-def validate(document: dict[str, Any]) -> None:
-    jsonschema.Draft202012Validator(schema()).validate(document)
+from tests.support.export import validate
+from tests.support.gateway import Gateway
 
 
 def encodings(raw: bytes) -> list[str]:

@@ -29,8 +29,8 @@ from gateway.keys import SERVICES
 from gateway.types import Event
 from routing.queue import Item
 from routing.urls import PublicOnlyResolver, is_public_address, validate_server_url
-from tests.conftest import ADMIN_TOKEN, Gateway, make_settings, random_public_key, wipe
 from tests.support.dedicated import DedicatedServer
+from tests.support.gateway import ADMIN_TOKEN, Gateway, make_settings, random_public_key, wipe
 from tests.support.listener import Listener
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from gateway import listener
 from gateway.app import create_app
-from tests.conftest import make_settings, wipe
+from tests.support.gateway import make_settings, wipe
 
 
 async def test_start_sets_the_start_up_heap_aside_from_full_collections(tmp_path: Path):

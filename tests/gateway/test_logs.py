@@ -8,7 +8,7 @@ import pytest
 
 from gateway import logs
 from gateway.logs import JsonFormatter, bound_request_id, scrub
-from tests.conftest import Gateway
+from tests.support.gateway import Gateway, random_public_key
 
 # Shapes as the providers issue them (lengths and alphabets from their docs and real traffic).
 BOT_TOKEN = "110201543:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw"
@@ -191,16 +191,10 @@ async def test_answers_carry_the_request_id_and_log_lines_share_it(gateway: Gate
         resp = await gateway.admin(
             "PUT",
             "/admin/v1/users/rid1",
-            json={"server_url": "https://srv.example", "server_public_key": _public_key()},
+            json={"server_url": "https://srv.example", "server_public_key": random_public_key()},
             headers={"X-Request-Id": "platform-43"},
         )
     assert resp.status == 201
     formatted = [orjson.loads(JsonFormatter().format(r)) for r in caplog.records if r.name.startswith("gateway")]
     assert formatted
     assert all(e["request_id"] == "platform-43" for e in formatted)
-
-
-def _public_key() -> str:
-    from tests.conftest import random_public_key
-
-    return random_public_key()

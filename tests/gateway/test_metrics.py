@@ -7,27 +7,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.types import Event
 from routing.queue import Item
-from tests.conftest import Gateway
 from tests.support.dedicated import DedicatedServer
+from tests.support.gateway import Gateway
+from tests.support.metrics import scrape, value
 from tests.support.waiting import eventually
 
 METRICS_SOURCE = Path(__file__).resolve().parents[2] / "gateway" / "metrics.py"
-
-
-async def scrape(gateway: Gateway) -> dict[str, float]:
-    """Every sample, keyed `name{label="value",...}` (labels sorted)."""
-    resp = await gateway.client.get("/metrics")
-    assert resp.status == 200
-    samples: dict[str, float] = {}
-    for family in text_string_to_metric_families(await resp.text()):
-        for s in family.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
-            samples[f"{s.name}{{{labels}}}"] = s.value
-    return samples
-
-
-def value(samples: dict[str, float], key: str) -> float:
-    return samples.get(key, 0.0)
 
 
 async def test_metrics_count_events_per_channel_retries_latency_and_sample_the_queue(

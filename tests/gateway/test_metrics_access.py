@@ -7,30 +7,17 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.app import create_app
-from gateway.config import Settings
 from gateway.types import Event
 from routing.queue import Item
-from tests.conftest import Gateway, make_settings, wipe
-from tests.gateway.test_metrics import value
 from tests.support.commandstats import commands_run
 from tests.support.dedicated import DedicatedServer
+from tests.support.gateway import Gateway, make_settings, serve
+from tests.support.metrics import value
 from tests.support.redis_server import RedisServer
 
 METRICS_TOKEN = "metrics-token-0123456789abcdef"
-
-
-async def serve(settings: Settings, role: str = "all") -> AsyncIterator[Gateway]:
-    client = TestClient(TestServer(create_app(settings, role), port=0))
-    await client.start_server()
-    try:
-        yield Gateway(client, settings)
-    finally:
-        await client.close()
-        await wipe(settings.key_prefix, settings.redis_url or "")
 
 
 @pytest.fixture
@@ -39,7 +26,7 @@ async def production(tmp_path: Path) -> AsyncIterator[Gateway]:
         tmp_path, env="production", public_url="https://gateway.example", metrics_token=METRICS_TOKEN
     )
     settings = dataclasses.replace(settings, allowed_return_origins=("https://gateway.example",))
-    async for gw in serve(settings):
+    async with serve(settings) as gw:
         yield gw
 
 
@@ -60,7 +47,7 @@ async def test_a_scrape_costs_the_same_few_commands_however_many_users_wait(
 ):
     # The web role runs no delivery worker: what the scrape costs is all that reaches this Redis.
     settings = make_settings(tmp_path, redis_url=own_redis.url)
-    async for gw in serve(settings, role="web"):
+    async with serve(settings, role="web") as gw:
         for n in range(300):
             await gw.create_user(dedicated, f"u{n}")
             event = Event("telegram.update", "telegram", {"update_id": n})

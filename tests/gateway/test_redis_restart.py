@@ -12,8 +12,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import create_app
-from tests.conftest import ADMIN_TOKEN, make_settings
 from tests.support.dedicated import DedicatedServer
+from tests.support.gateway import ADMIN_TOKEN, make_settings
 from tests.support.redis_servers import RedisServer
 
 pytestmark = pytest.mark.slow

@@ -16,8 +16,8 @@ from gateway.app import create_app
 from gateway.batching import Ack, Batcher, Queue, command
 from gateway.errors import NotReplicated
 from gateway.storage import connect
-from tests.conftest import make_settings, random_public_key
 from tests.support import ingress
+from tests.support.gateway import make_settings, random_public_key
 from tests.support.redis_servers import RedisServer, ReplicatedRedis
 
 pytestmark = pytest.mark.slow

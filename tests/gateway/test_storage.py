@@ -11,7 +11,7 @@ import redis.exceptions
 
 from gateway import storage
 from gateway.storage import connect
-from tests.conftest import REDIS_URL, wipe
+from tests.support.gateway import REDIS_URL, wipe
 from tests.support.redis_servers import RedisCluster, RedisServer
 from tests.support.waiting import eventually
 

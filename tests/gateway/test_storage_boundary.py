@@ -14,10 +14,10 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import create_app
 from gateway.config import Settings
-from tests.conftest import ADMIN_TOKEN, random_public_key
 from tests.support import telegram as tgs
 from tests.support.anthropic import API_KEY, AnthropicStandIn
 from tests.support.dedicated import DedicatedServer
+from tests.support.gateway import ADMIN_TOKEN, random_public_key
 from tests.support.google import Google
 from tests.support.graph import Graph
 from tests.support.mail import free_port, mail_settings

@@ -12,8 +12,8 @@ from redis.asyncio import Redis
 
 from gateway.config import Settings
 from routing.keys import Keys
-from tests.conftest import REDIS_URL, make_settings, random_public_key, wipe
-from tests.gateway.test_export import validate
+from tests.support.export import validate
+from tests.support.gateway import REDIS_URL, make_settings, random_public_key, wipe
 from tests.support.redisdump import containing, dump
 from tests.support.subprocess_gateway import ROOT, environment
 from tests.support.telegram import USERNAME, FakeTelegram

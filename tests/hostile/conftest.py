@@ -11,11 +11,9 @@ refreshed and no Graph or Gmail call.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -26,105 +24,16 @@ from channels.gmail import GMAIL_TIMING
 from channels.outlook import OUTLOOK_TIMING
 from channels.telegram.ratelimit import Limiter, Limits
 from gateway.app import create_app
-from tests.channels.conftest import SECRET, TgGateway
-from tests.conftest import wipe
+from tests.hostile.world import MODEL, RETURN_ORIGIN, Tenant, World
 from tests.support import telegram as tgs
 from tests.support.anthropic import API_KEY, AnthropicStandIn, Step, message, stream
 from tests.support.dedicated import DedicatedServer
+from tests.support.gateway import wipe
 from tests.support.google import Google
-from tests.support.graph import Graph, GraphSubscription
+from tests.support.graph import Graph
 from tests.support.mail import FAST, connect_gmail, connect_outlook, free_port, mail_settings
 from tests.support.telegram import FakeTelegram
-
-RETURN_ORIGIN = "https://app.example"
-MODEL = "claude-sonnet-5-5"
-
-
-@dataclasses.dataclass
-class Tenant:
-    user_id: str
-    token: str
-    webhook_secret: str
-    person: dict[str, Any]
-    group: dict[str, Any]
-    file_id: str
-    callback_query_id: str
-    gmail: str = ""
-    outlook: str = ""
-    subscription: GraphSubscription | None = None
-
-    @property
-    def private_chat(self) -> int:
-        return int(self.person["id"])
-
-    @property
-    def group_chat(self) -> int:
-        return int(self.group["id"])
-
-    @property
-    def auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
-
-
-@dataclasses.dataclass(frozen=True)
-class Effects:
-    """What a request could have caused somewhere: events queued per user, calls at the stand-ins."""
-
-    events_in: dict[str, int]
-    bot_api_calls: int
-    model_calls: int
-    token_refreshes: int
-    mail_api_calls: int
-
-
-@dataclasses.dataclass(repr=False)
-class World:
-    tg: TgGateway
-    dedicated: DedicatedServer
-    anthropic: AnthropicStandIn
-    google: Google
-    graph: Graph
-    alice: Tenant
-    bob: Tenant
-
-    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
-        # Hypothesis prints the arguments of a failing example; the stand-ins' call logs are noise.
-        printer.text("World(alice, bob)")
-
-    @property
-    def client(self) -> TestClient[Any, Any]:
-        return self.tg.client
-
-    @property
-    def secrets(self) -> tuple[bytes, ...]:
-        """Values that must never appear in any answer or header."""
-        settings = self.tg.settings
-        values = [
-            tgs.TOKEN,
-            tgs.TOKEN.split(":")[1],
-            SECRET,
-            API_KEY,
-            settings.admin_token or "",
-            *(t.token for t in (self.alice, self.bob)),
-            *(t.webhook_secret for t in (self.alice, self.bob)),
-            *(k.key.hex() for k in settings.master_keys),
-        ]
-        return tuple(v.encode() for v in values if v)
-
-    async def effects(self) -> Effects:
-        redis = self.tg.services.redis
-        keys = self.tg.services.keys
-        counts = {}
-        for tenant in (self.alice, self.bob):
-            raw = await redis.hget(keys.counters(tenant.user_id), "events_in")
-            counts[tenant.user_id] = int(raw or 0)
-        return Effects(
-            counts,
-            len(self.tg.fake.calls),
-            len(self.anthropic.calls),
-            self.google.refreshes,
-            len(self.google.calls) + len(self.graph.calls),
-        )
+from tests.support.telegram_gateway import SECRET, TgGateway
 
 
 async def _tenant(tg: TgGateway, dedicated: DedicatedServer, user_id: str, tg_id: int, group_id: int) -> Tenant:

@@ -14,7 +14,7 @@ from aiohttp import FormData
 
 from routing import registry
 from tests.hostile.checks import assert_error_json, assert_sane, read
-from tests.hostile.conftest import MODEL, Tenant, World
+from tests.hostile.world import MODEL, Tenant, World
 from tests.support.mail import expire_access_token
 
 pytestmark = pytest.mark.asyncio(loop_scope="package")

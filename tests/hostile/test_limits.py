@@ -20,14 +20,14 @@ from aiohttp.test_utils import TestClient, TestServer
 from channels.telegram.inputs import MAX_UPLOAD
 from gateway import http, listener
 from gateway.app import create_app
-from tests.channels.conftest import SECRET, TgGateway, tg_settings
-from tests.conftest import make_settings, random_public_key, wipe
 from tests.hostile import rawhttp
-from tests.hostile.conftest import World
+from tests.hostile.world import World
 from tests.support import telegram as tgs
 from tests.support.anthropic import stream
 from tests.support.dedicated import DedicatedServer
+from tests.support.gateway import make_settings, random_public_key, wipe
 from tests.support.telegram import FakeTelegram
+from tests.support.telegram_gateway import SECRET, TgGateway, tg_settings
 
 JSON = {"Content-Type": "application/json"}
 BOUNDARY = "hostile-boundary-7MA4YWxkTrZu0gW"

@@ -17,7 +17,7 @@ from yarl import URL
 
 from tests.hostile import strategies as hs
 from tests.hostile.checks import assert_error_json, assert_sane, read
-from tests.hostile.conftest import Tenant, World
+from tests.hostile.world import Tenant, World
 from tests.support import google as g
 from tests.support.google import Google, SigningKey
 

@@ -5,7 +5,6 @@ that can always ends at the flow's own return_url (never anywhere else) with a r
 
 from __future__ import annotations
 
-from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -14,15 +13,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
-from oauth.connect import COOKIE_PREFIX, FLOWS
+from oauth.connect import FLOWS
 from tests.hostile import strategies as hs
 from tests.hostile.checks import assert_error_json, assert_sane, read
-from tests.hostile.conftest import RETURN_ORIGIN, World
+from tests.hostile.world import RETURN_URL, World, new_flow
 
 pytestmark = pytest.mark.asyncio(loop_scope="package")
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-USER = "dora"
-RETURN_URL = f"{RETURN_ORIGIN}/settings/connections?tab=mail"
 CALLBACK_PARAMS = ["code", "error", "error_description", "scope", "authuser", "prompt", "iss"]
 REASONS = {
     "access_denied", "bad_state", "expired_session", "session_used", "provider_error", "internal_error",
@@ -38,25 +35,6 @@ cookies = st.dictionaries(
 
 def cookie_header(values: dict[str, str]) -> dict[str, str]:
     return {"Cookie": "; ".join(f"{k}={v}" for k, v in values.items())} if values else {}
-
-
-async def new_flow(world: World) -> tuple[str, str, str]:
-    """A connect flow started in a browser: (state, cookie name, cookie value)."""
-    if not await world.tg.services.registry.exists(USER):
-        await world.tg.create_user(world.dedicated, USER)
-    resp = await world.tg.admin(
-        "POST", f"/admin/v1/users/{USER}/connect", json={"provider": "google", "return_url": RETURN_URL}
-    )
-    assert resp.status == 200, await resp.text()
-    path = urlsplit((await resp.json())["url"]).path
-    resp = await world.client.get(path, allow_redirects=False)
-    assert resp.status == 302, await resp.text()
-    state = parse_qs(urlsplit(resp.headers["Location"]).query)["state"][0]
-    jar: SimpleCookie = SimpleCookie()
-    jar.load(resp.headers["Set-Cookie"])
-    (name, morsel), *_ = jar.items()
-    assert name.startswith(COOKIE_PREFIX) and morsel["httponly"] and morsel["secure"]
-    return state, name, morsel.value
 
 
 @FUZZ

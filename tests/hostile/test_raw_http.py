@@ -13,8 +13,7 @@ from hypothesis import strategies as st
 
 from tests.hostile import rawhttp
 from tests.hostile.checks import Answer, assert_sane
-from tests.hostile.conftest import World
-from tests.hostile.test_oauth import new_flow
+from tests.hostile.world import World, new_flow
 from tests.support import telegram as tgs
 
 pytestmark = pytest.mark.asyncio(loop_scope="package")

@@ -14,9 +14,9 @@ import orjson
 import pytest
 
 from routing import signing
-from tests.examples.test_dedicated_server import example_server, print_key
-from tests.hostile.conftest import World
+from tests.hostile.world import World
 from tests.support import telegram as tgs
+from tests.support.example import example_server, print_key
 from tests.support.mail import connect_gmail
 
 

@@ -19,7 +19,7 @@ from yarl import URL
 from channels.telegram.methods import METHODS, Kind
 from tests.hostile import strategies as hs
 from tests.hostile.checks import Answer, assert_error_json, assert_sane, read
-from tests.hostile.conftest import MODEL, World
+from tests.hostile.world import MODEL, World
 
 pytestmark = pytest.mark.asyncio(loop_scope="package")
 ALLOWED = tuple(m.name for m in METHODS)

@@ -18,7 +18,7 @@ from channels.telegram.methods import METHODS, Kind, Method
 from channels.telegram.policy import check
 from gateway.errors import ApiError
 from tests.hostile.checks import assert_error_json, assert_sane, read
-from tests.hostile.conftest import Tenant, World
+from tests.hostile.world import Tenant, World
 
 pytestmark = pytest.mark.asyncio(loop_scope="package")
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

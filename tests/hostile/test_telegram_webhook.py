@@ -16,14 +16,14 @@ from hypothesis import strategies as st
 from yarl import URL
 
 from gateway.app import create_app
-from tests.channels.conftest import SECRET, TgGateway, tg_settings
-from tests.conftest import wipe
 from tests.hostile import strategies as hs
 from tests.hostile.checks import assert_error_json, assert_sane, read
-from tests.hostile.conftest import World
+from tests.hostile.world import World
 from tests.support import telegram as tgs
 from tests.support.dedicated import DedicatedServer
+from tests.support.gateway import wipe
 from tests.support.telegram import FakeTelegram
+from tests.support.telegram_gateway import SECRET, TgGateway, tg_settings
 
 FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 CAROL = tgs.person(333000333, "Carol", "carol")

@@ -1,30 +1,21 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
-from gateway.app import create_app
-from tests.conftest import Gateway, make_settings, random_public_key, wipe
+from gateway.config import Settings
+from tests.support.gateway import Gateway, make_settings, random_public_key
 
 
 @pytest.fixture
-async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
-    settings = make_settings(
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(
         tmp_path,
         google_client_id="client-google",
         google_client_secret="secret-google-0123456789",
         allowed_return_origins=("https://app.example",),
     )
-    client = TestClient(TestServer(create_app(settings), port=0))
-    await client.start_server()
-    try:
-        yield Gateway(client, settings)
-    finally:
-        await client.close()
-        await wipe(settings.key_prefix)
 
 
 async def _user(gateway: Gateway, user_id: str) -> str:

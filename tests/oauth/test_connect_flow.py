@@ -11,30 +11,18 @@ import orjson
 import pytest
 
 from oauth.connect import FLOWS
-from tests.conftest import Gateway
-from tests.oauth.conftest import RETURN_ORIGIN, Browser, World
 from tests.support.dedicated import DedicatedServer
+from tests.support.gateway import Gateway
+from tests.support.oauth_world import RETURN_ORIGIN, Browser, World, auth, start_connect, statuses
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 BOTH = pytest.mark.parametrize("provider", ["google", "microsoft"])
-
-
-async def start_connect(gateway: Gateway, user_id: str, provider: str) -> str:
-    body = {"provider": provider, "return_url": f"{RETURN_ORIGIN}/settings?tab=mail"}
-    resp = await gateway.admin("POST", f"/admin/v1/users/{user_id}/connect", json=body)
-    assert resp.status == 200, await resp.text()
-    url: str = (await resp.json())["url"]
-    return url
 
 
 async def connect(gateway: Gateway, browser: Browser, user_id: str, provider: str) -> dict[str, list[str]]:
     final = await browser.open(await start_connect(gateway, user_id, provider))
     assert final.startswith(f"{RETURN_ORIGIN}/settings?"), final
     return parse_qs(urlsplit(final).query)
-
-
-def auth(created: dict[str, Any]) -> dict[str, str]:
-    return {"Authorization": f"Bearer {created['server_token']}"}
 
 
 async def lease(gateway: Gateway, created: dict[str, Any], provider: str, min_ttl: int = 300) -> Any:
@@ -50,10 +38,6 @@ async def expire(gateway: Gateway, user_id: str, provider: str, *, left: float =
     assert found is not None
     assert await store.update_tokens(found[0], dataclasses.replace(found[1], expires_at=time.time() + left))
     await gateway.services.redis.hset(store.key(user_id, provider), "updated_at", repr(time.time() - 3600))
-
-
-def statuses(dedicated: DedicatedServer, user_id: str) -> list[dict[str, Any]]:
-    return [e["payload"] for e in dedicated.events(user_id) if e["type"] == "connection.status"]
 
 
 @BOTH

@@ -12,10 +12,9 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from tests.conftest import Gateway
-from tests.oauth.conftest import RETURN_ORIGIN, Browser, World
-from tests.oauth.test_connect_flow import auth, start_connect, statuses
 from tests.support.dedicated import DedicatedServer
+from tests.support.gateway import Gateway
+from tests.support.oauth_world import RETURN_ORIGIN, Browser, World, auth, start_connect, statuses
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 BOTH = pytest.mark.parametrize("provider", ["google", "microsoft"])

@@ -20,9 +20,9 @@ from gateway.config import Settings
 from oauth.store import ConnectionStore
 from oauth.vault import Vault
 from routing.keys import Keys
-from tests.conftest import wipe
-from tests.oauth.conftest import RETURN_ORIGIN, Browser, World, free_port
 from tests.support.dedicated import DedicatedServer
+from tests.support.gateway import wipe
+from tests.support.oauth_world import RETURN_ORIGIN, Browser, World, free_port
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
 

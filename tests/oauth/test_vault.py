@@ -5,8 +5,6 @@ import base64
 import os
 import sys
 import time
-import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
@@ -17,15 +15,8 @@ from gateway.storage import connect
 from oauth.store import ConnectionStore, Tokens
 from oauth.vault import Vault
 from routing.keys import Keys
-from tests.conftest import ADMIN_TOKEN, REDIS_URL, wipe
+from tests.support.gateway import ADMIN_TOKEN, REDIS_URL, wipe
 from tests.support.redis_servers import RedisCluster
-
-
-@pytest.fixture
-async def keys() -> AsyncIterator[Keys]:
-    prefix = f"t{uuid.uuid4().hex[:12]}:"
-    yield Keys(prefix)
-    await wipe(prefix)
 
 
 async def register(redis: Redis, keys: Keys, *users: str) -> None:
@@ -33,13 +24,6 @@ async def register(redis: Redis, keys: Keys, *users: str) -> None:
     for user in users:
         await redis.hset(keys.user(user), mapping={"server_url": "https://srv.example"})
         await redis.sadd(keys.users, user)
-
-
-@pytest.fixture
-async def redis() -> AsyncIterator[Redis]:
-    client = Redis.from_url(REDIS_URL)
-    yield client
-    await client.aclose()
 
 
 async def to_old_layout(redis: Redis, keys: Keys, user: str) -> None:

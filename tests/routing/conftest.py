@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import Settings
-from tests.conftest import make_settings
+from tests.support.gateway import make_settings
 
 
 @pytest.fixture(params=["single", "cluster"])

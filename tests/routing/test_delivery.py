@@ -5,8 +5,8 @@ import asyncio
 from gateway.types import Event
 from routing.delivery import MAX_TXN_BYTES
 from routing.queue import Item
-from tests.conftest import Gateway
 from tests.support.dedicated import DedicatedServer
+from tests.support.gateway import Gateway
 
 
 def ev(n: int, channel: str = "telegram") -> Item:

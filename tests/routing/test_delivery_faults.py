@@ -13,15 +13,10 @@ import pytest
 from redis.crc import key_slot
 
 from gateway.config import Settings
-from gateway.types import Event
 from routing.delivery import DeliveryWorker, backoff, parse_retry_after
-from routing.queue import Item
-from tests.conftest import Gateway
 from tests.support.dedicated import DedicatedServer
-
-
-def ev(n: int, text: str = "") -> Item:
-    return Item(Event("telegram.update", "telegram", {"update_id": n, "text": text or f"hello {n}"}), dedup=str(n))
+from tests.support.delivery import ev, ping
+from tests.support.gateway import Gateway
 
 
 def ids(server: DedicatedServer, user_id: str) -> list[int]:
@@ -31,11 +26,6 @@ def ids(server: DedicatedServer, user_id: str) -> list[int]:
 def gaps(server: DedicatedServer, user_id: str) -> list[float]:
     times = [t for u, _, t in server.attempt_times if u == user_id]
     return [b - a for a, b in itertools.pairwise(times)]
-
-
-async def ping(gateway: Gateway, token: str) -> None:
-    resp = await gateway.client.post("/v1/ping", headers={"Authorization": f"Bearer {token}"})
-    assert resp.status == 200
 
 
 def test_backoff_starts_at_one_second_doubles_with_jitter_and_caps_at_five_minutes():

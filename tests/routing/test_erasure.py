@@ -2,45 +2,27 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from gateway.app import create_app
 from gateway.errors import KeyShredded, NotFound
 from gateway.types import Event
 from oauth.vault import aad
 from routing.queue import Item
-from tests.conftest import Gateway, make_settings, wipe
 from tests.support.dedicated import DedicatedServer
+from tests.support.erasure import unique, wait_gone
+from tests.support.gateway import Gateway, make_settings, serve
 from tests.support.redisdump import containing, dump
 from tests.support.waiting import eventually
 
 
 def ev(n: int) -> Item:
     return Item(Event("telegram.update", "telegram", {"update_id": n, "message": {"text": f"note {n}"}}), dedup=str(n))
-
-
-async def wait_gone(gateway: Gateway, user_id: str, timeout: float = 20.0) -> None:
-    async def gone() -> None:
-        while True:
-            resp = await gateway.admin("GET", f"/admin/v1/users/{user_id}")
-            if resp.status == 404:
-                return
-            assert resp.status == 200
-            await asyncio.sleep(0.05)
-
-    await asyncio.wait_for(gone(), timeout)
-
-
-def unique(name: str) -> str:
-    return f"{name}-{os.urandom(4).hex()}"
 
 
 async def test_erasure_removes_every_trace_and_shreds_the_data_key(gateway: Gateway, dedicated: DedicatedServer):
@@ -151,13 +133,8 @@ async def test_deleting_an_unknown_user_is_accepted_and_leaves_nothing(gateway: 
 async def quick_gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
     """A gateway that gives up on a hanging server after 1 s (so erasure waits for that, not 10 s)."""
     settings = dataclasses.replace(make_settings(tmp_path), delivery_timeout=1.0, delivery_lease=2.0)
-    client = TestClient(TestServer(create_app(settings), port=0))
-    await client.start_server()
-    try:
-        yield Gateway(client, settings)
-    finally:
-        await client.close()
-        await wipe(settings.key_prefix)
+    async with serve(settings) as gateway:
+        yield gateway
 
 
 async def test_erasure_waits_out_a_delivery_in_flight_and_nothing_comes_back(

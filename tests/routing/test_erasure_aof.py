@@ -17,8 +17,8 @@ from gateway.commands.doctor.durability import check_compaction
 from gateway.commands.doctor.report import Report
 from gateway.keys import SERVICES
 from gateway.services import Services
-from tests.conftest import ADMIN_TOKEN, make_settings
 from tests.support.dedicated import DedicatedServer
+from tests.support.gateway import ADMIN_TOKEN, make_settings
 from tests.support.redis_server import RedisServer
 from tests.support.waiting import eventually
 

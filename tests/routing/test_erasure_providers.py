@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestServer
 
-from gateway.app import create_app
+from gateway.config import Settings
 from oauth.providers import Grant
 from oauth.store import Tokens
-from tests.conftest import Gateway, make_settings, wipe
-from tests.routing.test_erasure import unique, wait_gone
 from tests.support.dedicated import DedicatedServer
+from tests.support.erasure import unique, wait_gone
+from tests.support.gateway import Gateway, make_settings
 from tests.support.redisdump import containing, dump
 
 GMAIL_SCOPE = "https://www.googleapis.com/auth/gmail.modify"
@@ -59,20 +59,13 @@ async def google() -> AsyncIterator[tuple[GoogleRevoke, str]]:
 
 
 @pytest.fixture
-async def gateway(tmp_path: Path, google: tuple[GoogleRevoke, str]) -> AsyncIterator[Gateway]:
-    settings = make_settings(
+def settings(tmp_path: Path, google: tuple[GoogleRevoke, str]) -> Settings:
+    return make_settings(
         tmp_path,
         google_client_id="client-google.apps.googleusercontent.com",
         google_client_secret="GOCSPX-erasure-test-secret",
         google_revoke_uri=google[1],
     )
-    client = TestClient(TestServer(create_app(settings), port=0))
-    await client.start_server()
-    try:
-        yield Gateway(client, settings)
-    finally:
-        await client.close()
-        await wipe(settings.key_prefix)
 
 
 async def connect_google(gateway: Gateway, user_id: str, refresh: str) -> None:

@@ -14,8 +14,8 @@ from oauth.vault import Vault
 from routing.keys import Keys
 from routing.queue import Handoff, Item
 from routing.registry import Registry
-from tests.conftest import REDIS_URL, make_settings, wipe
 from tests.support.dedicated import DedicatedServer
+from tests.support.gateway import REDIS_URL, make_settings, wipe
 from tests.support.redisdump import containing, dump
 from tests.support.subprocess_gateway import GatewayProcess, environment
 from tests.support.waiting import eventually

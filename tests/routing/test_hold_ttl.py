@@ -8,9 +8,9 @@ import dataclasses
 import pytest
 
 from gateway.config import Settings
-from tests.conftest import Gateway
-from tests.routing.test_delivery_faults import ev, ping
 from tests.support.dedicated import DedicatedServer
+from tests.support.delivery import ev, ping
+from tests.support.gateway import Gateway
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import time
 
-from tests.conftest import Gateway
 from tests.support.dedicated import DedicatedServer
+from tests.support.gateway import Gateway
 
 
 async def user_keys(gateway: Gateway, user_id: str) -> set[str]:

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from gateway.config import Settings
-from tests.conftest import Gateway
-from tests.routing.test_delivery_faults import ev, ping
 from tests.support.dedicated import DedicatedServer
+from tests.support.delivery import ev, ping
+from tests.support.gateway import Gateway
 from tests.support.waiting import eventually
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from gateway.types import Event
 from routing.queue import Item
-from tests.conftest import Gateway
 from tests.support.dedicated import DedicatedServer
+from tests.support.gateway import Gateway
 
 
 def attempt_times(server: DedicatedServer, user_id: str) -> list[float]:

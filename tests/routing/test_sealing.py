@@ -20,9 +20,9 @@ from gateway.config import Settings
 from gateway.types import Event
 from routing.queue import Item
 from routing.sealing import SUITES, SuiteName, info, kid_of, open_sealed, unb64url
-from tests.conftest import Gateway, make_settings
-from tests.gateway.test_export import validate
 from tests.support.dedicated import DedicatedServer, new_key
+from tests.support.export import validate
+from tests.support.gateway import Gateway, make_settings
 from tests.support.redis_server import RedisServer
 from tests.support.redisdump import containing, dump
 from tests.support.waiting import eventually

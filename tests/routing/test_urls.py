@@ -19,8 +19,8 @@ from gateway.config import Settings
 from gateway.types import Event
 from routing.queue import Item
 from routing.urls import public_only_connector, public_socket, validate_server_url
-from tests.conftest import Gateway, make_settings
 from tests.support.dedicated import DedicatedServer
+from tests.support.gateway import Gateway, make_settings
 from tests.support.listener import Listener
 from tests.support.waiting import eventually
 

@@ -21,9 +21,9 @@ from gateway.app import create_app
 from gateway.config import Settings
 from oauth.providers import Grant
 from oauth.store import REAUTH_REQUIRED, Tokens
-from tests.conftest import Gateway, make_settings, wipe
 from tests.support import google as g
 from tests.support.dedicated import DedicatedServer
+from tests.support.gateway import Gateway, make_settings, wipe
 from tests.support.google import Google
 from tests.support.graph import Graph
 

@@ -6,8 +6,8 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from tests.conftest import Gateway
 from tests.support.dedicated import DedicatedServer
+from tests.support.gateway import Gateway
 from tests.support.google import Google, SigningKey
 from tests.support.mail import connect_gmail, events_of, queued_of
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import json
 
-from tests.gateway.test_export import validate
+from tests.support.export import validate
 from tests.support.mail import connect_gmail, connect_outlook
 
 

@@ -7,8 +7,8 @@ from channels.gmail import GMAIL
 from channels.gmail.watches import Watches, address_hash
 from oauth.providers import Grant
 from oauth.store import Tokens
-from tests.conftest import Gateway
 from tests.support.dedicated import DedicatedServer
+from tests.support.gateway import Gateway
 from tests.support.google import TOPIC, Google
 from tests.support.mail import GMAIL_SCOPES, GatewayFactory, connect_gmail, events_of, expire_access_token
 

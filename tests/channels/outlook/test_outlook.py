@@ -11,8 +11,8 @@ from redis.asyncio import Redis
 
 from channels.outlook import OUTLOOK
 from channels.outlook.subscriptions import LIFETIME, RENEW_AHEAD, Subscriptions, state_hash
-from tests.conftest import Gateway
 from tests.support.dedicated import DedicatedServer
+from tests.support.gateway import Gateway
 from tests.support.graph import Graph, GraphSubscription
 from tests.support.mail import GatewayFactory, connect_outlook, events_of, grant_dies, queued_of
 from tests.support.redis_server import RedisServer
