@@ -74,14 +74,14 @@ class Upkeep:
     PROVIDER: ClassVar[str]
 
     def __init__(self, services: Services, tokens: TokenSource, due: DueSet) -> None:
-        self._s = services
+        self._services = services
         self._redis = services.redis
         self._tokens = tokens
         self.due = due
         self._update = services.redis.register_script(_UPDATE)
 
     def _state(self, user_id: str) -> str:
-        return self._s.keys.user_key(user_id, self.NAME)
+        return self._services.keys.user_key(user_id, self.NAME)
 
     async def _set(self, user_id: str, **fields: str | int | float) -> bool:
         args: list[str] = []
@@ -111,7 +111,7 @@ class Upkeep:
     def install(self, *, enabled: bool, timing: Timing, loop: str) -> None:
         """Register the renewal loop and the connect/disconnect hooks (when the provider is
         configured), and the per-user status, export and erase hooks (always)."""
-        services = self._s
+        services = self._services
         if enabled:
 
             async def run() -> None:

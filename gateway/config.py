@@ -274,7 +274,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,40}", key_prefix) or "{" in key_prefix:
         raise ConfigError("ALLY_KEY_PREFIX must be 1-40 characters of A-Za-z0-9_.:-")
 
-    telegram_api_url = _u(r, "ALLY_TELEGRAM_API_URL", Settings.telegram_api_url).rstrip("/")
+    telegram_api_url = _url(r, "ALLY_TELEGRAM_API_URL", Settings.telegram_api_url).rstrip("/")
     telegram_mode = _telegram_mode(r, public_url, telegram_api_url)
 
     return Settings(
@@ -298,19 +298,19 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         telegram_poll_lease=r.number("ALLY_TELEGRAM_POLL_LEASE", 15.0, low=1.0),
         google_client_id=r.text("ALLY_GOOGLE_CLIENT_ID"),
         google_client_secret=r.text("ALLY_GOOGLE_CLIENT_SECRET"),
-        google_auth_uri=_u(r, "ALLY_GOOGLE_AUTH_URI", Settings.google_auth_uri),
-        google_token_uri=_u(r, "ALLY_GOOGLE_TOKEN_URI", Settings.google_token_uri),
-        google_revoke_uri=_u(r, "ALLY_GOOGLE_REVOKE_URI", Settings.google_revoke_uri),
-        gmail_api_url=_u(r, "ALLY_GMAIL_API_URL", Settings.gmail_api_url),
+        google_auth_uri=_url(r, "ALLY_GOOGLE_AUTH_URI", Settings.google_auth_uri),
+        google_token_uri=_url(r, "ALLY_GOOGLE_TOKEN_URI", Settings.google_token_uri),
+        google_revoke_uri=_url(r, "ALLY_GOOGLE_REVOKE_URI", Settings.google_revoke_uri),
+        gmail_api_url=_url(r, "ALLY_GMAIL_API_URL", Settings.gmail_api_url),
         gmail_pubsub_topic=r.text("ALLY_GMAIL_PUBSUB_TOPIC"),
         gmail_push_audience=r.text("ALLY_GMAIL_PUSH_AUDIENCE"),
         gmail_push_service_account=r.text("ALLY_GMAIL_PUSH_SERVICE_ACCOUNT"),
-        google_certs_url=_u(r, "ALLY_GOOGLE_CERTS_URL", Settings.google_certs_url),
+        google_certs_url=_url(r, "ALLY_GOOGLE_CERTS_URL", Settings.google_certs_url),
         microsoft_client_id=r.text("ALLY_MICROSOFT_CLIENT_ID"),
         microsoft_client_secret=r.text("ALLY_MICROSOFT_CLIENT_SECRET"),
-        microsoft_authority=_u(r, "ALLY_MICROSOFT_AUTHORITY", Settings.microsoft_authority, https=True),
+        microsoft_authority=_url(r, "ALLY_MICROSOFT_AUTHORITY", Settings.microsoft_authority, https=True),
         microsoft_oidc_authority=r.url("ALLY_MICROSOFT_OIDC_AUTHORITY", None, schemes=("https",)),
-        graph_api_url=_u(r, "ALLY_GRAPH_API_URL", Settings.graph_api_url).rstrip("/"),
+        graph_api_url=_url(r, "ALLY_GRAPH_API_URL", Settings.graph_api_url).rstrip("/"),
         allowed_return_origins=origins,
         hold_ttl=hold_ttl,
         offline_notice_after=_seconds(r, "ALLY_OFFLINE_NOTICE_AFTER", 60.0),
@@ -337,7 +337,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     )
 
 
-def _u(r: _Reader, name: str, default: str, *, https: bool = False) -> str:
+def _url(r: _Reader, name: str, default: str, *, https: bool = False) -> str:
     value = r.url(name, default, schemes=("https",) if https else ("http", "https"))
     assert value is not None
     return value

@@ -112,21 +112,21 @@ class Flows:
     """The Redis side of sessions and states."""
 
     def __init__(self, services: Services) -> None:
-        self._s = services
+        self._services = services
         self._spend = services.redis.register_script(_SPEND)
         self._take = services.redis.register_script(_TAKE)
 
     def session_key(self, digest: str) -> str:
-        return self._s.keys.global_key(f"oauth:connect:{digest}")
+        return self._services.keys.global_key(f"oauth:connect:{digest}")
 
     def state_key(self, digest: str) -> str:
-        return self._s.keys.global_key(f"oauth:state:{digest}")
+        return self._services.keys.global_key(f"oauth:state:{digest}")
 
     def index_key(self, user_id: str) -> str:
-        return self._s.keys.user_key(user_id, "oauth:flows")
+        return self._services.keys.user_key(user_id, "oauth:flows")
 
     async def _put(self, user_id: str, key: str, fields: dict[str, str | bytes]) -> None:
-        redis = self._s.redis
+        redis = self._services.redis
         await redis.hset(key, mapping=fields)
         await redis.expire(key, VALID_FOR + KEPT_AFTER)
         await redis.sadd(self.index_key(user_id), key)
@@ -145,7 +145,9 @@ class Flows:
             "expires_at": repr(expires_at),
         }
         if expected is not None:
-            fields["expected"] = await self._s.vault.encrypt(user_id, ("oauth-session", digest), expected.encode())
+            fields["expected"] = await self._services.vault.encrypt(
+                user_id, ("oauth-session", digest), expected.encode()
+            )
         await self._put(user_id, self.session_key(digest), fields)
         return secret, expires_at
 
@@ -157,13 +159,13 @@ class Flows:
     async def expected_account(self, user_id: str, secret: str, sealed: bytes | None) -> str | None:
         if not sealed:
             return None
-        return (await self._s.vault.decrypt(user_id, ("oauth-session", _digest(secret)), sealed)).decode()
+        return (await self._services.vault.decrypt(user_id, ("oauth-session", _digest(secret)), sealed)).decode()
 
     async def new_state(
         self, session: dict[str, str], state: str, binding: str, pending: dict[str, Any], expected: str | None
     ) -> None:
         user_id, digest = session["user_id"], _digest(state)
-        sealed = await self._s.vault.encrypt(user_id, ("oauth-flow", digest), orjson.dumps(pending))
+        sealed = await self._services.vault.encrypt(user_id, ("oauth-flow", digest), orjson.dumps(pending))
         fields: dict[str, str | bytes] = {
             "user_id": user_id,
             "provider": session["provider"],
@@ -173,12 +175,14 @@ class Flows:
             "pending": sealed,
         }
         if expected is not None:
-            fields["expected"] = await self._s.vault.encrypt(user_id, ("oauth-expected", digest), expected.encode())
+            fields["expected"] = await self._services.vault.encrypt(
+                user_id, ("oauth-expected", digest), expected.encode()
+            )
         await self._put(user_id, self.state_key(digest), fields)
 
     async def state(self, state: str) -> dict[str, bytes]:
         """The state's record, left in place (empty when unknown or spent)."""
-        raw = await self._s.redis.hgetall(self.state_key(_digest(state)))
+        raw = await self._services.redis.hgetall(self.state_key(_digest(state)))
         return {k.decode(): v for k, v in raw.items()}
 
     async def take_state(self, state: str, binding: str) -> bool:
@@ -196,15 +200,15 @@ class Flows:
         """The provider's pending flow and the expected account, if any."""
         digest = _digest(state)
         opened: dict[str, Any] = orjson.loads(
-            await self._s.vault.decrypt(user_id, ("oauth-flow", digest), record["pending"])
+            await self._services.vault.decrypt(user_id, ("oauth-flow", digest), record["pending"])
         )
         sealed = record.get("expected")
         if not sealed:
             return opened, None
-        return opened, (await self._s.vault.decrypt(user_id, ("oauth-expected", digest), sealed)).decode()
+        return opened, (await self._services.vault.decrypt(user_id, ("oauth-expected", digest), sealed)).decode()
 
     async def forget_user(self, user_id: str) -> None:
-        redis = self._s.redis
+        redis = self._services.redis
         members = list(await redis.smembers(self.index_key(user_id)))
         # Global keys live in other hash slots than the index: delete them one by one (cluster-safe).
         for key in members:

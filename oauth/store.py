@@ -105,7 +105,7 @@ class Connection:
         return {**self.public(), "reason": self.reason, "updated_at": iso(self.updated_at)}
 
 
-def _s(value: bytes | None) -> str:
+def _text(value: bytes | None) -> str:
     return value.decode() if value is not None else ""
 
 
@@ -171,12 +171,12 @@ class ConnectionStore:
             user_id=user_id,
             provider=provider,
             account=data_key.decrypt(("connection", provider), raw[b"account"]).decode(),
-            status=_s(raw.get(b"status")) or CONNECTED,
-            reason=_s(raw.get(b"reason")) or None,
-            scopes=tuple(_s(raw.get(b"scopes")).split()),
-            connected_at=float(_s(raw.get(b"connected_at")) or 0),
-            updated_at=float(_s(raw.get(b"updated_at")) or 0),
-            version=int(_s(raw.get(b"version")) or 0),
+            status=_text(raw.get(b"status")) or CONNECTED,
+            reason=_text(raw.get(b"reason")) or None,
+            scopes=tuple(_text(raw.get(b"scopes")).split()),
+            connected_at=float(_text(raw.get(b"connected_at")) or 0),
+            updated_at=float(_text(raw.get(b"updated_at")) or 0),
+            version=int(_text(raw.get(b"version")) or 0),
         )
         return connection, raw.get(b"tokens", b""), data_key
 

@@ -158,7 +158,7 @@ def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _s(value: bytes | None) -> str:
+def _text(value: bytes | None) -> str:
     return value.decode() if value is not None else ""
 
 
@@ -219,7 +219,7 @@ class Registry:
         reply = await self._key_state_script(keys=keys)
         current, history_raw, length, added, first = reply
         history: list[dict[str, Any]] = orjson.loads(history_raw) if history_raw else []
-        return _s(current or None), history, held_per_run(history, int(length), int(added), _s(first or None))
+        return _text(current or None), history, held_per_run(history, int(length), int(added), _text(first or None))
 
     async def key_status(self, user_id: str) -> KeyStatus:
         """The key in use and the older ones that queued events still need (contract §9.6)."""
@@ -248,7 +248,9 @@ class Registry:
         )
         if values[0] is None:
             return None
-        return User(user_id, _s(values[0]), _s(values[1]), float(_s(values[2]) or 0), float(_s(values[3]) or 0))
+        return User(
+            user_id, _text(values[0]), _text(values[1]), float(_text(values[2]) or 0), float(_text(values[3]) or 0)
+        )
 
     async def require(self, user_id: str) -> User:
         user = await self.get(user_id)
@@ -316,9 +318,9 @@ class Registry:
             # leases, no sends), even while the background steps still run.
             return None
         offered = _hash(token)
-        if stored[0] is not None and hmac.compare_digest(offered, _s(stored[0])):
+        if stored[0] is not None and hmac.compare_digest(offered, _text(stored[0])):
             return UserId(user_id)
-        if stored[1] and hmac.compare_digest(offered, _s(stored[1])) and float(_s(stored[2]) or 0) > time.time():
+        if stored[1] and hmac.compare_digest(offered, _text(stored[1])) and float(_text(stored[2]) or 0) > time.time():
             return UserId(user_id)
         return None
 
@@ -331,9 +333,9 @@ class Registry:
         if values[0] is None or values[1] is None:
             return None
         found = [await self._secret(user_id, values[1])]
-        if values[2] and float(_s(values[3]) or 0) > time.time():
+        if values[2] and float(_text(values[3]) or 0) > time.time():
             found.append(await self._secret(user_id, values[2]))
-        return Target(_s(values[0]), tuple(found))
+        return Target(_text(values[0]), tuple(found))
 
     async def _secret(self, user_id: str, sealed: bytes) -> str:
         """The webhook secret in `sealed`, opened once per process: every delivery needs it, and

@@ -73,7 +73,7 @@ class Watches(Upkeep):
         self._unindex = services.redis.register_script(_UNINDEX)
 
     def _index(self, addr: str) -> str:
-        return self._s.keys.global_key(f"gmail:addr:{addr}")
+        return self._services.keys.global_key(f"gmail:addr:{addr}")
 
     # --- ingress -------------------------------------------------------------------------------
 
@@ -90,7 +90,7 @@ class Watches(Upkeep):
             return "stale"
         event = Event("gmail.notification", "gmail", {"email_address": address, "history_id": history_id})
         try:
-            added = await self._s.handoff(user_id, [Item(event, dedup=message_id)], dedup_scope="gmail")
+            added = await self._services.handoff(user_id, [Item(event, dedup=message_id)], dedup_scope="gmail")
         except NotFound:
             # The user is gone (erased between the lookup and now): nothing to deliver to.
             metrics.DROPPED.labels("gmail", "unknown_address").inc()
@@ -113,7 +113,7 @@ class Watches(Upkeep):
             # Another mailbox: its history ids mean nothing for this one.
             await self._redis.hdel(key, "last_history_id", "history_id", "expiration", "lapsed")
             await self._unindex(keys=[self._index(previous.decode())], args=[user_id])
-        sealed = await self._s.vault.encrypt(user_id, _ACCOUNT, account.encode())
+        sealed = await self._services.vault.encrypt(user_id, _ACCOUNT, account.encode())
         await self._redis.hset(key, mapping={"account": sealed, "addr": addr})
         await self._redis.hsetnx(key, "status", "pending")
         await self._redis.set(self._index(addr), user_id)
@@ -187,7 +187,7 @@ class Watches(Upkeep):
 
     async def _resync(self, user_id: str, state: dict[bytes, bytes], history_id: str, lapsed: str) -> None:
         try:
-            address = (await self._s.vault.decrypt(user_id, _ACCOUNT, state[b"account"])).decode()
+            address = (await self._services.vault.decrypt(user_id, _ACCOUNT, state[b"account"])).decode()
         except VaultError:
             return
         payload: dict[str, Any] = {
@@ -198,7 +198,7 @@ class Watches(Upkeep):
         }
         event = Event("gmail.resync_required", "gmail", payload)
         # The dedup id is the lapse itself: a retry after a crash does not send it twice.
-        await self._s.handoff(user_id, [Item(event, dedup=f"resync:{lapsed}")], dedup_scope="gmail")
+        await self._services.handoff(user_id, [Item(event, dedup=f"resync:{lapsed}")], dedup_scope="gmail")
         await self._redis.hdel(self._state(user_id), "lapsed")
         log.info("gmail watch re-established after a lapse", extra={"user_id": user_id})
 

@@ -71,7 +71,7 @@ class Subscriptions(Upkeep):
         self._ask = services.redis.register_script(_ASK)
 
     def _index(self, subscription_id: str) -> str:
-        return self._s.keys.global_key(f"outlook:sub:{subscription_id}")
+        return self._services.keys.global_key(f"outlook:sub:{subscription_id}")
 
     # --- ingress -------------------------------------------------------------------------------
 
@@ -123,14 +123,14 @@ class Subscriptions(Upkeep):
     async def queue(self, user_id: str, items: list[Item]) -> None:
         try:
             # Duplicates and drops at the queue's caps are counted by the hand-over.
-            await self._s.handoff(user_id, items, dedup_scope="outlook")
+            await self._services.handoff(user_id, items, dedup_scope="outlook")
         except NotFound:
             metrics.DROPPED.labels("outlook", "unknown_user").inc(len(items))
 
     async def _resync(self, user_id: str, reason: str, sub_id: str, *, dedup: str) -> None:
         event = Event("outlook.resync_required", "outlook", {"reason": reason, "subscription_id": sub_id})
         try:
-            await self._s.handoff(user_id, [Item(event, dedup=dedup)], dedup_scope="outlook")
+            await self._services.handoff(user_id, [Item(event, dedup=dedup)], dedup_scope="outlook")
         except NotFound:
             metrics.DROPPED.labels("outlook", "unknown_user").inc()
 
@@ -138,10 +138,10 @@ class Subscriptions(Upkeep):
 
     async def connected(self, user_id: str, account: str) -> None:
         key = self._state(user_id)
-        sealed = await self._s.vault.encrypt(user_id, _ACCOUNT, account.encode())
+        sealed = await self._services.vault.encrypt(user_id, _ACCOUNT, account.encode())
         previous = await self._redis.hget(key, "account")
         if previous is not None:
-            old = (await self._s.vault.decrypt(user_id, _ACCOUNT, previous)).decode()
+            old = (await self._services.vault.decrypt(user_id, _ACCOUNT, previous)).decode()
             if old.lower() != account.lower():
                 # Another mailbox: its subscription is of no use; a new one is made for this one.
                 await self._redis.hset(key, "action", "recreate")

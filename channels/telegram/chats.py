@@ -71,7 +71,7 @@ return 0
 """
 
 
-def _h(value: str) -> str:
+def _digest(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()[:32]
 
 
@@ -182,7 +182,7 @@ class Chats:
 
     async def new_code(self, user_id: str) -> tuple[str, float]:
         code = secrets.token_urlsafe(24)  # 32 characters of A-Za-z0-9_-, as deep links allow
-        hashed = _h(code)
+        hashed = _digest(code)
         await self._redis.hset(self._keys.global_key(f"tg:code:{hashed}"), "user", user_id)
         await self._redis.expire(self._keys.global_key(f"tg:code:{hashed}"), CODE_TTL)
         codes = self._keys.user_key(user_id, "tg:codes")
@@ -193,13 +193,13 @@ class Chats:
         return code, now + CODE_TTL
 
     async def redeem(self, code: str, chat_id: int) -> Redemption:
-        key = self._keys.global_key(f"tg:code:{_h(code)}")
+        key = self._keys.global_key(f"tg:code:{_digest(code)}")
         state, user = await self._batch.call(batching.script(self._redeem, [key], [str(chat_id)], durable=True))
         names = {0: "unknown", 1: "fresh", 2: "replay", 3: "used"}
         return Redemption(names[int(state)], user.decode() if isinstance(user, bytes) else str(user))  # type: ignore[arg-type]
 
     async def remember(self, user_id: str, kind: Kind, ids: Iterable[str]) -> None:
-        members = {_h(i): time.time() for i in ids if i}
+        members = {_digest(i): time.time() for i in ids if i}
         if not members:
             return
         key = self._keys.user_key(user_id, f"tg:{kind}")
@@ -210,7 +210,7 @@ class Chats:
         await self._redis.expire(key, kept)
 
     async def knows(self, user_id: str, kind: Kind, value: str) -> bool:
-        score = await self._redis.zscore(self._keys.user_key(user_id, f"tg:{kind}"), _h(value))
+        score = await self._redis.zscore(self._keys.user_key(user_id, f"tg:{kind}"), _digest(value))
         kept = FILES_KEPT if kind == "files" else CALLBACKS_KEPT
         return score is not None and float(score) > time.time() - kept
 
