@@ -33,7 +33,7 @@ from ai.errors import QuotaExceeded
 from ai.metering import TOTAL_FIELD, Meter, month_of, next_month_start
 from ai.request import MessagesRequest
 from gateway.errors import StorageError, TooManyRequests
-from routing.keys import Keys
+from routing.redis_keys import Keys
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from redis.exceptions import RedisError
 from ai.sse import SseEvent
 from gateway.clock import iso
 from gateway.errors import StorageError
-from routing.keys import Keys
+from routing.redis_keys import Keys
 
 if TYPE_CHECKING:
     from anthropic.types import MessageDeltaUsage, Usage

@@ -4,7 +4,7 @@
     POST /v1/ai/v1/messages   the same, where an Anthropic SDK with base_url `<gateway>/v1/ai` sends it
     GET  /v1/ai/usage         this month's tokens by model, and the cap
 
-Registered through `gateway/app.py`'s `CHANNELS`: that tuple is the list of modules
+Registered through `gateway/app.py`'s `PLUGINS`: that tuple is the list of modules
 that plug into the app with `setup(app)`, and the relay plugs in exactly like a
 channel does (routes, a clean-up context, status and export hooks). A sibling
 tuple would only repeat the same loop.
@@ -45,11 +45,11 @@ from ai.provider import Provider
 from ai.request import Policy, parse
 from ai.sse import error_event
 from gateway import metrics
+from gateway.app_keys import SERVICES, SETTINGS
 from gateway.auth import require_server
 from gateway.config import Settings
 from gateway.errors import ApiError, BadRequest, ClosedError, ConfigError, StorageError
 from gateway.http import json_response, read_body, write_within
-from gateway.keys import SERVICES, SETTINGS
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from gateway.config import parse_master_keys
 from gateway.storage import connect
 from oauth.store import ConnectionStore, Tokens
 from oauth.vault import Vault
-from routing.keys import Keys
+from routing.redis_keys import Keys
 
 PROVIDER_DELAY_MS = 50.0
 USERS = 100

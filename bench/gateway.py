@@ -17,9 +17,9 @@ from aiohttp import web
 
 from gateway import config, listener, logs
 from gateway.app import create_app
-from gateway.keys import SERVICES
+from gateway.app_keys import SERVICES
 from gateway.types import Event
-from routing.queue import Item
+from routing.handoff import Item
 
 
 async def core_ingress(request: web.Request) -> web.Response:

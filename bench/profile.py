@@ -35,7 +35,7 @@ def _summarize_file(path: Path) -> dict[str, Counter[str]] | None:
 
 
 def _frame_name(frame: str) -> tuple[str, str]:
-    # py-spy raw frames look like "handoff (routing/queue.py:96)"
+    # py-spy raw frames look like "handoff (routing/handoff.py:96)"
     name, _, where = frame.partition(" (")
     path = where.rstrip(")").rsplit(":", 1)[0]
     for marker in ("site-packages/", "lib/python3"):

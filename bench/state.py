@@ -29,7 +29,7 @@ from gateway.storage import connect
 from oauth.microsoft import stored_cache
 from oauth.store import ConnectionStore, Tokens
 from oauth.vault import Vault
-from routing.keys import Keys
+from routing.redis_keys import Keys
 from routing.registry import Registry
 
 USER_TARGET = 1024.0

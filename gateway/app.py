@@ -19,11 +19,11 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from gateway import admin, logs, ops, server_api
+from gateway.app_keys import ROLE, SERVICES, SETTINGS
 from gateway.compaction import Compactor
 from gateway.config import Settings
 from gateway.embedded import EmbeddedRedis
 from gateway.http import errors_middleware, stamp_request_id
-from gateway.keys import ROLE, SERVICES, SETTINGS
 from gateway.listener import head_deadline_middleware
 from gateway.replication import Replication
 from gateway.services import Services
@@ -34,16 +34,17 @@ from oauth.broker import Broker, providers_for
 from oauth.vault import Vault
 from routing.delivery import DeliveryWorker
 from routing.erasure import Eraser
-from routing.keys import Keys
+from routing.handoff import Caps, Handoff
 from routing.outage import Outages
-from routing.queue import Caps, Handoff
+from routing.redis_keys import Keys
 from routing.registry import Registry
 from routing.urls import public_only_connector
 
 log = logging.getLogger(__name__)
 
-# Each module has `setup(app)`: it adds routes and its own cleanup context (run after the core's).
-CHANNELS: tuple[str, ...] = ("channels.telegram", "oauth.web", "ai.relay", "channels.gmail", "channels.outlook")
+# The plugins: channels, the OAuth connect flow and the AI relay. Each module has `setup(app)`:
+# it adds routes and its own cleanup context (run after the core's).
+PLUGINS: tuple[str, ...] = ("channels.telegram", "oauth.web", "ai.relay", "channels.gmail", "channels.outlook")
 
 OPERATOR = "operator"
 """The role of `ally-gateway` operator commands: every part and hook, no serving, no background loops."""
@@ -51,8 +52,8 @@ MAX_BODY = 1 << 20
 
 
 def create_app(settings: Settings, role: str = "all", parts: Sequence[str] | None = None) -> web.Application:
-    """The app; `parts` narrows the channels set up (an operator command that needs none of
-    their hooks imports none of them). Unset: every one in `CHANNELS`, read at call time."""
+    """The app; `parts` narrows the plugins set up (an operator command that needs none of
+    their hooks imports none of them). Unset: every one in `PLUGINS`, read at call time."""
     if role not in (*ROLES, OPERATOR):
         raise ValueError(f"role must be one of {ROLES}")
     app = web.Application(middlewares=[head_deadline_middleware, errors_middleware], client_max_size=MAX_BODY)
@@ -63,7 +64,7 @@ def create_app(settings: Settings, role: str = "all", parts: Sequence[str] | Non
     ops.setup(app)
     admin.setup(app)
     server_api.setup(app)
-    for name in CHANNELS if parts is None else parts:
+    for name in PLUGINS if parts is None else parts:
         importlib.import_module(name).setup(app)
     app.cleanup_ctx.append(_background)
     return app

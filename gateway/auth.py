@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from gateway.app_keys import SERVICES
 from gateway.errors import Unauthorized
 from gateway.http import bearer, constant_time_equal
-from gateway.keys import SERVICES
 from gateway.types import UserId
 
 

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 
 from gateway import config, logs
-from gateway.commands import doctor, keys, user
+from gateway.commands import doctor, master_keys, user
 from gateway.devsecrets import with_dev_secrets
 from gateway.errors import ConfigError, GatewayError
 from gateway.types import ROLES
@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the gateway (HTTP and background loops)")
     serve.add_argument("--role", choices=ROLES, default="all")
-    for command in (doctor, keys, user):
+    for command in (doctor, master_keys, user):
         command.add(sub)
     args = parser.parse_args(argv)
     if args.command == "doctor":

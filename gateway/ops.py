@@ -11,9 +11,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from gateway import metrics
+from gateway.app_keys import SERVICES, SETTINGS
 from gateway.errors import Unauthorized
 from gateway.http import bearer, constant_time_equal, json_response
-from gateway.keys import SERVICES, SETTINGS
 from gateway.services import Services
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from gateway.app_keys import SERVICES
 from gateway.auth import require_server
 from gateway.http import json_response
-from gateway.keys import SERVICES
 
 
 async def ping(request: web.Request) -> web.Response:

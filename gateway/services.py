@@ -20,9 +20,9 @@ from oauth.broker import Broker
 from oauth.vault import Vault
 from routing.delivery import DeliveryWorker
 from routing.erasure import Eraser
-from routing.keys import Keys
+from routing.handoff import Handoff
 from routing.outage import Outages
-from routing.queue import Handoff
+from routing.redis_keys import Keys
 from routing.registry import Registry
 
 UserHook = Callable[[str], Awaitable[dict[str, Any]]]

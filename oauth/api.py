@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.admin import admin_user
+from gateway.app_keys import SERVICES
 from gateway.auth import require_server
 from gateway.errors import (
     ApiError,
@@ -23,7 +24,6 @@ from gateway.errors import (
     VaultError,
 )
 from gateway.http import json_response, read_json_object
-from gateway.keys import SERVICES
 from oauth.broker import MAX_MIN_TTL
 from oauth.store import PROVIDERS
 

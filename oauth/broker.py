@@ -53,8 +53,8 @@ from oauth.providers import Grant, Provider
 from oauth.revocations import Revocations
 from oauth.store import CONNECTED, PROVIDERS, REAUTH_REQUIRED, Connection, ConnectionStore, Tokens
 from oauth.vault import Vault
-from routing.keys import Keys
-from routing.queue import Handoff, Item
+from routing.handoff import Handoff, Item
+from routing.redis_keys import Keys
 
 log = logging.getLogger(__name__)
 

@@ -34,11 +34,11 @@ from aiohttp import web
 
 from gateway import metrics
 from gateway.admin import admin_user
+from gateway.app_keys import SERVICES
 from gateway.clock import iso
 from gateway.config import Settings, origin_of
 from gateway.errors import BadRequest, GatewayError, NotFound, ProviderError, StorageError
 from gateway.http import json_response, read_json_object
-from gateway.keys import SERVICES
 from gateway.services import Services
 from oauth.store import PROVIDERS
 

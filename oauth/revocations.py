@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from gateway import metrics
 from gateway.errors import ProviderError, ProviderUnavailable, VaultError
 from oauth.vault import Vault
-from routing.keys import Keys
+from routing.redis_keys import Keys
 
 log = logging.getLogger(__name__)
 

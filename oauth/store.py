@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from gateway import batching
 from gateway.clock import iso
 from oauth.vault import DataKey, Vault
-from routing.keys import Keys
+from routing.redis_keys import Keys
 
 PROVIDERS = ("google", "microsoft")
 CONNECTED = "connected"

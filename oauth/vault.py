@@ -32,7 +32,7 @@ from redis.asyncio.client import Pipeline
 
 from gateway.config import MasterKey
 from gateway.errors import KeyShredded, VaultError
-from routing.keys import Keys
+from routing.redis_keys import Keys
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.keys import SERVICES
+from gateway.app_keys import SERVICES
 from oauth import api, connect
 
 

@@ -42,9 +42,9 @@ from gateway.clock import iso, iso_now
 from gateway.errors import ApiError, ClosedError, GatewayError
 from gateway.types import SealedEvent
 from routing import signing
-from routing.keys import Keys
+from routing.handoff import DEFAULT_CAPS, Caps, new_id
 from routing.outage import Outages
-from routing.queue import DEFAULT_CAPS, Caps, new_id
+from routing.redis_keys import Keys
 from routing.registry import Registry, Target
 from routing.sealing import seal
 from routing.sweep import sweep

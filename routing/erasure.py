@@ -36,7 +36,7 @@ from gateway import batching
 from gateway.clock import iso_now
 from gateway.compaction import Compactor
 from gateway.logs import bound_request_id, new_request_id
-from routing.keys import Keys
+from routing.redis_keys import Keys
 
 log = logging.getLogger(__name__)
 

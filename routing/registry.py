@@ -31,7 +31,7 @@ from redis.asyncio import Redis
 from gateway.errors import NotFound, StorageError
 from gateway.types import USER_ID, UserId
 from oauth.vault import Vault
-from routing.keys import Keys
+from routing.redis_keys import Keys
 from routing.sealing import ServerKey, decode_public_key, kid_of, parse_public_key, suite_of
 from routing.signing import new_secret
 

@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.errors import StorageError
-from routing.keys import Keys
+from routing.redis_keys import Keys
 
 log = logging.getLogger(__name__)
 

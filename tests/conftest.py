@@ -8,7 +8,7 @@ import pytest
 from redis.asyncio import Redis
 
 from gateway.config import Settings
-from routing.keys import Keys
+from routing.redis_keys import Keys
 from tests.support.dedicated import DedicatedServer
 from tests.support.gateway import REDIS_URL, Gateway, make_settings, serve, wipe
 from tests.support.redis_server import RedisServer

@@ -21,7 +21,7 @@ import pytest
 from gateway.types import Event
 from oauth.providers import Grant
 from oauth.store import Tokens
-from routing.queue import Item
+from routing.handoff import Item
 from tests.support import gemini as gemini_wire
 from tests.support import openai as openai_wire
 from tests.support import telegram as tgs

@@ -16,7 +16,7 @@ from referencing import Registry, Resource
 from gateway.app import create_app
 from gateway.config import Settings
 from gateway.types import Event
-from routing.queue import Item
+from routing.handoff import Item
 from tests.support.dedicated import DedicatedServer
 from tests.support.gateway import Gateway, make_settings
 

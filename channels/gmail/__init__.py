@@ -19,7 +19,7 @@ from channels.gmail.oidc import PushVerifier
 from channels.gmail.watches import Watches
 from channels.renewal import Timing
 from channels.tokens import BrokerTokens
-from gateway.keys import SERVICES
+from gateway.app_keys import SERVICES
 from routing.schedule import DueSet
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from gateway import metrics
 from gateway.errors import ClosedError, GatewayError, NotFound, ReauthRequired, VaultError
 from gateway.services import Services
 from gateway.types import Event
-from routing.queue import Item
+from routing.handoff import Item
 from routing.schedule import DueSet, now_ms
 
 log = logging.getLogger(__name__)

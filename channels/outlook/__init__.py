@@ -14,7 +14,7 @@ from channels.outlook.graph import Graph
 from channels.outlook.subscriptions import Subscriptions
 from channels.renewal import Timing
 from channels.tokens import BrokerTokens
-from gateway.keys import SERVICES
+from gateway.app_keys import SERVICES
 from routing.schedule import DueSet
 
 

@@ -23,7 +23,7 @@ from channels.outlook.subscriptions import Subscriptions
 from gateway.errors import ApiError, BadRequest, GatewayError, StorageError
 from gateway.http import read_json_object
 from gateway.types import Event
-from routing.queue import Item
+from routing.handoff import Item
 
 log = logging.getLogger(__name__)
 

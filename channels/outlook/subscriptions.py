@@ -30,7 +30,7 @@ from gateway import metrics
 from gateway.errors import GatewayError, NotFound, ProviderError, ReauthRequired
 from gateway.services import Services
 from gateway.types import Event
-from routing.queue import Item
+from routing.handoff import Item
 from routing.schedule import DueSet
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from gateway.keys import ROLE, SERVICES
+from gateway.app_keys import ROLE, SERVICES
 from gateway.tls import client_context
 
 from . import ingress, inputs, notices, outbound

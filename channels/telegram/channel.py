@@ -16,7 +16,7 @@ from telegram.error import BadRequest, InvalidToken, TelegramError
 
 from gateway.errors import ApiError, ClosedError, GatewayError, NotFound, TooManyRequests
 from gateway.services import Services
-from routing.keys import Keys
+from routing.redis_keys import Keys
 
 from .chats import ChatInfo, Chats
 from .identity import Identity

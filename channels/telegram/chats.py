@@ -30,7 +30,7 @@ from redis.asyncio import Redis
 from gateway import batching
 from gateway.batching import command
 from gateway.clock import iso
-from routing.keys import Keys
+from routing.redis_keys import Keys
 
 CODE_TTL = 15 * 60
 FILES_KEPT = 30 * 24 * 3600

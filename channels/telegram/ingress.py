@@ -23,7 +23,7 @@ from gateway.clock import iso
 from gateway.errors import BadRequest, NotFound, Unauthorized
 from gateway.http import json_response, read_json_object
 from gateway.types import Event
-from routing.queue import Item
+from routing.handoff import Item
 
 from .channel import Telegram, telegram_of
 from .chats import ChatInfo

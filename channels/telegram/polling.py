@@ -29,7 +29,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gateway.errors import BadRequest, GatewayError, StorageError
-from routing.keys import Keys
+from routing.redis_keys import Keys
 
 from .wire import BotApi, Reply
 

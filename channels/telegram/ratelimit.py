@@ -40,7 +40,7 @@ from redis.exceptions import RedisError
 
 from gateway import metrics
 from gateway.errors import StorageError, TooManyRequests
-from routing.keys import Keys
+from routing.redis_keys import Keys
 
 # KEYS: waiting zset, ticket meta hash, user finish tag, virtual time, ticket counter, chat TAT, group TAT,
 #       user pause.

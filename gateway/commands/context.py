@@ -7,14 +7,14 @@ from contextlib import asynccontextmanager
 
 from aiohttp import web
 
-from gateway.app import CHANNELS, create_app
+from gateway.app import PLUGINS, create_app
+from gateway.app_keys import SERVICES
 from gateway.config import Settings
-from gateway.keys import SERVICES
 from gateway.services import Services
 
 
 @asynccontextmanager
-async def operator_app(settings: Settings, parts: Sequence[str] = CHANNELS) -> AsyncIterator[web.Application]:
+async def operator_app(settings: Settings, parts: Sequence[str] = PLUGINS) -> AsyncIterator[web.Application]:
     """The core and the channels in `parts` (all of them unless told: every hook is there),
     without serving or background loops."""
     app = create_app(settings, "operator", parts)
@@ -27,6 +27,6 @@ async def operator_app(settings: Settings, parts: Sequence[str] = CHANNELS) -> A
 
 
 @asynccontextmanager
-async def operator_services(settings: Settings, parts: Sequence[str] = CHANNELS) -> AsyncIterator[Services]:
+async def operator_services(settings: Settings, parts: Sequence[str] = PLUGINS) -> AsyncIterator[Services]:
     async with operator_app(settings, parts) as app:
         yield app[SERVICES]

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from gateway import users
-from gateway.app import CHANNELS
+from gateway.app import PLUGINS
 from gateway.commands.context import operator_services
 from gateway.config import Settings
 from gateway.errors import BadRequest
@@ -80,7 +80,7 @@ ACTIONS: dict[str, tuple[Action, tuple[str, ...]]] = {
     "create": (_create, ()),
     "rotate": (_rotate, ()),
     "link": (_link, ("channels.telegram",)),
-    "show": (_show, CHANNELS),
-    "export": (_export, CHANNELS),
-    "delete": (_delete, CHANNELS),
+    "show": (_show, PLUGINS),
+    "export": (_export, PLUGINS),
+    "delete": (_delete, PLUGINS),
 }

@@ -17,7 +17,7 @@ from ai.admission import Admission
 from ai.metering import Meter
 from gateway.config import Settings
 from gateway.errors import TooManyRequests
-from routing.keys import Keys
+from routing.redis_keys import Keys
 from tests.support.anthropic import AnthropicStandIn, message, stream
 from tests.support.gateway import REDIS_URL, Gateway
 from tests.support.relay import PRIMARY, ask, server_token

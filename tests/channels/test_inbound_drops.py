@@ -34,11 +34,11 @@ async def test_a_repeated_update_id_is_counted_and_logged_without_its_content(
     await tg.link_private(dedicated, "d1", ALICE)
     before = await scrape(tg)
     update = tgs.text(tgs.private_chat(ALICE), ALICE, "secret words")
-    with caplog.at_level(logging.DEBUG, logger="routing.queue"):
+    with caplog.at_level(logging.DEBUG, logger="routing.handoff"):
         for _ in range(3):
             assert (await tg.post_update(update)).status == 200
     assert value(await scrape(tg), DUPLICATE) - value(before, DUPLICATE) == 2
-    logged = [r for r in caplog.records if r.name == "routing.queue" and r.getMessage() == "duplicate dropped"]
+    logged = [r for r in caplog.records if r.name == "routing.handoff" and r.getMessage() == "duplicate dropped"]
     assert len(logged) == 2 and all(getattr(r, "channel", None) == "telegram" for r in logged)
     assert "secret words" not in caplog.text and str(update["update_id"]) not in caplog.text
 

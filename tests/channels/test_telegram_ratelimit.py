@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from channels.telegram.ratelimit import Limiter, Limits
 from gateway.errors import TooManyRequests
 from gateway.storage import connect
-from routing.keys import Keys
+from routing.redis_keys import Keys
 from tests.support.gateway import REDIS_URL, wipe
 
 # Monotonic and wall clocks may drift apart by a few milliseconds between two readings.

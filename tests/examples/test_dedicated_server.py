@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from gateway.app import create_app
 from gateway.types import Event
 from routing import signing
-from routing.queue import Item
+from routing.handoff import Item
 from routing.sealing import unb64url
 from tests.support.example import EXAMPLES, ExampleProcess, example_server, print_key, stop
 from tests.support.gateway import Gateway, make_settings, wipe

@@ -6,7 +6,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 
 from gateway.types import Event
 from routing import signing
-from routing.queue import Item
+from routing.handoff import Item
 from tests.support.gateway import Gateway, random_public_key
 
 

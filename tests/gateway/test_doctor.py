@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 
 from gateway.config import Settings
 from oauth.vault import Vault
-from routing.keys import Keys
+from routing.redis_keys import Keys
 from routing.registry import Registry
 from tests.support.gateway import REDIS_URL, make_settings, random_public_key, wipe
 from tests.support.redis_server import RedisServer

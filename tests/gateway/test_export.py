@@ -11,7 +11,7 @@ from ai.metering import Tokens
 from ai.relay import RELAY
 from gateway.logs import scrub
 from gateway.types import Event
-from routing.queue import Item
+from routing.handoff import Item
 from tests.support.dedicated import DedicatedServer
 from tests.support.export import validate
 from tests.support.gateway import Gateway

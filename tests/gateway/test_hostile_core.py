@@ -24,10 +24,10 @@ from hypothesis import strategies as st
 
 from gateway import http as gateway_http
 from gateway.app import create_app
+from gateway.app_keys import SERVICES
 from gateway.config import Settings
-from gateway.keys import SERVICES
 from gateway.types import Event
-from routing.queue import Item
+from routing.handoff import Item
 from routing.urls import PublicOnlyResolver, is_public_address, validate_server_url
 from tests.support.dedicated import DedicatedServer
 from tests.support.gateway import ADMIN_TOKEN, Gateway, make_settings, random_public_key, wipe

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.types import Event
-from routing.queue import Item
+from routing.handoff import Item
 from tests.support.commandstats import commands_run
 from tests.support.dedicated import DedicatedServer
 from tests.support.gateway import Gateway, make_settings, serve

@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from gateway.config import Settings
 from oauth.store import ConnectionStore
 from oauth.vault import Vault
-from routing.keys import Keys
+from routing.redis_keys import Keys
 from tests.support.dedicated import DedicatedServer
 from tests.support.gateway import wipe
 from tests.support.oauth_world import RETURN_ORIGIN, Browser, World, free_port

@@ -14,7 +14,7 @@ from gateway.errors import KeyShredded, VaultError
 from gateway.storage import connect
 from oauth.store import ConnectionStore, Tokens
 from oauth.vault import Vault
-from routing.keys import Keys
+from routing.redis_keys import Keys
 from tests.support.gateway import ADMIN_TOKEN, REDIS_URL, wipe
 from tests.support.redis_servers import RedisCluster
 

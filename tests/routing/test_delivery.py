@@ -4,7 +4,7 @@ import asyncio
 
 from gateway.types import Event
 from routing.delivery import MAX_TXN_BYTES
-from routing.queue import Item
+from routing.handoff import Item
 from tests.support.dedicated import DedicatedServer
 from tests.support.gateway import Gateway
 

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from gateway.errors import KeyShredded, NotFound
 from gateway.types import Event
 from oauth.vault import aad
-from routing.queue import Item
+from routing.handoff import Item
 from tests.support.dedicated import DedicatedServer
 from tests.support.erasure import unique, wait_gone
 from tests.support.gateway import Gateway, make_settings, serve

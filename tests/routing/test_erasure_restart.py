@@ -11,8 +11,8 @@ from redis.asyncio import Redis
 
 from gateway.types import Event
 from oauth.vault import Vault
-from routing.keys import Keys
-from routing.queue import Handoff, Item
+from routing.handoff import Handoff, Item
+from routing.redis_keys import Keys
 from routing.registry import Registry
 from tests.support.dedicated import DedicatedServer
 from tests.support.gateway import REDIS_URL, make_settings, wipe

@@ -11,7 +11,7 @@ import pytest
 
 from gateway.logs import JsonFormatter
 from gateway.types import Event
-from routing.queue import Item
+from routing.handoff import Item
 from tests.support.dedicated import DedicatedServer
 from tests.support.gateway import Gateway
 from tests.support.redisdump import everything_under, forms

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from gateway.config import Settings
 from gateway.types import Event
-from routing.queue import Item
+from routing.handoff import Item
 from routing.sealing import SUITES, SuiteName, info, kid_of, open_sealed, unb64url
 from tests.support.dedicated import DedicatedServer, new_key
 from tests.support.export import validate

@@ -17,7 +17,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 
 from gateway.config import Settings
 from gateway.types import Event
-from routing.queue import Item
+from routing.handoff import Item
 from routing.urls import public_only_connector, public_socket, validate_server_url
 from tests.support.dedicated import DedicatedServer
 from tests.support.gateway import Gateway, make_settings

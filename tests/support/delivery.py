@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gateway.types import Event
-from routing.queue import Item
+from routing.handoff import Item
 from tests.support.gateway import Gateway
 
 

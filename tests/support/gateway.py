@@ -14,8 +14,8 @@ from typing import Any
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import create_app
+from gateway.app_keys import SERVICES
 from gateway.config import MasterKey, Settings
-from gateway.keys import SERVICES
 from gateway.services import Services
 from gateway.storage import connect
 from tests.support.dedicated import DedicatedServer

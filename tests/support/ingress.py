@@ -11,11 +11,11 @@ import sys
 
 from aiohttp import web
 
+from gateway.app_keys import SERVICES
 from gateway.errors import BadRequest
 from gateway.http import json_response, read_json_object
-from gateway.keys import SERVICES
 from gateway.types import Event
-from routing.queue import Item
+from routing.handoff import Item
 
 
 async def ingress(request: web.Request) -> web.Response:
@@ -37,5 +37,5 @@ if __name__ == "__main__":
     from gateway import app as gateway_app
     from gateway.cli import main
 
-    gateway_app.CHANNELS = (*gateway_app.CHANNELS, "tests.support.ingress")
+    gateway_app.PLUGINS = (*gateway_app.PLUGINS, "tests.support.ingress")
     sys.exit(main())

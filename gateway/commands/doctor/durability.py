@@ -10,7 +10,7 @@ from redis.asyncio import Redis
 from gateway.commands.doctor.report import Report
 from gateway.config import Settings
 from gateway.replication import shards
-from routing.keys import Keys
+from routing.redis_keys import Keys
 
 
 async def check_replicas(redis: Redis, settings: Settings, report: Report) -> None:

@@ -17,7 +17,7 @@ from gateway.commands.doctor.report import Report
 from gateway.config import Settings
 from gateway.embedded import EmbeddedRedis
 from oauth.vault import FIELD, aad
-from routing.keys import Keys
+from routing.redis_keys import Keys
 
 TIMEOUT = 5.0
 

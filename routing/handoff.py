@@ -22,7 +22,7 @@ from gateway import batching, metrics
 from gateway.clock import iso_now
 from gateway.errors import NotFound, StorageError
 from gateway.types import Event, SealedEvent
-from routing.keys import Keys
+from routing.redis_keys import Keys
 from routing.registry import Registry
 from routing.sealing import seal
 
