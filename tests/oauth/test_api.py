@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from gateway.config import Settings
-from tests.support.gateway import Gateway, make_settings, random_public_key
+from tests.support.gateway import Gateway, make_settings, random_public_key, serve
 
 
 @pytest.fixture
@@ -16,6 +17,13 @@ def settings(tmp_path: Path) -> Settings:
         google_client_secret="secret-google-0123456789",
         allowed_return_origins=("https://app.example",),
     )
+
+
+@pytest.fixture
+async def gateway(settings: Settings) -> AsyncIterator[Gateway]:
+    # The package's gateway lives in its OAuth world; these tests need none of it.
+    async with serve(settings) as gateway:
+        yield gateway
 
 
 async def _user(gateway: Gateway, user_id: str) -> str:
