@@ -3,8 +3,8 @@ from __future__ import annotations
 import asyncio
 
 from gateway.types import Event
-from routing.delivery import MAX_TXN_BYTES
 from routing.handoff import Item
+from routing.transactions import MAX_TXN_BYTES
 from tests.support.dedicated import DedicatedServer
 from tests.support.gateway import Gateway
 

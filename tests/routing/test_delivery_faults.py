@@ -13,7 +13,8 @@ import pytest
 from redis.crc import key_slot
 
 from gateway.config import Settings
-from routing.delivery import DeliveryWorker, backoff, parse_retry_after
+from routing.delivery import DeliveryWorker
+from routing.sender import backoff, parse_retry_after
 from tests.support.dedicated import DedicatedServer
 from tests.support.delivery import ev, ping
 from tests.support.gateway import Gateway

@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from routing import signing
-from routing.delivery import MAX_TXN_BYTES
 from routing.sealing import PrivateKey, SuiteName, b64url, kid_of, open_sealed
+from routing.transactions import MAX_TXN_BYTES
 
 
 def new_key(suite: SuiteName) -> tuple[PrivateKey, bytes]:

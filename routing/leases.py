@@ -1,0 +1,80 @@
+"""Who serves a user right now: the `{u:<id>}:lease` key, held by one delivery worker at a
+time and expiring if that worker dies, so another takes over. This module is the only one
+that writes it (the transaction store's open script checks and extends it, fenced by owner).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+
+from redis.asyncio import Redis
+
+from gateway import batching
+from routing.redis_keys import Keys
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+# KEYS: lease, queue, txn, overflow record. ARGV: owner. Releases the lease only when there is
+# nothing left to do (empty queue, no transaction, no overflow to report); returns 1 when there
+# is, and the lease is kept.
+_RELEASE_IF_IDLE = """
+if redis.call('XLEN', KEYS[2]) > 0 or redis.call('EXISTS', KEYS[3]) + redis.call('EXISTS', KEYS[4]) > 0 then
+  return 1
+end
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class Leases:
+    """The leases of one worker (`owner`), each `lease` seconds long."""
+
+    def __init__(self, redis: Redis, keys: Keys, *, lease: float) -> None:
+        self._redis = redis
+        self._keys = keys
+        self.owner = f"{os.getpid()}-{os.urandom(6).hex()}"
+        self.ms = int(lease * 1000)
+        self._release = redis.register_script(_RELEASE)
+        self._release_if_idle = redis.register_script(_RELEASE_IF_IDLE)
+        self._batch = batching.shared(redis)
+
+    async def claim(self, user_ids: Sequence[str]) -> list[bool]:
+        """Try to take each user's lease; all in one round trip, not one after another: under load
+        a serial claim loop, not the CPU, bounded how many users could start a delivery per second."""
+        if not user_ids:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for user_id in user_ids:
+            pipe.set(self._keys.lease(user_id), self.owner, nx=True, px=self.ms)
+        return [bool(ok) for ok in await pipe.execute()]
+
+    async def release_if_idle(self, user_id: str) -> bool:
+        """Leave `due`, then release the lease if there is nothing left to do; True when there is
+        (an event queued after the last look put the user back into `due` itself: its ZADD NX
+        found no entry). Both in one round trip, in this order."""
+        _, busy = await self._batch.run(
+            batching.command(lambda p: p.zrem(self._keys.due, user_id)),
+            batching.script(
+                self._release_if_idle,
+                [
+                    self._keys.lease(user_id),
+                    self._keys.queue(user_id),
+                    self._keys.txn(user_id),
+                    self._keys.overflow(user_id),
+                ],
+                [self.owner],
+            ),
+        )
+        return bool(busy)
+
+    async def release(self, user_id: str) -> bool:
+        """Give the lease up if it is still ours; True when it was."""
+        return bool(await self._release(keys=[self._keys.lease(user_id)], args=[self.owner]))
+
+    def placeholder_due(self) -> float:
+        """The due time of a user being served: when its lease could have lapsed."""
+        return time.time() + self.ms / 1000

@@ -1,0 +1,125 @@
+"""Sending one transaction to the user's server (contract §4), and what its answer says about
+the next attempt: signed with every valid webhook secret, bounded in time and in what is read
+back, never following a redirect.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import io
+import logging
+import random
+import time
+from dataclasses import dataclass
+
+import aiohttp
+
+from gateway import metrics
+from gateway.errors import ApiError, ClosedError
+from routing import signing
+from routing.registry import Target
+from routing.urls import validate_server_url
+
+log = logging.getLogger(__name__)
+
+BACKOFF_START = 1.0
+BACKOFF_CAP = 300.0
+RETRY_AFTER_MIN = 1.0
+RETRY_AFTER_MAX = 3600.0
+MAX_ANSWER_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    ok: bool
+    status: int | None
+    retry_after: float | None = None
+
+
+def backoff(attempts: int) -> float:
+    """Delay before retry number `attempts` (1 = first retry): 1 s doubling, cap 5 min, ±20 %."""
+    base = min(BACKOFF_CAP, BACKOFF_START * 2 ** max(0, attempts - 1))
+    return float(base * random.uniform(0.8, 1.2))
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - (now if now is not None else time.time())
+    if seconds != seconds:  # NaN
+        return None
+    return float(min(RETRY_AFTER_MAX, max(RETRY_AFTER_MIN, seconds)))
+
+
+def _payload(body: bytes) -> bytes | io.BytesIO:
+    # aiohttp writes a bytes body of over 1 MiB in one go (and warns); a stream goes in chunks.
+    return io.BytesIO(body) if len(body) > 1 << 20 else body
+
+
+class Sender:
+    """PUTs transactions; `timeout` is the whole attempt's (the worker keeps it under half its lease)."""
+
+    def __init__(self, session: aiohttp.ClientSession, *, timeout: float, production: bool) -> None:
+        self._session = session
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._production = production
+        self._closed = False
+
+    def close(self) -> None:
+        self._closed = True
+
+    async def send(self, txn_id: str, body: bytes, target: Target | None) -> Outcome:
+        if target is None:
+            return Outcome(False, None)
+        if self._closed:
+            raise ClosedError("delivery worker is closed")
+        if self._production:
+            # Names are checked when they resolve (PublicOnlyResolver); IP literals and the
+            # scheme never reach a resolver, so they are checked here, at every attempt.
+            try:
+                validate_server_url(target.server_url, production=True)
+            except ApiError:
+                metrics.DELIVERIES.labels("refused_url").inc()
+                log.warning("delivery refused: server_url is not allowed in production")
+                return Outcome(False, None)
+        text = body.decode()
+        headers = signing.headers(target.secrets[0], txn_id, text)
+        if len(target.secrets) > 1:
+            extra = [signing.headers(s, txn_id, text)["webhook-signature"] for s in target.secrets[1:]]
+            headers["webhook-signature"] = " ".join([headers["webhook-signature"], *extra])
+        headers["content-type"] = "application/json"
+        url = f"{target.server_url}/ally/v1/transactions/{txn_id}"
+        started = time.monotonic()
+        try:
+            async with self._session.put(
+                url, data=_payload(body), headers=headers, timeout=self._timeout, allow_redirects=False
+            ) as resp:
+                # The answer is not used; a hostile server must not make us buffer it all.
+                await resp.content.read(MAX_ANSWER_BYTES)
+                status = resp.status
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            metrics.DELIVERIES.labels("unreachable").inc()
+            log.info(
+                "delivery attempt failed",
+                extra={
+                    "txn_id": txn_id,
+                    "error": type(exc).__name__,
+                    "elapsed_ms": round((time.monotonic() - started) * 1000),
+                },
+            )
+            return Outcome(False, None)
+        if 200 <= status < 300:
+            metrics.DELIVERIES.labels("acknowledged").inc()
+            return Outcome(True, status)
+        metrics.DELIVERIES.labels("refused").inc()
+        log.info("delivery refused", extra={"txn_id": txn_id, "status": status})
+        return Outcome(False, status, retry_after)
