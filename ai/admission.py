@@ -32,8 +32,8 @@ from redis.exceptions import RedisError
 from ai.errors import QuotaExceeded
 from ai.metering import TOTAL_FIELD, Meter, month_of, next_month_start
 from ai.request import MessagesRequest
-from gateway.errors import StorageError, TooManyRequests
-from routing.redis_keys import Keys
+from foundation.errors import StorageError, TooManyRequests
+from foundation.redis_keys import Keys
 
 log = logging.getLogger(__name__)
 

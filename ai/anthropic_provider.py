@@ -22,7 +22,7 @@ from ai.errors import ModelCallFailed, StreamBroken
 from ai.foreign import retry_after
 from ai.request import MessagesRequest
 from ai.sse import error_type
-from gateway.tls import client_context
+from foundation.tls import client_context
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 # Headers of the provider's answer the caller may see; everything else stays here.

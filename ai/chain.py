@@ -28,7 +28,7 @@ from ai.errors import ModelCallFailed, StreamBroken, Untranslatable
 from ai.provider import Provider, Reply
 from ai.request import MessagesRequest
 from ai.sse import SseEvent, SseSplitter, error_type
-from gateway import metrics
+from foundation import metrics
 
 log = logging.getLogger(__name__)
 

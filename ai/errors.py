@@ -1,9 +1,9 @@
-"""The relay's errors, all under the gateway's one root (`gateway/errors.py`).
+"""The relay's errors, all under the gateway's one root (`foundation/errors.py`).
 
     GatewayError
     ├── ModelCallFailed      a model provider gave no usable answer before the first byte
     │                        (status and body as the provider sent them, when it sent any);
-    │                        not `gateway.errors.ProviderError`, which is Google or Microsoft
+    │                        not `foundation.errors.ProviderError`, which is Google or Microsoft
     ├── StreamBroken         the provider's stream failed after bytes reached the caller
     ├── Untranslatable       a fallback provider cannot express the request; it is skipped
     └── ApiError
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from gateway.errors import GatewayError, PaymentRequired
+from foundation.errors import GatewayError, PaymentRequired
 
 
 class ModelCallFailed(GatewayError):

@@ -28,9 +28,9 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from ai.sse import SseEvent
-from gateway.clock import iso
-from gateway.errors import StorageError
-from routing.redis_keys import Keys
+from foundation.clock import iso
+from foundation.errors import StorageError
+from foundation.redis_keys import Keys
 
 if TYPE_CHECKING:
     from anthropic.types import MessageDeltaUsage, Usage

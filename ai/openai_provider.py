@@ -20,7 +20,7 @@ from ai.errors import ModelCallFailed, StreamBroken
 from ai.foreign import TranslatedReply, status_error
 from ai.request import MessagesRequest
 from ai.translate import openai_chat
-from gateway.tls import client_context
+from foundation.tls import client_context
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 

@@ -44,12 +44,12 @@ from ai.metering import Meter, StreamCounter, Tokens, tokens_of_message
 from ai.provider import Provider
 from ai.request import Policy, parse
 from ai.sse import error_event
-from gateway import metrics
+from foundation import metrics
+from foundation.config import Settings
+from foundation.errors import ApiError, BadRequest, ClosedError, ConfigError, StorageError
+from foundation.http import json_response, read_body, write_within
 from gateway.app_keys import SERVICES, SETTINGS
 from gateway.auth import require_server
-from gateway.config import Settings
-from gateway.errors import ApiError, BadRequest, ClosedError, ConfigError, StorageError
-from gateway.http import json_response, read_body, write_within
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
-from gateway.errors import BadRequest
+from foundation.errors import BadRequest
 
 MAX_MESSAGES = 100_000
 _ROLES = ("user", "assistant")

@@ -22,11 +22,11 @@ import orjson
 from bench.common import Child, Results, Row, log, median, percentile
 from bench.fleet import Fleet, User, make_users
 from bench.routing import load
-from gateway.config import parse_master_keys
-from gateway.storage import connect
+from foundation.config import parse_master_keys
+from foundation.redis_keys import Keys
+from foundation.storage import connect
+from foundation.vault import Vault
 from oauth.store import ConnectionStore, Tokens
-from oauth.vault import Vault
-from routing.redis_keys import Keys
 
 PROVIDER_DELAY_MS = 50.0
 USERS = 100

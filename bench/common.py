@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from gateway.embedded import COMPACT_HASHES
+from foundation.embedded import COMPACT_HASHES
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -66,7 +66,7 @@ def redis_binary() -> str:
     explicit = os.environ.get("BENCH_REDIS_SERVER")
     if explicit:
         return explicit
-    from gateway.embedded import redis_server_binary
+    from foundation.embedded import redis_server_binary
 
     return redis_server_binary()
 

@@ -15,10 +15,10 @@ import signal
 import orjson
 from aiohttp import web
 
-from gateway import config, listener, logs
+from foundation import config, listener, logs
+from foundation.types import Event
 from gateway.app import create_app
 from gateway.app_keys import SERVICES
-from gateway.types import Event
 from routing.handoff import Item
 
 

@@ -27,8 +27,8 @@ from pathlib import Path
 import redis as redis_sync
 
 from bench.common import percentile, redis_binary, redis_version
-from gateway.batching import Ack, Batcher, script
-from gateway.storage import connect
+from foundation.batching import Ack, Batcher, script
+from foundation.storage import connect
 
 ENQUEUE = "redis.call('XADD', KEYS[1], '*', 'e', ARGV[1]) return 1"
 PAYLOAD = os.urandom(600)  # about one sealed event

@@ -20,7 +20,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from bench.common import RedisServer, Results, Row, log, machine, median
-from gateway.types import SealedEvent
+from foundation.types import SealedEvent
 from routing.handoff import iso_now, new_id
 from routing.sealing import PrivateKey, ServerKey, SuiteName, b64url, open_sealed, parse_public_key, seal
 from tests.support.dedicated import new_key

@@ -24,12 +24,12 @@ import orjson
 
 from bench.common import RedisServer, Results, Row, log
 from channels.telegram.chats import Chats
-from gateway.config import MasterKey
-from gateway.storage import connect
+from foundation.config import MasterKey
+from foundation.redis_keys import Keys
+from foundation.storage import connect
+from foundation.vault import Vault
 from oauth.microsoft import stored_cache
 from oauth.store import ConnectionStore, Tokens
-from oauth.vault import Vault
-from routing.redis_keys import Keys
 from routing.registry import Registry
 
 USER_TARGET = 1024.0

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from channels.tokens import TokenSource
-from gateway import clock
-from gateway.errors import ProviderError
+from foundation import clock
+from foundation.errors import ProviderError
+from foundation.schedule import DueSet
 from gateway.services import Services
-from routing.schedule import DueSet
 
 # KEYS: state hash. ARGV: field, value pairs ('' value deletes the field). Writes only while the
 # connection still exists, so an upkeep step finishing after a disconnect cannot bring the state back.

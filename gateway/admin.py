@@ -6,10 +6,10 @@ import logging
 
 from aiohttp import web
 
+from foundation.http import json_response, read_json_object
 from gateway import users
 from gateway.app_keys import SERVICES
 from gateway.auth import require_admin
-from gateway.http import json_response, read_json_object
 from gateway.services import Services
 
 log = logging.getLogger(__name__)

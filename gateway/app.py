@@ -18,25 +18,26 @@ import aiohttp
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from gateway import admin, logs, ops, server_api
+from foundation import logs
+from foundation.config import Settings
+from foundation.embedded import EmbeddedRedis
+from foundation.http import errors_middleware, stamp_request_id
+from foundation.listener import head_deadline_middleware
+from foundation.redis_keys import Keys
+from foundation.storage import connect
+from foundation.tls import client_context
+from foundation.types import ROLES
+from foundation.vault import Vault
+from gateway import admin, ops, server_api
 from gateway.app_keys import ROLE, SERVICES, SETTINGS
 from gateway.compaction import Compactor
-from gateway.config import Settings
-from gateway.embedded import EmbeddedRedis
-from gateway.http import errors_middleware, stamp_request_id
-from gateway.listener import head_deadline_middleware
 from gateway.replication import Replication
 from gateway.services import Services
-from gateway.storage import connect
-from gateway.tls import client_context
-from gateway.types import ROLES
 from oauth.broker import Broker, providers_for
-from oauth.vault import Vault
 from routing.delivery import DeliveryWorker
 from routing.erasure import Eraser
 from routing.handoff import Caps, Handoff
 from routing.outage import Outages
-from routing.redis_keys import Keys
 from routing.registry import Registry
 from routing.urls import public_only_connector
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.config import Settings
+from foundation.config import Settings
 from gateway.services import Services
 
 SETTINGS = web.AppKey("settings", Settings)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from foundation.errors import Unauthorized
+from foundation.http import bearer, constant_time_equal
+from foundation.types import UserId
 from gateway.app_keys import SERVICES
-from gateway.errors import Unauthorized
-from gateway.http import bearer, constant_time_equal
-from gateway.types import UserId
 
 
 def require_admin(request: web.Request) -> None:

@@ -19,11 +19,11 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from gateway import config, logs
+from foundation import config, logs
+from foundation.devsecrets import with_dev_secrets
+from foundation.errors import ConfigError, GatewayError
+from foundation.types import ROLES
 from gateway.commands import doctor, master_keys, user
-from gateway.devsecrets import with_dev_secrets
-from gateway.errors import ConfigError, GatewayError
-from gateway.types import ROLES
 
 log = logging.getLogger("gateway")
 
@@ -69,7 +69,7 @@ def _serve(settings: config.Settings, role: str) -> int:
 
 
 async def _run(settings: config.Settings, role: str) -> None:
-    from gateway import listener
+    from foundation import listener
     from gateway.app import create_app
 
     app = create_app(settings, role)

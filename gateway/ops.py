@@ -10,10 +10,10 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
-from gateway import metrics
+from foundation import metrics
+from foundation.errors import Unauthorized
+from foundation.http import bearer, constant_time_equal, json_response
 from gateway.app_keys import SERVICES, SETTINGS
-from gateway.errors import Unauthorized
-from gateway.http import bearer, constant_time_equal, json_response
 from gateway.services import Services
 
 

@@ -3,7 +3,7 @@
 Redis replicates asynchronously: a primary that dies takes with it the writes its replicas had
 not received yet. So a write the gateway acknowledges as stored (an event handed over, a link
 code redeemed, tokens stored, an erasure accepted, a delivered transaction dropped) waits for
-`ALLY_ACK_REPLICAS` replicas with Redis `WAIT` (sent by `gateway.batching`, once per flush).
+`ALLY_ACK_REPLICAS` replicas with Redis `WAIT` (sent by `foundation.batching`, once per flush).
 
 Unset, `ALLY_ACK_REPLICAS` means 1 as soon as the Redis in use has been seen with a replica, and
 it stays 1 for the life of the process: a replica that drops out is exactly when waiting for it
@@ -33,8 +33,8 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
-from gateway import batching
-from gateway.config import Settings
+from foundation import batching
+from foundation.config import Settings
 
 log = logging.getLogger(__name__)
 

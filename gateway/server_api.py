@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from foundation.http import json_response
 from gateway.app_keys import SERVICES
 from gateway.auth import require_server
-from gateway.http import json_response
 
 
 async def ping(request: web.Request) -> web.Response:

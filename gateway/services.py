@@ -14,15 +14,15 @@ from typing import Any
 import aiohttp
 from redis.asyncio import Redis
 
-from gateway.config import Settings
+from foundation.config import Settings
+from foundation.redis_keys import Keys
+from foundation.vault import Vault
 from gateway.replication import Replication
 from oauth.broker import Broker
-from oauth.vault import Vault
 from routing.delivery import DeliveryWorker
 from routing.erasure import Eraser
 from routing.handoff import Handoff
 from routing.outage import Outages
-from routing.redis_keys import Keys
 from routing.registry import Registry
 
 UserHook = Callable[[str], Awaitable[dict[str, Any]]]

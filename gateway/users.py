@@ -8,10 +8,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from gateway.clock import iso
-from gateway.errors import BadRequest, Conflict, NotFound
+from foundation.clock import iso
+from foundation.errors import BadRequest, Conflict, NotFound
+from foundation.types import USER_ID
 from gateway.services import Services
-from gateway.types import USER_ID
 from routing.registry import OVERLAP, Credentials, User
 from routing.sealing import parse_public_key
 from routing.urls import validate_server_url

@@ -10,10 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.admin import admin_user
-from gateway.app_keys import SERVICES
-from gateway.auth import require_server
-from gateway.errors import (
+from foundation.errors import (
     ApiError,
     BadRequest,
     Conflict,
@@ -23,7 +20,10 @@ from gateway.errors import (
     ReauthRequired,
     VaultError,
 )
-from gateway.http import json_response, read_json_object
+from foundation.http import json_response, read_json_object
+from gateway.admin import admin_user
+from gateway.app_keys import SERVICES
+from gateway.auth import require_server
 from oauth.broker import MAX_MIN_TTL
 from oauth.store import PROVIDERS
 

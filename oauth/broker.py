@@ -36,10 +36,10 @@ import aiohttp
 from redis.asyncio import Redis
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-from gateway import metrics
-from gateway.clock import iso
-from gateway.config import Settings
-from gateway.errors import (
+from foundation import metrics
+from foundation.clock import iso
+from foundation.config import Settings
+from foundation.errors import (
     BadRequest,
     ClosedError,
     NotConnected,
@@ -48,13 +48,13 @@ from gateway.errors import (
     ReauthRequired,
     VaultError,
 )
-from gateway.types import Event
+from foundation.redis_keys import Keys
+from foundation.types import Event
+from foundation.vault import Vault
 from oauth.providers import Grant, Provider
 from oauth.revocations import Revocations
 from oauth.store import CONNECTED, PROVIDERS, REAUTH_REQUIRED, Connection, ConnectionStore, Tokens
-from oauth.vault import Vault
 from routing.handoff import Handoff, Item
-from routing.redis_keys import Keys
 
 log = logging.getLogger(__name__)
 

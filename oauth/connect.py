@@ -32,13 +32,13 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import orjson
 from aiohttp import web
 
-from gateway import metrics
+from foundation import metrics
+from foundation.clock import iso
+from foundation.config import Settings, origin_of
+from foundation.errors import BadRequest, GatewayError, NotFound, ProviderError, StorageError
+from foundation.http import json_response, read_json_object
 from gateway.admin import admin_user
 from gateway.app_keys import SERVICES
-from gateway.clock import iso
-from gateway.config import Settings, origin_of
-from gateway.errors import BadRequest, GatewayError, NotFound, ProviderError, StorageError
-from gateway.http import json_response, read_json_object
 from gateway.services import Services
 from oauth.store import PROVIDERS
 
@@ -273,7 +273,7 @@ async def start(request: web.Request) -> web.Response:
         authorization = await services.broker.blocking(handler.authorize, state, expected)
         await flows.new_state(session, state, binding, authorization.pending, expected)
     except StorageError:
-        raise  # 503 storage_unavailable, like every route (gateway.http)
+        raise  # 503 storage_unavailable, like every route (foundation.http)
     except GatewayError as exc:
         log.warning("connect flow could not start", extra={"provider": provider, "error": type(exc).__name__})
         return _outcome(provider, return_url, PROVIDER_ERROR if isinstance(exc, ProviderError) else INTERNAL_ERROR)
@@ -340,7 +340,7 @@ async def _finish(
         log.warning("code exchange failed", extra={"provider": provider, "error": str(exc)})
         return PROVIDER_ERROR
     except StorageError:
-        raise  # 503 storage_unavailable, like every route (gateway.http)
+        raise  # 503 storage_unavailable, like every route (foundation.http)
     except GatewayError as exc:
         log.warning("connect flow failed", extra={"provider": provider, "error": type(exc).__name__})
         return INTERNAL_ERROR

@@ -23,8 +23,8 @@ from google_auth_oauthlib.flow import Flow
 from googleapiclient.discovery import build
 from googleapiclient.errors import HttpError
 
-from gateway.config import Settings
-from gateway.errors import ProviderError, ProviderUnavailable, ReauthRequired
+from foundation.config import Settings
+from foundation.errors import ProviderError, ProviderUnavailable, ReauthRequired
 from oauth.providers import Authorization, Grant, classify, tls_context
 from oauth.store import Tokens
 

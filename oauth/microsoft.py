@@ -21,8 +21,8 @@ import msal.exceptions
 import orjson
 import requests
 
-from gateway.config import Settings
-from gateway.errors import ProviderError, ProviderUnavailable, ReauthRequired
+from foundation.config import Settings
+from foundation.errors import ProviderError, ProviderUnavailable, ReauthRequired
 from oauth.providers import Authorization, Grant, classify
 from oauth.store import Tokens
 

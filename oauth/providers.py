@@ -12,8 +12,8 @@ import ssl
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from gateway.errors import ProviderError, ProviderUnavailable, ReauthRequired
-from gateway.tls import client_context
+from foundation.errors import ProviderError, ProviderUnavailable, ReauthRequired
+from foundation.tls import client_context
 from oauth.store import Tokens
 
 # Token-endpoint `error` codes that mean the refresh token will never work again.

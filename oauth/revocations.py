@@ -17,10 +17,10 @@ from collections.abc import Awaitable, Callable
 
 from redis.asyncio import Redis
 
-from gateway import metrics
-from gateway.errors import ProviderError, ProviderUnavailable, VaultError
-from oauth.vault import Vault
-from routing.redis_keys import Keys
+from foundation import metrics
+from foundation.errors import ProviderError, ProviderUnavailable, VaultError
+from foundation.redis_keys import Keys
+from foundation.vault import Vault
 
 log = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from gateway import batching
-from gateway.clock import iso
-from oauth.vault import DataKey, Vault
-from routing.redis_keys import Keys
+from foundation import batching
+from foundation.clock import iso
+from foundation.redis_keys import Keys
+from foundation.vault import DataKey, Vault
 
 PROVIDERS = ("google", "microsoft")
 CONNECTED = "connected"

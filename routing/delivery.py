@@ -31,12 +31,12 @@ import aiohttp
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from gateway import metrics
-from gateway.errors import ClosedError, GatewayError
+from foundation import metrics
+from foundation.errors import ClosedError, GatewayError
+from foundation.redis_keys import Keys
 from routing.handoff import DEFAULT_CAPS, Caps
 from routing.leases import Leases
 from routing.outage import Outages
-from routing.redis_keys import Keys
 from routing.registry import Registry
 from routing.sender import Outcome, Sender, backoff
 from routing.sweep import sweep

@@ -32,11 +32,11 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from gateway import batching
-from gateway.clock import iso_now
+from foundation import batching
+from foundation.clock import iso_now
+from foundation.logs import bound_request_id, new_request_id
+from foundation.redis_keys import Keys
 from gateway.compaction import Compactor
-from gateway.logs import bound_request_id, new_request_id
-from routing.redis_keys import Keys
 
 log = logging.getLogger(__name__)
 

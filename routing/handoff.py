@@ -18,11 +18,11 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from gateway import batching, metrics
-from gateway.clock import iso_now
-from gateway.errors import NotFound, StorageError
-from gateway.types import Event, SealedEvent
-from routing.redis_keys import Keys
+from foundation import batching, metrics
+from foundation.clock import iso_now
+from foundation.errors import NotFound, StorageError
+from foundation.redis_keys import Keys
+from foundation.types import Event, SealedEvent
 from routing.registry import Registry
 from routing.sealing import seal
 

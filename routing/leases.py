@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 from redis.asyncio import Redis
 
-from gateway import batching
-from routing.redis_keys import Keys
+from foundation import batching
+from foundation.redis_keys import Keys
 
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end

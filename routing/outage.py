@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from routing.redis_keys import Keys
+from foundation.redis_keys import Keys
 
 log = logging.getLogger(__name__)
 

@@ -28,10 +28,10 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from gateway.errors import NotFound, StorageError
-from gateway.types import USER_ID, UserId
-from oauth.vault import Vault
-from routing.redis_keys import Keys
+from foundation.errors import NotFound, StorageError
+from foundation.redis_keys import Keys
+from foundation.types import USER_ID, UserId
+from foundation.vault import Vault
 from routing.sealing import ServerKey, decode_public_key, kid_of, parse_public_key, suite_of
 from routing.signing import new_secret
 

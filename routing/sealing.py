@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from gateway.errors import SealingError
-from gateway.types import JSON
+from foundation.errors import SealingError
+from foundation.types import JSON
 
 SuiteName = Literal["X25519", "MLKEM768-X25519"]
 X25519_LEN = 32

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from gateway import metrics
-from gateway.errors import ApiError, ClosedError
+from foundation import metrics
+from foundation.errors import ApiError, ClosedError
 from routing import signing
 from routing.registry import Target
 from routing.urls import validate_server_url

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from routing.redis_keys import Keys
+from foundation.redis_keys import Keys
 
 BATCH = 200
 

@@ -16,13 +16,13 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from gateway import batching, metrics
-from gateway.clock import iso, iso_now
-from gateway.errors import GatewayError
-from gateway.types import SealedEvent
+from foundation import batching, metrics
+from foundation.clock import iso, iso_now
+from foundation.errors import GatewayError
+from foundation.redis_keys import Keys
+from foundation.types import SealedEvent
 from routing.handoff import DEFAULT_CAPS, Caps, new_id
 from routing.outage import Outages
-from routing.redis_keys import Keys
 from routing.registry import Registry, Target
 from routing.sealing import seal
 

@@ -27,8 +27,8 @@ import idna
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import ThreadedResolver
 
-from gateway.config import is_loopback_host
-from gateway.errors import BadRequest
+from foundation.config import is_loopback_host
+from foundation.errors import BadRequest
 
 _NAME = re.compile(r"^[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?$")
 _DIGITS = {8: re.compile(r"^[0-7]*$"), 10: re.compile(r"^[0-9]+$"), 16: re.compile(r"^[0-9a-f]*$")}

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from gateway.config import Settings
-from routing.redis_keys import Keys
+from foundation.config import Settings
+from foundation.redis_keys import Keys
 from tests.support.dedicated import DedicatedServer
 from tests.support.gateway import REDIS_URL, Gateway, make_settings, serve, wipe
 from tests.support.redis_server import RedisServer

@@ -185,15 +185,15 @@ def test_configuration_page_names_exactly_the_variables_the_gateway_reads():
     page = (DOCS / "configuration.md").read_text()
     # A/B pairs are written `ALLY_X_CLIENT_ID` / `ALLY_X_CLIENT_SECRET` in one table row.
     documented = set(re.findall(r"`(ALLY_[A-Z_]+[A-Z])`", page))
-    assert read - documented == set(), "variables read by gateway/config.py missing from docs/configuration.md"
-    assert documented - read == set(), "variables in docs/configuration.md that gateway/config.py does not read"
+    assert read - documented == set(), "variables read by foundation/config.py missing from docs/configuration.md"
+    assert documented - read == set(), "variables in docs/configuration.md that foundation/config.py does not read"
 
 
 def test_operations_page_lists_every_metric():
     source = (DOCS.parent / "gateway" / "metrics.py").read_text()
     names = set(re.findall(r'"(ally_[a-z_]+)"', source))
     page = (DOCS / "operations.md").read_text()
-    assert names, "no metric found in gateway/metrics.py"
+    assert names, "no metric found in foundation/metrics.py"
     assert {n for n in names if f"`{n}`" not in page} == set()
 
 

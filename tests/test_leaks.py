@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.types import Event
+from foundation.types import Event
 from oauth.providers import Grant
 from oauth.store import Tokens
 from routing.handoff import Item

@@ -13,9 +13,9 @@ from openapi_schema_validator import OAS31Validator, validate
 from openapi_spec_validator import validate as validate_spec
 from referencing import Registry, Resource
 
+from foundation.config import Settings
+from foundation.types import Event
 from gateway.app import create_app
-from gateway.config import Settings
-from gateway.types import Event
 from routing.handoff import Item
 from tests.support.dedicated import DedicatedServer
 from tests.support.gateway import Gateway, make_settings

@@ -19,8 +19,8 @@ from channels.gmail.oidc import PushVerifier
 from channels.gmail.watches import Watches
 from channels.renewal import Timing
 from channels.tokens import BrokerTokens
+from foundation.schedule import DueSet
 from gateway.app_keys import SERVICES
-from routing.schedule import DueSet
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from gateway.errors import ClosedError, ProviderError
+from foundation.errors import ClosedError, ProviderError
 
 T = TypeVar("T")
 

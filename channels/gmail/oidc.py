@@ -22,7 +22,7 @@ import orjson
 from google.auth import exceptions as google_exceptions
 from google.auth import jwt
 
-from gateway.errors import ApiError, Unauthorized
+from foundation.errors import ApiError, Unauthorized
 
 log = logging.getLogger(__name__)
 

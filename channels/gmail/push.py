@@ -23,9 +23,9 @@ from aiohttp import web
 
 from channels.gmail.oidc import PushVerifier
 from channels.gmail.watches import Watches
-from gateway import metrics
-from gateway.errors import BadRequest, Unauthorized
-from gateway.http import bearer, read_json_object
+from foundation import metrics
+from foundation.errors import BadRequest, Unauthorized
+from foundation.http import bearer, read_json_object
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ Redis:
   hash), `status`, `history_id`/`expiration` of the live watch, `renewed_at`, `failures`,
   `last_error`, `lapsed` (set when the watch may have missed changes),
   `last_history_id` (the highest historyId forwarded).
-- the `gmail` due set (`routing/schedule.py`): when each user's watch is next renewed.
+- the `gmail` due set (`foundation/schedule.py`): when each user's watch is next renewed.
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ from typing import Any
 from channels.gmail.api import GmailApi
 from channels.renewal import Upkeep, backoff, iso, number, reason, text
 from channels.tokens import TokenSource
-from gateway import metrics
-from gateway.errors import ClosedError, GatewayError, NotFound, ReauthRequired, VaultError
+from foundation import metrics
+from foundation.errors import ClosedError, GatewayError, NotFound, ReauthRequired, VaultError
+from foundation.schedule import DueSet, now_ms
+from foundation.types import Event
 from gateway.services import Services
-from gateway.types import Event
 from routing.handoff import Item
-from routing.schedule import DueSet, now_ms
 
 log = logging.getLogger(__name__)
 

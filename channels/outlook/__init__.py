@@ -14,8 +14,8 @@ from channels.outlook.graph import Graph
 from channels.outlook.subscriptions import Subscriptions
 from channels.renewal import Timing
 from channels.tokens import BrokerTokens
+from foundation.schedule import DueSet
 from gateway.app_keys import SERVICES
-from routing.schedule import DueSet
 
 
 @dataclass

@@ -14,8 +14,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from gateway.clock import iso
-from gateway.errors import ProviderError
+from foundation.clock import iso
+from foundation.errors import ProviderError
 
 RESOURCE = "/me/mailFolders('inbox')/messages"
 CHANGE_TYPE = "created"

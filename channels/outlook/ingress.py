@@ -20,9 +20,9 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from channels.outlook.subscriptions import Subscriptions
-from gateway.errors import ApiError, BadRequest, GatewayError, StorageError
-from gateway.http import read_json_object
-from gateway.types import Event
+from foundation.errors import ApiError, BadRequest, GatewayError, StorageError
+from foundation.http import read_json_object
+from foundation.types import Event
 from routing.handoff import Item
 
 log = logging.getLogger(__name__)

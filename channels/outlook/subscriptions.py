@@ -7,7 +7,7 @@ Redis:
   `renewed_at`, `failures`, `last_error`, `action` (`reauthorize`/`recreate`, asked by a
   lifecycle notification), `resync` (why the server must resync once the subscription
   works again).
-- the `outlook` due set (`routing/schedule.py`): when each subscription is next looked after.
+- the `outlook` due set (`foundation/schedule.py`): when each subscription is next looked after.
 
 The request path only records what a lifecycle notification asks for and makes the user
 due now; the worker talks to Graph.
@@ -26,12 +26,12 @@ from typing import Any
 from channels.outlook.graph import Graph, Subscription
 from channels.renewal import Upkeep, backoff, iso, number, reason, text
 from channels.tokens import TokenSource
-from gateway import metrics
-from gateway.errors import GatewayError, NotFound, ProviderError, ReauthRequired
+from foundation import metrics
+from foundation.errors import GatewayError, NotFound, ProviderError, ReauthRequired
+from foundation.schedule import DueSet
+from foundation.types import Event
 from gateway.services import Services
-from gateway.types import Event
 from routing.handoff import Item
-from routing.schedule import DueSet
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from foundation.tls import client_context
 from gateway.app_keys import ROLE, SERVICES
-from gateway.tls import client_context
 
 from . import ingress, inputs, notices, outbound
 from .channel import ALLOWED_UPDATES, TELEGRAM, Telegram

@@ -14,9 +14,9 @@ import telegram
 from aiohttp import web
 from telegram.error import BadRequest, InvalidToken, TelegramError
 
-from gateway.errors import ApiError, ClosedError, GatewayError, NotFound, TooManyRequests
+from foundation.errors import ApiError, ClosedError, GatewayError, NotFound, TooManyRequests
+from foundation.redis_keys import Keys
 from gateway.services import Services
-from routing.redis_keys import Keys
 
 from .chats import ChatInfo, Chats
 from .identity import Identity

@@ -27,10 +27,10 @@ from typing import Any, Literal
 import orjson
 from redis.asyncio import Redis
 
-from gateway import batching
-from gateway.batching import command
-from gateway.clock import iso
-from routing.redis_keys import Keys
+from foundation import batching
+from foundation.batching import command
+from foundation.clock import iso
+from foundation.redis_keys import Keys
 
 CODE_TTL = 15 * 60
 FILES_KEPT = 30 * 24 * 3600

@@ -8,8 +8,8 @@ import hmac
 import re
 from dataclasses import dataclass, field
 
-from gateway.config import Settings
-from gateway.errors import ConfigError
+from foundation.config import Settings
+from foundation.errors import ConfigError
 
 _TOKEN = re.compile(r"^(\d{1,20}):[A-Za-z0-9_-]{20,}$")
 _CONTEXT = b"ally-gateway/v1|telegram-webhook-secret|"

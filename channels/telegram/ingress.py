@@ -17,12 +17,12 @@ from typing import Any
 from aiohttp import web
 from telegram import Update
 
-from gateway import metrics
+from foundation import metrics
+from foundation.clock import iso
+from foundation.errors import BadRequest, NotFound, Unauthorized
+from foundation.http import json_response, read_json_object
+from foundation.types import Event
 from gateway.admin import admin_user
-from gateway.clock import iso
-from gateway.errors import BadRequest, NotFound, Unauthorized
-from gateway.http import json_response, read_json_object
-from gateway.types import Event
 from routing.handoff import Item
 
 from .channel import Telegram, telegram_of

@@ -11,9 +11,9 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.multipart import BadContentDispositionHeader, BadContentDispositionParam
 
-from gateway import http
-from gateway.errors import ApiError, BadRequest, PayloadTooLarge
-from gateway.http import read_body
+from foundation import http
+from foundation.errors import ApiError, BadRequest, PayloadTooLarge
+from foundation.http import read_body
 
 from . import jsontext
 from .wire import Upload

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from gateway.errors import BadRequest
+from foundation.errors import BadRequest
 
 _NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
 

@@ -22,7 +22,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from redis.asyncio import Redis
 
-from routing.redis_keys import Keys
+from foundation.redis_keys import Keys
 
 PREFIX = "ally:move:"
 """`callback_data` of the gateway's own buttons; a button with it is never forwarded to a server."""

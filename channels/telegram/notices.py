@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from redis.exceptions import RedisError
 from telegram import Update
 
-from gateway import metrics
+from foundation import metrics
 from routing.outage import Outages
 
 from .chats import ChatInfo

@@ -18,10 +18,10 @@ from urllib.parse import quote
 import aiohttp
 from aiohttp import web
 
-from gateway import http
+from foundation import http
+from foundation.errors import ApiError, NotFound
+from foundation.http import error_response, json_response
 from gateway.auth import require_server
-from gateway.errors import ApiError, NotFound
-from gateway.http import error_response, json_response
 
 from .channel import Telegram, telegram_of
 from .chats import ChatInfo

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.errors import BadRequest, Forbidden, NotFound
+from foundation.errors import BadRequest, Forbidden, NotFound
 
 from . import jsontext
 from .chats import ChatInfo, Chats

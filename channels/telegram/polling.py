@@ -28,8 +28,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from gateway.errors import BadRequest, GatewayError, StorageError
-from routing.redis_keys import Keys
+from foundation.errors import BadRequest, GatewayError, StorageError
+from foundation.redis_keys import Keys
 
 from .wire import BotApi, Reply
 

@@ -38,9 +38,9 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from gateway import metrics
-from gateway.errors import StorageError, TooManyRequests
-from routing.redis_keys import Keys
+from foundation import metrics
+from foundation.errors import StorageError, TooManyRequests
+from foundation.redis_keys import Keys
 
 # KEYS: waiting zset, ticket meta hash, user finish tag, virtual time, ticket counter, chat TAT, group TAT,
 #       user pause.

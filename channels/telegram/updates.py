@@ -10,7 +10,7 @@ from typing import Any
 
 from telegram import Message, Update
 
-from gateway.errors import BadRequest
+from foundation.errors import BadRequest
 
 from .chats import ChatInfo
 

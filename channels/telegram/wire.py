@@ -19,8 +19,8 @@ import aiohttp
 import orjson
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-from gateway import metrics
-from gateway.errors import ApiError
+from foundation import metrics
+from foundation.errors import ApiError
 
 log = logging.getLogger(__name__)
 

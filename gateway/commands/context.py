@@ -7,9 +7,9 @@ from contextlib import asynccontextmanager
 
 from aiohttp import web
 
+from foundation.config import Settings
 from gateway.app import PLUGINS, create_app
 from gateway.app_keys import SERVICES
-from gateway.config import Settings
 from gateway.services import Services
 
 

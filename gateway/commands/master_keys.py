@@ -6,7 +6,7 @@ import argparse
 import asyncio
 from typing import Any
 
-from gateway.config import Settings
+from foundation.config import Settings
 
 
 def add(sub: Any) -> None:

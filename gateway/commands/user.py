@@ -16,8 +16,8 @@ from typing import Any
 
 import orjson
 
-from gateway.config import Settings
-from gateway.errors import ApiError
+from foundation.config import Settings
+from foundation.errors import ApiError
 
 
 def add(sub: Any) -> None:

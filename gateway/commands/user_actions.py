@@ -11,11 +11,11 @@ import argparse
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from foundation.config import Settings
+from foundation.errors import BadRequest
 from gateway import users
 from gateway.app import PLUGINS
 from gateway.commands.context import operator_services
-from gateway.config import Settings
-from gateway.errors import BadRequest
 from gateway.services import Services
 
 Action = Callable[[Services, argparse.Namespace], Awaitable[tuple[Any, int]]]

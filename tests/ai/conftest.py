@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import Settings
+from foundation.config import Settings
 from tests.support.anthropic import API_KEY, AnthropicStandIn
 from tests.support.gateway import make_settings
 from tests.support.relay import FALLBACK

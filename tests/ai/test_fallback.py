@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from gateway.config import Settings
+from foundation.config import Settings
 from tests.support.anthropic import AnthropicStandIn, Step, drop, error, hang, message, stream
 from tests.support.gateway import Gateway
 from tests.support.relay import FALLBACK, PRIMARY, ask, server_token

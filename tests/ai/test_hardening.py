@@ -15,9 +15,9 @@ from ai import admission as admission_module
 from ai import request as request_module
 from ai.admission import Admission
 from ai.metering import Meter
-from gateway.config import Settings
-from gateway.errors import TooManyRequests
-from routing.redis_keys import Keys
+from foundation.config import Settings
+from foundation.errors import TooManyRequests
+from foundation.redis_keys import Keys
 from tests.support.anthropic import AnthropicStandIn, message, stream
 from tests.support.gateway import REDIS_URL, Gateway
 from tests.support.relay import PRIMARY, ask, server_token

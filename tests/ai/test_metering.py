@@ -9,7 +9,7 @@ import pytest
 
 from ai.metering import StreamCounter, Tokens, month_of
 from ai.sse import SseEvent
-from gateway.config import Settings
+from foundation.config import Settings
 from tests.support.anthropic import AnthropicStandIn, error, message, stream
 from tests.support.gateway import ADMIN_TOKEN, Gateway
 from tests.support.relay import FALLBACK, PRIMARY, ask, server_token

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from gateway import logs
-from gateway.config import Settings
+from foundation import logs
+from foundation.config import Settings
 from tests.support import gemini as gemini_module
 from tests.support import openai as openai_module
 from tests.support.anthropic import AnthropicStandIn, error, message, stream

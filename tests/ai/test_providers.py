@@ -10,7 +10,7 @@ from typing import Any
 import anthropic
 import pytest
 
-from gateway.config import Settings
+from foundation.config import Settings
 from tests.support import gemini as gemini_api_module
 from tests.support import openai as openai_api_module
 from tests.support.anthropic import AnthropicStandIn, error

@@ -8,9 +8,9 @@ from pathlib import Path
 import anthropic
 import pytest
 
+from foundation.config import Settings
+from foundation.errors import ConfigError
 from gateway.app import create_app
-from gateway.config import Settings
-from gateway.errors import ConfigError
 from tests.support.anthropic import AnthropicStandIn, message, stream
 from tests.support.gateway import ADMIN_TOKEN, Gateway, make_settings
 from tests.support.relay import PRIMARY, ask, server_token

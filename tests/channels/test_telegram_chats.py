@@ -9,7 +9,7 @@ from __future__ import annotations
 from redis.asyncio import Redis
 
 from channels.telegram.chats import Chats
-from routing.redis_keys import Keys
+from foundation.redis_keys import Keys
 from tests.support import telegram as tgs
 from tests.support.dedicated import DedicatedServer
 from tests.support.telegram_gateway import TgGateway

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from foundation.config import load
+from foundation.errors import ConfigError
 from gateway.app import create_app
-from gateway.config import load
-from gateway.errors import ConfigError
 from tests.support import telegram as tgs
 from tests.support.dedicated import DedicatedServer
 from tests.support.gateway import wipe

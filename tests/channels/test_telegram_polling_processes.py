@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from gateway.config import Settings
+from foundation.config import Settings
 from tests.support import telegram as tgs
 from tests.support.dedicated import DedicatedServer
 from tests.support.gateway import ADMIN_TOKEN, REDIS_URL, wipe

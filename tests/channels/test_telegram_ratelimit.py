@@ -17,9 +17,9 @@ import pytest
 from redis.asyncio import Redis
 
 from channels.telegram.ratelimit import Limiter, Limits
-from gateway.errors import TooManyRequests
-from gateway.storage import connect
-from routing.redis_keys import Keys
+from foundation.errors import TooManyRequests
+from foundation.redis_keys import Keys
+from foundation.storage import connect
 from tests.support.gateway import REDIS_URL, wipe
 
 # Monotonic and wall clocks may drift apart by a few milliseconds between two readings.

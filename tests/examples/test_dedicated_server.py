@@ -15,8 +15,8 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from foundation.types import Event
 from gateway.app import create_app
-from gateway.types import Event
 from routing import signing
 from routing.handoff import Item
 from routing.sealing import unb64url

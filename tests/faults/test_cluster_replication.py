@@ -19,9 +19,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from redis.crc import key_slot
 
+from foundation.config import Settings
 from gateway.app import create_app
 from gateway.app_keys import SERVICES
-from gateway.config import Settings
 from tests.support import ingress
 from tests.support.dedicated import DedicatedServer
 from tests.support.gateway import ADMIN_TOKEN, make_settings

@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 import redis as redis_sync
 
-from gateway.config import Settings
+from foundation.config import Settings
 from tests.support.dedicated import DedicatedServer
 from tests.support.gateway import make_settings
 from tests.support.redis_servers import RedisServer

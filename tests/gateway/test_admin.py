@@ -4,7 +4,7 @@ import orjson
 import pytest
 from standardwebhooks.webhooks import WebhookVerificationError
 
-from gateway.types import Event
+from foundation.types import Event
 from routing import signing
 from routing.handoff import Item
 from tests.support.gateway import Gateway, random_public_key

@@ -10,8 +10,8 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from gateway.batching import MAX_BATCH, Batcher, Queue, command, script, shared
-from gateway.storage import connect
+from foundation.batching import MAX_BATCH, Batcher, Queue, command, script, shared
+from foundation.storage import connect
 from tests.support.gateway import REDIS_URL, wipe
 from tests.support.redis_server import RedisServer
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import load
-from gateway.errors import ConfigError
+from foundation.config import load
+from foundation.errors import ConfigError
 from tests.support.cli import serve
 
 GOOD_KEYS = "k1:" + base64.urlsafe_b64encode(bytes(32)).rstrip(b"=").decode()

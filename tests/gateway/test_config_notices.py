@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import load
-from gateway.errors import ConfigError
+from foundation.config import load
+from foundation.errors import ConfigError
 from tests.support.cli import serve
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.config import load
-from gateway.errors import ConfigError
+from foundation.config import load
+from foundation.errors import ConfigError
 
 
 def test_the_queue_caps_default_to_ten_thousand_events_and_64_mib() -> None:

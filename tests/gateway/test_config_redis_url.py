@@ -1,7 +1,7 @@
 import pytest
 
-from gateway.config import load
-from gateway.errors import ConfigError
+from foundation.config import load
+from foundation.errors import ConfigError
 
 
 def test_a_unix_socket_redis_url_is_accepted() -> None:

@@ -15,9 +15,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from redis.asyncio import Redis
 
-from gateway.config import Settings
-from oauth.vault import Vault
-from routing.redis_keys import Keys
+from foundation.config import Settings
+from foundation.redis_keys import Keys
+from foundation.vault import Vault
 from routing.registry import Registry
 from tests.support.gateway import REDIS_URL, make_settings, random_public_key, wipe
 from tests.support.redis_server import RedisServer

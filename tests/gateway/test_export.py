@@ -9,8 +9,8 @@ import jsonschema
 
 from ai.metering import Tokens
 from ai.relay import RELAY
-from gateway.logs import scrub
-from gateway.types import Event
+from foundation.logs import scrub
+from foundation.types import Event
 from routing.handoff import Item
 from tests.support.dedicated import DedicatedServer
 from tests.support.export import validate

@@ -22,11 +22,11 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as examples
 from hypothesis import strategies as st
 
-from gateway import http as gateway_http
+from foundation import http as gateway_http
+from foundation.config import Settings
+from foundation.types import Event
 from gateway.app import create_app
 from gateway.app_keys import SERVICES
-from gateway.config import Settings
-from gateway.types import Event
 from routing.handoff import Item
 from routing.urls import PublicOnlyResolver, is_public_address, validate_server_url
 from tests.support.dedicated import DedicatedServer

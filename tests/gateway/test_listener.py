@@ -3,7 +3,7 @@ from __future__ import annotations
 import gc
 from pathlib import Path
 
-from gateway import listener
+from foundation import listener
 from gateway.app import create_app
 from tests.support.gateway import make_settings, wipe
 

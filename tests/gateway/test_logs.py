@@ -6,8 +6,8 @@ import logging
 import orjson
 import pytest
 
-from gateway import logs
-from gateway.logs import JsonFormatter, bound_request_id, scrub
+from foundation import logs
+from foundation.logs import JsonFormatter, bound_request_id, scrub
 from tests.support.gateway import Gateway, random_public_key
 
 # Shapes as the providers issue them (lengths and alphabets from their docs and real traffic).

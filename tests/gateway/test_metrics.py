@@ -5,7 +5,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.types import Event
+from foundation.types import Event
 from routing.handoff import Item
 from tests.support.dedicated import DedicatedServer
 from tests.support.gateway import Gateway

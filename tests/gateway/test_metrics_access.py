@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.types import Event
+from foundation.types import Event
 from routing.handoff import Item
 from tests.support.commandstats import commands_run
 from tests.support.dedicated import DedicatedServer

@@ -12,10 +12,10 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import REGISTRY
 
+from foundation.batching import Ack, Batcher, Queue, command
+from foundation.errors import NotReplicated
+from foundation.storage import connect
 from gateway.app import create_app
-from gateway.batching import Ack, Batcher, Queue, command
-from gateway.errors import NotReplicated
-from gateway.storage import connect
 from tests.support import ingress
 from tests.support.gateway import make_settings, random_public_key
 from tests.support.redis_servers import RedisServer, ReplicatedRedis

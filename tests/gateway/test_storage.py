@@ -9,8 +9,8 @@ import redis
 import redis.asyncio.cluster
 import redis.exceptions
 
-from gateway import storage
-from gateway.storage import connect
+from foundation import storage
+from foundation.storage import connect
 from tests.support.gateway import REDIS_URL, wipe
 from tests.support.redis_servers import RedisCluster, RedisServer
 from tests.support.waiting import eventually

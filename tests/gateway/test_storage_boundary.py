@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from foundation.config import Settings
 from gateway.app import create_app
-from gateway.config import Settings
 from tests.support import telegram as tgs
 from tests.support.anthropic import API_KEY, AnthropicStandIn
 from tests.support.dedicated import DedicatedServer

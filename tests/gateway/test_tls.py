@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.errors import ConfigError
-from gateway.tls import client_context
+from foundation.errors import ConfigError
+from foundation.tls import client_context
 from tests.support.tlsca import mint
 
 

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from gateway.config import Settings
-from routing.redis_keys import Keys
+from foundation.config import Settings
+from foundation.redis_keys import Keys
 from tests.support.export import validate
 from tests.support.gateway import REDIS_URL, make_settings, random_public_key, wipe
 from tests.support.redisdump import containing, dump

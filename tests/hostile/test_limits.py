@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from channels.telegram.inputs import MAX_UPLOAD
-from gateway import http, listener
+from foundation import http, listener
 from gateway.app import create_app
 from tests.hostile import rawhttp
 from tests.hostile.world import World

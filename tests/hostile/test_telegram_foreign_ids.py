@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from channels.telegram.methods import METHODS, Kind, Method
 from channels.telegram.policy import check
-from gateway.errors import ApiError
+from foundation.errors import ApiError
 from tests.hostile.checks import assert_error_json, assert_sane, read
 from tests.hostile.world import Tenant, World
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import Settings
+from foundation.config import Settings
 from tests.support.gateway import Gateway, make_settings, random_public_key, serve
 
 

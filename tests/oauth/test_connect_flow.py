@@ -364,7 +364,7 @@ async def test_microsoft_account_comes_from_graph_me_when_the_id_token_has_no_ad
 
     assert await asyncio.to_thread(lookup, token) == "user@example.test"
     assert world.apis.calls == ["graph.me"]
-    from gateway.errors import ProviderError
+    from foundation.errors import ProviderError
 
     with pytest.raises(ProviderError):
         await asyncio.to_thread(lookup, "not-a-token")

@@ -16,10 +16,10 @@ import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 
-from gateway.config import Settings
+from foundation.config import Settings
+from foundation.redis_keys import Keys
+from foundation.vault import Vault
 from oauth.store import ConnectionStore
-from oauth.vault import Vault
-from routing.redis_keys import Keys
 from tests.support.dedicated import DedicatedServer
 from tests.support.gateway import wipe
 from tests.support.oauth_world import RETURN_ORIGIN, Browser, World, free_port

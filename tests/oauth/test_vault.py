@@ -9,12 +9,12 @@ import time
 import pytest
 from redis.asyncio import Redis
 
-from gateway.config import MasterKey
-from gateway.errors import KeyShredded, VaultError
-from gateway.storage import connect
+from foundation.config import MasterKey
+from foundation.errors import KeyShredded, VaultError
+from foundation.redis_keys import Keys
+from foundation.storage import connect
+from foundation.vault import Vault
 from oauth.store import ConnectionStore, Tokens
-from oauth.vault import Vault
-from routing.redis_keys import Keys
 from tests.support.gateway import ADMIN_TOKEN, REDIS_URL, wipe
 from tests.support.redis_servers import RedisCluster
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import Settings
+from foundation.config import Settings
 from tests.support.gateway import make_settings
 
 

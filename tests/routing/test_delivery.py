@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway.types import Event
+from foundation.types import Event
 from routing.handoff import Item
 from routing.transactions import MAX_TXN_BYTES
 from tests.support.dedicated import DedicatedServer

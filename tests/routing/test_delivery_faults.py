@@ -12,7 +12,7 @@ import time
 import pytest
 from redis.crc import key_slot
 
-from gateway.config import Settings
+from foundation.config import Settings
 from routing.delivery import DeliveryWorker
 from routing.sender import backoff, parse_retry_after
 from tests.support.dedicated import DedicatedServer

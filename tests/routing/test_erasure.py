@@ -10,9 +10,9 @@ import pytest
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from gateway.errors import KeyShredded, NotFound
-from gateway.types import Event
-from oauth.vault import aad
+from foundation.errors import KeyShredded, NotFound
+from foundation.types import Event
+from foundation.vault import aad
 from routing.handoff import Item
 from tests.support.dedicated import DedicatedServer
 from tests.support.erasure import unique, wait_gone

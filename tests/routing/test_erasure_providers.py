@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from gateway.config import Settings
+from foundation.config import Settings
 from oauth.providers import Grant
 from oauth.store import Tokens
 from tests.support.dedicated import DedicatedServer

@@ -9,10 +9,10 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from gateway.types import Event
-from oauth.vault import Vault
+from foundation.redis_keys import Keys
+from foundation.types import Event
+from foundation.vault import Vault
 from routing.handoff import Handoff, Item
-from routing.redis_keys import Keys
 from routing.registry import Registry
 from tests.support.dedicated import DedicatedServer
 from tests.support.gateway import REDIS_URL, make_settings, wipe

@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from gateway.config import Settings
+from foundation.config import Settings
 from tests.support.dedicated import DedicatedServer
 from tests.support.delivery import ev, ping
 from tests.support.gateway import Gateway

@@ -9,8 +9,8 @@ import uuid
 
 import pytest
 
-from gateway.logs import JsonFormatter
-from gateway.types import Event
+from foundation.logs import JsonFormatter
+from foundation.types import Event
 from routing.handoff import Item
 from tests.support.dedicated import DedicatedServer
 from tests.support.gateway import Gateway

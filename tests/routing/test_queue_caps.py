@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from gateway.config import Settings
+from foundation.config import Settings
 from tests.support.dedicated import DedicatedServer
 from tests.support.delivery import ev, ping
 from tests.support.gateway import Gateway

@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric.mlkem import MLKEM768PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from gateway.config import Settings
-from gateway.types import Event
+from foundation.config import Settings
+from foundation.types import Event
 from routing.handoff import Item
 from routing.sealing import SUITES, SuiteName, info, kid_of, open_sealed, unb64url
 from tests.support.dedicated import DedicatedServer, new_key

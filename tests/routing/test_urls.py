@@ -15,8 +15,8 @@ import aiohttp
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from gateway.config import Settings
-from gateway.types import Event
+from foundation.config import Settings
+from foundation.types import Event
 from routing.handoff import Item
 from routing.urls import public_only_connector, public_socket, validate_server_url
 from tests.support.dedicated import DedicatedServer

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.types import Event
+from foundation.types import Event
 from routing.handoff import Item
 from tests.support.gateway import Gateway
 

@@ -13,11 +13,11 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 
+from foundation.config import MasterKey, Settings
+from foundation.storage import connect
 from gateway.app import create_app
 from gateway.app_keys import SERVICES
-from gateway.config import MasterKey, Settings
 from gateway.services import Services
-from gateway.storage import connect
 from tests.support.dedicated import DedicatedServer
 
 REDIS_URL = os.environ.get("ALLY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

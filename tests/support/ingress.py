@@ -11,10 +11,10 @@ import sys
 
 from aiohttp import web
 
+from foundation.errors import BadRequest
+from foundation.http import json_response, read_json_object
+from foundation.types import Event
 from gateway.app_keys import SERVICES
-from gateway.errors import BadRequest
-from gateway.http import json_response, read_json_object
-from gateway.types import Event
 from routing.handoff import Item
 
 

@@ -14,7 +14,7 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from gateway import logs
+from foundation import logs
 from tests.support.redis_server import RedisServer
 from tests.support.redisdump import dump
 

@@ -17,8 +17,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from channels.gmail import GMAIL_TIMING
 from channels.outlook import OUTLOOK_TIMING
 from channels.renewal import Timing
+from foundation.config import Settings
 from gateway.app import create_app
-from gateway.config import Settings
 from oauth.providers import Grant
 from oauth.store import REAUTH_REQUIRED, Tokens
 from tests.support import google as g

@@ -12,7 +12,7 @@ from urllib.parse import urljoin
 
 import aiohttp
 
-from gateway.config import Settings
+from foundation.config import Settings
 from tests.support.authserver import AuthServer, Client
 from tests.support.dedicated import DedicatedServer
 from tests.support.gateway import Gateway, make_settings

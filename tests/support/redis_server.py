@@ -7,7 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from gateway.embedded import redis_server_binary
+from foundation.embedded import redis_server_binary
 from tests.support.subprocess_gateway import free_port
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import redis
 
-from gateway.embedded import redis_server_binary
+from foundation.embedded import redis_server_binary
 
 CLUSTER_SLOTS = 16384
 

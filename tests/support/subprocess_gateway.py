@@ -12,7 +12,7 @@ from pathlib import Path
 
 import aiohttp
 
-from gateway.config import Settings
+from foundation.config import Settings
 from routing.sealing import b64url
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from channels.telegram.channel import TELEGRAM, Telegram
-from gateway.config import Settings
+from foundation.config import Settings
 from tests.support import telegram as tgs
 from tests.support.dedicated import DedicatedServer
 from tests.support.gateway import Gateway, make_settings, serve

@@ -18,9 +18,9 @@ import asyncio
 import sys
 from typing import Any
 
-from gateway import config, logs
+from foundation import config, logs
+from foundation.errors import ConfigError
 from gateway.commands.doctor.report import Report
-from gateway.errors import ConfigError
 
 
 def add(sub: Any) -> None:

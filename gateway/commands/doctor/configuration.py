@@ -6,8 +6,8 @@ import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from foundation.config import Settings, is_loopback_host
 from gateway.commands.doctor.report import Report
-from gateway.config import Settings, is_loopback_host
 
 _TOPIC = re.compile(r"^projects/[a-z][a-z0-9-]{4,28}[a-z0-9]/topics/[A-Za-z][A-Za-z0-9._~%+-]{2,254}$")
 

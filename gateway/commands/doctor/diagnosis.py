@@ -5,13 +5,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from gateway import config
+from foundation import config
+from foundation.storage import connect
 from gateway.commands.doctor.configuration import check_configuration, check_data_dir, check_providers
 from gateway.commands.doctor.durability import check_compaction, check_replicas
 from gateway.commands.doctor.report import Report
 from gateway.commands.doctor.storage import check_key_ring, check_queues, check_redis, redis_target, shown_url
 from gateway.commands.doctor.telegram import check_telegram
-from gateway.storage import connect
 
 
 async def diagnose(settings: config.Settings, report: Report) -> None:

@@ -7,10 +7,10 @@ import time
 
 from redis.asyncio import Redis
 
+from foundation.config import Settings
+from foundation.redis_keys import Keys
 from gateway.commands.doctor.report import Report
-from gateway.config import Settings
 from gateway.replication import shards
-from routing.redis_keys import Keys
 
 
 async def check_replicas(redis: Redis, settings: Settings, report: Report) -> None:

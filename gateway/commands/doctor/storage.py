@@ -13,11 +13,11 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
+from foundation.config import Settings
+from foundation.embedded import EmbeddedRedis
+from foundation.redis_keys import Keys
+from foundation.vault import FIELD, aad
 from gateway.commands.doctor.report import Report
-from gateway.config import Settings
-from gateway.embedded import EmbeddedRedis
-from oauth.vault import FIELD, aad
-from routing.redis_keys import Keys
 
 TIMEOUT = 5.0
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import aiohttp
 
+from foundation.config import Settings
+from foundation.logs import scrub
 from gateway.commands.doctor.report import Report
-from gateway.config import Settings
-from gateway.logs import scrub
 
 TIMEOUT = aiohttp.ClientTimeout(total=10)
 PENDING_WARN = 100

@@ -13,8 +13,8 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from redis.exceptions import RedisError
 
-from gateway import metrics
-from gateway.errors import (
+from foundation import metrics
+from foundation.errors import (
     ApiError,
     BadRequest,
     PayloadTooLarge,
@@ -23,14 +23,14 @@ from gateway.errors import (
     TooManyRequests,
     Unauthorized,
 )
-from gateway.logs import accept_request_id, request_id
+from foundation.logs import accept_request_id, request_id
 
 log = logging.getLogger(__name__)
 
 MAX_JSON_BODY = 1 << 20
 BODY_TIMEOUT = 30.0
 """Seconds a client gets to send a whole body; a slower one gets 408 and frees the handler.
-Connection-level limits (idle connections, request heads) are in `gateway.listener`."""
+Connection-level limits (idle connections, request heads) are in `foundation.listener`."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -30,9 +30,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from gateway.config import MasterKey
-from gateway.errors import KeyShredded, VaultError
-from routing.redis_keys import Keys
+from foundation.config import MasterKey
+from foundation.errors import KeyShredded, VaultError
+from foundation.redis_keys import Keys
 
 log = logging.getLogger(__name__)
 

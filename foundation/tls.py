@@ -6,7 +6,7 @@ import functools
 import os
 import ssl
 
-from gateway.errors import ConfigError
+from foundation.errors import ConfigError
 
 CA_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
 

@@ -26,7 +26,7 @@
 Lower layers (aiohttp, provider SDKs) are translated at the boundary with
 `raise X(...) from exc`, so callers handle one tree. Storage failures have one boundary of
 their own: a `StorageError` or any redis-py error that reaches the HTTP middleware
-(`gateway.http`) is answered 503 `storage_unavailable` there, on every route. The AI relay's provider
+(`foundation.http`) is answered 503 `storage_unavailable` there, on every route. The AI relay's provider
 failures (`ai/errors.py`: ModelCallFailed, StreamBroken) hang under GatewayError too.
 """
 

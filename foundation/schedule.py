@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from gateway.errors import StorageError
-from routing.redis_keys import Keys
+from foundation.errors import StorageError
+from foundation.redis_keys import Keys
 
 log = logging.getLogger(__name__)
 

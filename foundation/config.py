@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from gateway.errors import ConfigError
+from foundation.errors import ConfigError
 
 _KID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 

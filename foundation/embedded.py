@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from gateway.errors import StorageError
+from foundation.errors import StorageError
 
 log = logging.getLogger(__name__)
 

@@ -39,8 +39,8 @@ from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
-from gateway import metrics
-from gateway.errors import NotReplicated
+from foundation import metrics
+from foundation.errors import NotReplicated
 
 Queue = Callable[[Any], object]
 """Queues one command on a pipeline, e.g. `lambda p: p.zrem(key, member)`."""

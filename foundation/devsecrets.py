@@ -12,7 +12,7 @@ import os
 import secrets
 from pathlib import Path
 
-from gateway.config import Settings, parse_master_keys
+from foundation.config import Settings, parse_master_keys
 
 log = logging.getLogger(__name__)
 

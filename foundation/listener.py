@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.http import Handler
+from foundation.http import Handler
 
 IDLE_TIMEOUT = 75.0
 """Seconds a connection may stay open without sending a request (keep-alive)."""
@@ -55,7 +55,7 @@ class HeadDeadline(asyncio.Protocol):
     The deadline runs from the connection opening and, between requests, from the first byte
     of the next head; the app taking the request ends it. A connection that sends nothing
     between requests is left to the idle timeout. Bodies have their own deadline
-    (`gateway.http.BODY_TIMEOUT`).
+    (`foundation.http.BODY_TIMEOUT`).
     """
 
     __slots__ = ("_busy", "_inner", "_timeout", "_timer", "_transport")

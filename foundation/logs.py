@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from gateway.clock import iso
+from foundation.clock import iso
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
