@@ -45,11 +45,12 @@ from ai.provider import Provider
 from ai.request import Policy, parse
 from ai.sse import error_event
 from foundation import metrics
+from foundation.app_keys import SETTINGS
 from foundation.config import Settings
 from foundation.errors import ApiError, BadRequest, ClosedError, ConfigError, StorageError
 from foundation.http import json_response, read_body, write_within
-from gateway.app_keys import SERVICES, SETTINGS
-from gateway.auth import require_server
+from routing.access import require_server
+from routing.services import SERVICES
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from aiohttp import web
 from foundation import config, listener, logs
 from foundation.types import Event
 from gateway.app import create_app
-from gateway.app_keys import SERVICES
 from routing.handoff import Item
+from routing.services import SERVICES
 
 
 async def core_ingress(request: web.Request) -> web.Response:

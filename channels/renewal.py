@@ -12,7 +12,8 @@ from channels.tokens import TokenSource
 from foundation import clock
 from foundation.errors import ProviderError
 from foundation.schedule import DueSet
-from gateway.services import Services
+from oauth.broker import Broker
+from routing.services import Services
 
 # KEYS: state hash. ARGV: field, value pairs ('' value deletes the field). Writes only while the
 # connection still exists, so an upkeep step finishing after a disconnect cannot bring the state back.
@@ -108,7 +109,7 @@ class Upkeep:
     async def export(self, user_id: str) -> dict[str, Any]:
         raise NotImplementedError
 
-    def install(self, *, enabled: bool, timing: Timing, loop: str) -> None:
+    def install(self, broker: Broker, *, enabled: bool, timing: Timing, loop: str) -> None:
         """Register the renewal loop and the connect/disconnect hooks (when the provider is
         configured), and the per-user status, export and erase hooks (always)."""
         services = self._services
@@ -126,8 +127,8 @@ class Upkeep:
                     await self.disconnected(user_id)
 
             services.loops[loop] = run
-            services.broker.on_connected.append(connected)
-            services.broker.on_disconnect.append(disconnected)
+            broker.on_connected.append(connected)
+            broker.on_disconnect.append(disconnected)
         services.hooks.status[self.NAME] = self.status
         services.hooks.export[self.NAME] = self.export
         services.hooks.erase[self.NAME] = self.disconnected

@@ -8,27 +8,11 @@ from aiohttp import web
 
 from foundation.http import json_response, read_json_object
 from gateway import users
-from gateway.app_keys import SERVICES
-from gateway.auth import require_admin
-from gateway.services import Services
+from routing.access import admin_user
 
 log = logging.getLogger(__name__)
 
 PREFIX = "/admin/v1/users/{user_id}"
-
-
-def user_id_of(request: web.Request) -> str:
-    return users.check_user_id(request.match_info["user_id"])
-
-
-async def admin_user(request: web.Request, *, must_exist: bool = True) -> tuple[Services, str]:
-    """Authenticate the platform and validate the path's user id (404 for unknown or erasing users)."""
-    require_admin(request)
-    services = request.app[SERVICES]
-    user_id = user_id_of(request)
-    if must_exist:
-        await users.require_active(services, user_id)
-    return services, user_id
 
 
 async def put_user(request: web.Request) -> web.Response:

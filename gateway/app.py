@@ -19,26 +19,26 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from foundation import logs
+from foundation.app_keys import ROLE, SETTINGS
+from foundation.compaction import Compactor
 from foundation.config import Settings
 from foundation.embedded import EmbeddedRedis
 from foundation.http import errors_middleware, stamp_request_id
 from foundation.listener import head_deadline_middleware
 from foundation.redis_keys import Keys
+from foundation.replication import Replication
 from foundation.storage import connect
 from foundation.tls import client_context
 from foundation.types import ROLES
 from foundation.vault import Vault
 from gateway import admin, ops, server_api
-from gateway.app_keys import ROLE, SERVICES, SETTINGS
-from gateway.compaction import Compactor
-from gateway.replication import Replication
-from gateway.services import Services
-from oauth.broker import Broker, providers_for
+from oauth.broker import BROKER, Broker, providers_for
 from routing.delivery import DeliveryWorker
 from routing.erasure import Eraser
 from routing.handoff import Caps, Handoff
 from routing.outage import Outages
 from routing.registry import Registry
+from routing.services import SERVICES, Services
 from routing.urls import public_only_connector
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,6 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         outages=outages,
         session=session,
         eraser=Eraser(redis, keys, {}),
-        broker=Broker(redis, keys, vault, handoff, providers_for(settings, session)),
         replication=replication,
     )
     # The eraser reads the hooks dict live: channels register theirs after the core starts.
@@ -135,6 +134,8 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
     )
     services.loops["erasure"] = services.eraser.watch
     app[SERVICES] = services
+    broker = Broker(redis, keys, vault, handoff, providers_for(settings, session))
+    app[BROKER] = broker
     try:
         yield
     finally:
@@ -144,7 +145,7 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         await _close_all(
             ("eraser", services.eraser.aclose()),
             ("worker", worker.aclose()),
-            ("broker", services.broker.aclose()),
+            ("broker", broker.aclose()),
             ("http session", session.close()),
             ("redis", redis.aclose()),
         )

@@ -11,10 +11,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
 from foundation import metrics
+from foundation.app_keys import SETTINGS
 from foundation.errors import Unauthorized
 from foundation.http import bearer, constant_time_equal, json_response
-from gateway.app_keys import SERVICES, SETTINGS
-from gateway.services import Services
+from routing.services import SERVICES, Services
 
 
 async def healthz(_request: web.Request) -> web.Response:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from foundation.http import json_response
-from gateway.app_keys import SERVICES
-from gateway.auth import require_server
+from routing.access import require_server
+from routing.services import SERVICES
 
 
 async def ping(request: web.Request) -> web.Response:

@@ -9,27 +9,15 @@ import time
 from typing import Any
 
 from foundation.clock import iso
-from foundation.errors import BadRequest, Conflict, NotFound
-from foundation.types import USER_ID
-from gateway.services import Services
+from foundation.errors import BadRequest, Conflict
+from routing.access import check_user_id, require_active
 from routing.registry import OVERLAP, Credentials, User
 from routing.sealing import parse_public_key
+from routing.services import Services
 from routing.urls import validate_server_url
 
 EXPORT_SCHEMA = "ally-gateway/export/v1"
 MAX_OVERLAP = 7 * 24 * 3600
-
-
-def check_user_id(user_id: str) -> str:
-    if not USER_ID.match(user_id):
-        raise BadRequest("invalid_user_id", "user_id must match ^[A-Za-z0-9_-]{1,64}$")
-    return user_id
-
-
-async def require_active(services: Services, user_id: str) -> None:
-    """404 for unknown users and for users being erased (they are gone for every caller)."""
-    if not await services.registry.exists(user_id) or await services.eraser.is_erasing(user_id):
-        raise NotFound("user_not_found", "no such user")
 
 
 async def register(

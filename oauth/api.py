@@ -21,11 +21,9 @@ from foundation.errors import (
     VaultError,
 )
 from foundation.http import json_response, read_json_object
-from gateway.admin import admin_user
-from gateway.app_keys import SERVICES
-from gateway.auth import require_server
-from oauth.broker import MAX_MIN_TTL
+from oauth.broker import BROKER, MAX_MIN_TTL
 from oauth.store import PROVIDERS
+from routing.access import admin_user, require_server
 
 
 def _provider(request: web.Request) -> str:
@@ -47,7 +45,7 @@ async def _min_ttl(request: web.Request) -> int:
 
 async def list_connections(request: web.Request) -> web.Response:
     user_id = await require_server(request)
-    connections = await request.app[SERVICES].broker.connections(user_id)
+    connections = await request.app[BROKER].connections(user_id)
     return json_response([c.public() for c in connections])
 
 
@@ -56,7 +54,7 @@ async def lease_token(request: web.Request) -> web.Response:
     provider = _provider(request)
     min_ttl = await _min_ttl(request)
     try:
-        lease = await request.app[SERVICES].broker.access_token(user_id, provider, min_ttl=min_ttl)
+        lease = await request.app[BROKER].access_token(user_id, provider, min_ttl=min_ttl)
     except ReauthRequired as exc:
         raise Conflict(
             "reauth_required", f"the {provider} grant is no longer valid ({exc.reason}); reconnect"
@@ -74,14 +72,14 @@ async def lease_token(request: web.Request) -> web.Response:
 async def server_disconnect(request: web.Request) -> web.Response:
     user_id = await require_server(request)
     provider = _provider(request)
-    await request.app[SERVICES].broker.disconnect(user_id, provider)
+    await request.app[BROKER].disconnect(user_id, provider)
     return json_response({"provider": provider, "status": "disconnected"})
 
 
 async def admin_disconnect(request: web.Request) -> web.Response:
-    services, user_id = await admin_user(request)
+    _, user_id = await admin_user(request)
     provider = _provider(request)
-    await services.broker.disconnect(user_id, provider)
+    await request.app[BROKER].disconnect(user_id, provider)
     return json_response({"user_id": user_id, "provider": provider, "status": "disconnected"})
 
 

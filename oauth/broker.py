@@ -1,15 +1,15 @@
 """The token broker: short-lived access tokens out, refresh tokens never.
 
-The broker lives in `Services` as `services.broker` (built with the core, so every channel's
-start-up can use it). What channels use:
+The app holds the broker under `BROKER` (built by the composition root with the services, so
+every channel's start-up can use it). What channels use, with `broker = app[BROKER]`:
 
-    lease = await services.broker.access_token(user_id, "google", min_ttl=300)
+    lease = await broker.access_token(user_id, "google", min_ttl=300)
         → Lease(access_token, expires_at, scopes, account)
         raises NotConnected (404), ReauthRequired (grant dead; answer 409), ProviderUnavailable
-    services.broker.on_connected.append(hook)   # async hook(user_id, provider, account)
-    services.broker.on_disconnect.append(hook)  # idem: disconnect, account switch and erasure
-    await services.broker.connections(user_id)           → [Connection]
-    await services.broker.connection(user_id, provider)  → Connection | None
+    broker.on_connected.append(hook)   # async hook(user_id, provider, account)
+    broker.on_disconnect.append(hook)  # idem: disconnect, account switch and erasure
+    await broker.connections(user_id)           → [Connection]
+    await broker.connection(user_id, provider)  → Connection | None
 
 A cached access token is returned while it lives at least `min_ttl` seconds. Otherwise one
 refresh runs per connection: in-process callers share one task, processes share a Redis lock,
@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import aiohttp
+from aiohttp import web
 from redis.asyncio import Redis
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
@@ -356,3 +357,7 @@ def _lease(connection: Connection, tokens: Tokens) -> Lease:
 
 def _name(hook: Callable[..., Any]) -> str:
     return getattr(hook, "__qualname__", type(hook).__name__)
+
+
+BROKER = web.AppKey("broker", Broker)
+"""Where the app holds the broker (built by the composition root, beside `SERVICES`)."""

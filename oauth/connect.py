@@ -37,10 +37,10 @@ from foundation.clock import iso
 from foundation.config import Settings, origin_of
 from foundation.errors import BadRequest, GatewayError, NotFound, ProviderError, StorageError
 from foundation.http import json_response, read_json_object
-from gateway.admin import admin_user
-from gateway.app_keys import SERVICES
-from gateway.services import Services
+from oauth.broker import BROKER
 from oauth.store import PROVIDERS
+from routing.access import admin_user
+from routing.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ async def create_session(request: web.Request) -> web.Response:
     provider = body.get("provider")
     if not isinstance(provider, str):
         raise BadRequest("unknown_provider", "provider must be google or microsoft")
-    services.broker.provider(provider)
+    request.app[BROKER].provider(provider)
     return_url = validate_return_url(body.get("return_url"), services.settings)
     expected = validate_expected_account(body.get("expected_account"))
     secret, expires_at = await _flows(request).new_session(user_id, provider, return_url, expected)
@@ -254,7 +254,7 @@ def _outcome(provider: str, return_url: str, reason: str | None, cookie: str | N
 
 
 async def start(request: web.Request) -> web.Response:
-    services = request.app[SERVICES]
+    broker = request.app[BROKER]
     secret = request.match_info["session"]
     flows = _flows(request)
     raw = await flows.spend_session(secret) if 20 <= len(secret) <= 100 else {}
@@ -269,8 +269,8 @@ async def start(request: web.Request) -> web.Response:
     state, binding = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
     try:
         expected = await flows.expected_account(session["user_id"], secret, raw.get("expected"))
-        handler = services.broker.provider(provider)
-        authorization = await services.broker.blocking(handler.authorize, state, expected)
+        handler = broker.provider(provider)
+        authorization = await broker.blocking(handler.authorize, state, expected)
         await flows.new_state(session, state, binding, authorization.pending, expected)
     except StorageError:
         raise  # 503 storage_unavailable, like every route (foundation.http)
@@ -326,7 +326,7 @@ async def _finish(
     request: web.Request, user_id: str, provider: str, state: str, record: dict[str, bytes], params: dict[str, str]
 ) -> str | None:
     """Exchange the code and store the grant; the reason code when that did not happen."""
-    broker = request.app[SERVICES].broker
+    broker = request.app[BROKER]
     try:
         pending, expected = await _flows(request).pending(user_id, state, record)
         grant = await broker.blocking(broker.provider(provider).exchange, pending, params)

@@ -7,8 +7,9 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.app_keys import SERVICES
 from oauth import api, connect
+from oauth.broker import BROKER
+from routing.services import SERVICES
 
 
 def setup(app: web.Application) -> None:
@@ -19,7 +20,7 @@ def setup(app: web.Application) -> None:
 
 async def _start(app: web.Application) -> AsyncIterator[None]:
     services = app[SERVICES]
-    broker = services.broker
+    broker = app[BROKER]
     flows = connect.Flows(services)
     app[connect.FLOWS] = flows
 

@@ -34,9 +34,9 @@ from redis.exceptions import RedisError
 
 from foundation import batching
 from foundation.clock import iso_now
+from foundation.compaction import Compactor
 from foundation.logs import bound_request_id, new_request_id
 from foundation.redis_keys import Keys
-from gateway.compaction import Compactor
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ class Eraser:
             await asyncio.sleep(WATCH_EVERY)
 
     async def _compact(self, *, erased: bool = False) -> None:
-        """Ask for the AOF rewrite that takes erased users out of its history (gateway.compaction)."""
+        """Ask for the AOF rewrite that takes erased users out of its history (foundation.compaction)."""
         if self._compactor is None:
             return
         try:

@@ -173,7 +173,7 @@ async def drive_oauth(gateway: Gateway, m: Markers, auth: dict[str, str]) -> Non
     refresh = f"1//0g{m('refresh_token')}"
     account = f"{m('account_email')}@gmail.com"
     tokens = Tokens(access_token=access, expires_at=time.time() + 3600, refresh_token=refresh, scopes=("openid",))
-    await gateway.services.broker.connected(USER, "google", Grant(account=account, tokens=tokens))
+    await gateway.broker.connected(USER, "google", Grant(account=account, tokens=tokens))
     resp = await gateway.client.post("/v1/connections/google/token", headers=auth, json={"min_ttl": 60})
     assert resp.status == 200
     assert (await resp.json())["access_token"] == access

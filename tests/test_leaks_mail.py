@@ -58,7 +58,7 @@ async def test_no_marker_from_gmail_or_outlook_reaches_redis_the_aof_or_the_logs
     access = m.secret("gmail_access_token", google.mailbox(address))
     refresh = m.secret("gmail_refresh_token", google.refresh_token(address))
     tokens = Tokens(access_token=access, expires_at=time.time() + 3599, refresh_token=refresh, scopes=GMAIL_SCOPES)
-    await gw.services.broker.connected(USER, "google", Grant(address, tokens))
+    await gw.broker.connected(USER, "google", Grant(address, tokens))
     await eventually(lambda: google.count("watch", address) >= 1)
     jwt = m.secret("pubsub_jwt", google.push_token())
     body = google.push_body(address, google.change(address))
@@ -72,7 +72,7 @@ async def test_no_marker_from_gmail_or_outlook_reaches_redis_the_aof_or_the_logs
     account = f"{m('outlook_account')}@outlook.example"
     graph_token = m.secret("graph_access_token", graph.mailbox(USER))
     tokens = Tokens(access_token=graph_token, expires_at=time.time() + 3599, scopes=GRAPH_SCOPES)
-    await gw.services.broker.connected(USER, "microsoft", Grant(account, tokens))
+    await gw.broker.connected(USER, "microsoft", Grant(account, tokens))
     await eventually(lambda: len(graph.of(USER)) == 1)
     sub = graph.of(USER)[0]
     m.secret("client_state", str(sub.body["clientState"]))

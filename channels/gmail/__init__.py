@@ -20,7 +20,8 @@ from channels.gmail.watches import Watches
 from channels.renewal import Timing
 from channels.tokens import BrokerTokens
 from foundation.schedule import DueSet
-from gateway.app_keys import SERVICES
+from oauth.broker import BROKER
+from routing.services import SERVICES
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     timing = app.get(GMAIL_TIMING, Timing())
     api = GmailApi(settings.gmail_api_url)
     due = DueSet(services.redis, services.keys, "gmail", lease=timing.lease)
-    watches = Watches(services, api, BrokerTokens(services.broker), due, topic=settings.gmail_pubsub_topic)
+    watches = Watches(services, api, BrokerTokens(app[BROKER]), due, topic=settings.gmail_pubsub_topic)
     verifier = PushVerifier(
         services.session,
         settings.google_certs_url,
@@ -58,7 +59,10 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     if settings.google_enabled and not verifier.configured:
         log.warning("gmail pushes cannot be verified: ALLY_GMAIL_PUSH_AUDIENCE or _SERVICE_ACCOUNT unset")
     watches.install(
-        enabled=settings.google_enabled and bool(settings.gmail_pubsub_topic), timing=timing, loop="gmail-watch"
+        app[BROKER],
+        enabled=settings.google_enabled and bool(settings.gmail_pubsub_topic),
+        timing=timing,
+        loop="gmail-watch",
     )
     try:
         yield

@@ -24,8 +24,8 @@ from foundation import metrics
 from foundation.errors import ClosedError, GatewayError, NotFound, ReauthRequired, VaultError
 from foundation.schedule import DueSet, now_ms
 from foundation.types import Event
-from gateway.services import Services
 from routing.handoff import Item
+from routing.services import Services
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,8 @@ from channels.outlook.subscriptions import Subscriptions
 from channels.renewal import Timing
 from channels.tokens import BrokerTokens
 from foundation.schedule import DueSet
-from gateway.app_keys import SERVICES
+from oauth.broker import BROKER
+from routing.services import SERVICES
 
 
 @dataclass
@@ -42,9 +43,9 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     timing = app.get(OUTLOOK_TIMING, Timing())
     graph = Graph(services.session, settings.graph_api_url)
     due = DueSet(services.redis, services.keys, "outlook", lease=timing.lease)
-    subs = Subscriptions(services, graph, BrokerTokens(services.broker), due, public_url=settings.public_url)
+    subs = Subscriptions(services, graph, BrokerTokens(app[BROKER]), due, public_url=settings.public_url)
     app[OUTLOOK] = Outlook(subs, graph)
-    subs.install(enabled=settings.microsoft_enabled, timing=timing, loop="outlook-subscription")
+    subs.install(app[BROKER], enabled=settings.microsoft_enabled, timing=timing, loop="outlook-subscription")
     yield
 
 

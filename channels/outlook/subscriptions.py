@@ -30,8 +30,8 @@ from foundation import metrics
 from foundation.errors import GatewayError, NotFound, ProviderError, ReauthRequired
 from foundation.schedule import DueSet
 from foundation.types import Event
-from gateway.services import Services
 from routing.handoff import Item
+from routing.services import Services
 
 log = logging.getLogger(__name__)
 

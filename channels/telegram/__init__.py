@@ -27,8 +27,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from foundation.app_keys import ROLE
 from foundation.tls import client_context
-from gateway.app_keys import ROLE, SERVICES
+from routing.services import SERVICES
 
 from . import ingress, inputs, notices, outbound
 from .channel import ALLOWED_UPDATES, TELEGRAM, Telegram

@@ -16,7 +16,7 @@ from telegram.error import BadRequest, InvalidToken, TelegramError
 
 from foundation.errors import ApiError, ClosedError, GatewayError, NotFound, TooManyRequests
 from foundation.redis_keys import Keys
-from gateway.services import Services
+from routing.services import Services
 
 from .chats import ChatInfo, Chats
 from .identity import Identity

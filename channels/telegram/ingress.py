@@ -22,7 +22,7 @@ from foundation.clock import iso
 from foundation.errors import BadRequest, NotFound, Unauthorized
 from foundation.http import json_response, read_json_object
 from foundation.types import Event
-from gateway.admin import admin_user
+from routing.access import admin_user
 from routing.handoff import Item
 
 from .channel import Telegram, telegram_of

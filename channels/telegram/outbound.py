@@ -21,7 +21,7 @@ from aiohttp import web
 from foundation import http
 from foundation.errors import ApiError, NotFound
 from foundation.http import error_response, json_response
-from gateway.auth import require_server
+from routing.access import require_server
 
 from .channel import Telegram, telegram_of
 from .chats import ChatInfo

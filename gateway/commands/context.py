@@ -9,8 +9,7 @@ from aiohttp import web
 
 from foundation.config import Settings
 from gateway.app import PLUGINS, create_app
-from gateway.app_keys import SERVICES
-from gateway.services import Services
+from routing.services import SERVICES, Services
 
 
 @asynccontextmanager

@@ -16,13 +16,14 @@ from foundation.errors import BadRequest
 from gateway import users
 from gateway.app import PLUGINS
 from gateway.commands.context import operator_services
-from gateway.services import Services
+from routing.access import check_user_id, require_active
+from routing.services import Services
 
 Action = Callable[[Services, argparse.Namespace], Awaitable[tuple[Any, int]]]
 
 
 async def main(settings: Settings, args: argparse.Namespace) -> tuple[Any, int]:
-    users.check_user_id(args.user_id)
+    check_user_id(args.user_id)
     action, parts = ACTIONS[args.action]
     async with operator_services(settings, parts) as services:
         return await action(services, args)
@@ -53,7 +54,7 @@ async def _export(services: Services, args: argparse.Namespace) -> tuple[Any, in
 
 
 async def _link(services: Services, args: argparse.Namespace) -> tuple[Any, int]:
-    await users.require_active(services, args.user_id)
+    await require_active(services, args.user_id)
     linker = services.hooks.link.get("telegram")
     if linker is None:
         raise BadRequest("telegram_disabled", "the Telegram channel is off (ALLY_TELEGRAM_BOT_TOKEN is unset)")

@@ -21,7 +21,7 @@ from redis.crc import key_slot
 
 from foundation.config import Settings
 from gateway.app import create_app
-from gateway.app_keys import SERVICES
+from routing.services import SERVICES
 from tests.support import ingress
 from tests.support.dedicated import DedicatedServer
 from tests.support.gateway import ADMIN_TOKEN, make_settings

@@ -26,8 +26,8 @@ from foundation import http as gateway_http
 from foundation.config import Settings
 from foundation.types import Event
 from gateway.app import create_app
-from gateway.app_keys import SERVICES
 from routing.handoff import Item
+from routing.services import SERVICES
 from routing.urls import PublicOnlyResolver, is_public_address, validate_server_url
 from tests.support.dedicated import DedicatedServer
 from tests.support.gateway import ADMIN_TOKEN, Gateway, make_settings, random_public_key, wipe

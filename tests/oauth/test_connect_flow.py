@@ -33,7 +33,7 @@ async def lease(gateway: Gateway, created: dict[str, Any], provider: str, min_tt
 
 async def expire(gateway: Gateway, user_id: str, provider: str, *, left: float = -1) -> None:
     """Make the stored access token one with `left` seconds to live, last refreshed long ago."""
-    store = gateway.services.broker.store
+    store = gateway.broker.store
     found = await store.load(user_id, provider)
     assert found is not None
     assert await store.update_tokens(found[0], dataclasses.replace(found[1], expires_at=time.time() + left))
@@ -121,7 +121,7 @@ async def test_refresh_honours_min_ttl_and_keeps_rotated_refresh_tokens(
     if provider == "microsoft":
         # msal's cache is stored cut down to what those refreshes used: the account and its
         # (rotated) refresh token; the access token is stored once, beside it.
-        stored = await gateway.services.broker.store.load("bob", provider)
+        stored = await gateway.broker.store.load("bob", provider)
         assert stored is not None and stored[1].msal_cache
         cache = orjson.loads(stored[1].msal_cache)
         assert set(cache) <= {"Account", "RefreshToken", "AppMetadata"}
@@ -151,9 +151,9 @@ async def test_dead_grant_answers_409_once_marked_and_reconnect_heals_it(
     created = await gateway.create_user(dedicated, "dave")
     await connect(gateway, browser, "dave", "google")
     # The user revokes the gateway's access at the provider.
-    found = await gateway.services.broker.store.load("dave", "google")
+    found = await gateway.broker.store.load("dave", "google")
     assert found is not None
-    await gateway.services.broker.providers["google"].revoke(found[1])
+    await gateway.broker.providers["google"].revoke(found[1])
     await expire(gateway, "dave", "google")
     await world.auth.control("reset")
     resp = await lease(gateway, created, "google", 3000)
@@ -190,7 +190,7 @@ async def test_a_sick_token_endpoint_is_retried_and_never_marks_the_grant_dead(
 ):
     created = await gateway.create_user(dedicated, "erin")
     await connect(gateway, browser, "erin", provider)
-    gateway.services.broker._retry_wait = 0.05
+    gateway.broker._retry_wait = 0.05
     await world.auth.control("reset")
     await world.auth.control("sick", requests=2)
     await expire(gateway, "erin", provider)
@@ -266,7 +266,7 @@ async def test_disconnect_revokes_at_the_provider_and_other_users_never_see_the_
     assert status["connections"]["google"]["status"] == "connected"
     exported = await (await gateway.admin("GET", "/admin/v1/users/ida/export")).text()
     assert '"account":"user@example.test"' in exported
-    stored = await gateway.services.broker.store.load("ida", "google")
+    stored = await gateway.broker.store.load("ida", "google")
     assert stored is not None
     assert stored[1].access_token not in exported
     assert str(stored[1].refresh_token) not in exported
@@ -292,7 +292,7 @@ async def test_erasure_revokes_the_grant_and_a_revocation_owed_to_a_down_provide
     async def hook(user_id: str, provider: str, account: str) -> None:
         disconnected.append((user_id, provider, account))
 
-    gateway.services.broker.on_disconnect.append(hook)
+    gateway.broker.on_disconnect.append(hook)
     await world.auth.control("reset")
     assert (await gateway.admin("DELETE", "/admin/v1/users/jan")).status == 202
     await gateway.services.eraser.wait("jan")
@@ -303,7 +303,7 @@ async def test_erasure_revokes_the_grant_and_a_revocation_owed_to_a_down_provide
     await world.auth.control("sick", requests=1000)
     assert (await gateway.admin("DELETE", "/admin/v1/users/kim")).status == 202
     await gateway.services.eraser.wait("kim")
-    revocations = gateway.services.broker.revocations
+    revocations = gateway.broker.revocations
     assert await revocations.pending() == 1
     redis = gateway.services.redis
     assert not await redis.exists(gateway.services.keys.user("kim"), gateway.services.keys.dek("kim"))
@@ -328,7 +328,7 @@ async def test_reconnect_keeps_the_connection_and_a_missing_refresh_token_never_
 
     await gateway.create_user(dedicated, "lee")
     await connect(gateway, browser, "lee", "google")
-    broker = gateway.services.broker
+    broker = gateway.broker
     before = await broker.store.load("lee", "google")
     assert before is not None
     assert before[1].refresh_token
@@ -354,7 +354,7 @@ async def test_microsoft_account_comes_from_graph_me_when_the_id_token_has_no_ad
     created = await gateway.create_user(dedicated, "max")
     await connect(gateway, browser, "max", "microsoft")
     token = (await (await lease(gateway, created, "microsoft", 60)).json())["access_token"]
-    microsoft = gateway.services.broker.providers["microsoft"]
+    microsoft = gateway.broker.providers["microsoft"]
     world.apis.calls.clear()
 
     def lookup(access_token: str) -> str:
@@ -377,7 +377,7 @@ async def test_tokens_copied_into_another_users_record_do_not_open(
     other = await gateway.create_user(dedicated, "oli")
     await connect(gateway, browser, "ned", "google")
     await connect(gateway, browser, "oli", "google")
-    store, redis = gateway.services.broker.store, gateway.services.redis
+    store, redis = gateway.broker.store, gateway.services.redis
     await redis.hset(store.key("oli", "google"), "tokens", await redis.hget(store.key("ned", "google"), "tokens"))
     resp = await lease(gateway, other, "google", 60)
     assert resp.status == 409

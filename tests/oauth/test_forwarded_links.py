@@ -32,7 +32,7 @@ def outcome(url: str) -> dict[str, list[str]]:
 
 async def nothing_stored(gateway: Gateway, created: dict[str, Any], user_id: str, provider: str) -> None:
     assert await (await gateway.client.get("/v1/connections", headers=auth(created))).json() == []
-    assert await gateway.services.broker.store.get(user_id, provider) is None
+    assert await gateway.broker.store.get(user_id, provider) is None
     assert await gateway.services.redis.xlen(gateway.services.keys.queue(user_id)) == 0, "no event was queued"
 
 

@@ -13,10 +13,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import create_app
-from gateway.app_keys import SERVICES
 from gateway.commands.doctor.durability import check_compaction
 from gateway.commands.doctor.report import Report
-from gateway.services import Services
+from routing.services import SERVICES, Services
 from tests.support.dedicated import DedicatedServer
 from tests.support.gateway import ADMIN_TOKEN, make_settings
 from tests.support.redis_server import RedisServer

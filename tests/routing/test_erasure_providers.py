@@ -75,7 +75,7 @@ async def connect_google(gateway: Gateway, user_id: str, refresh: str) -> None:
         refresh_token=refresh,
         scopes=("openid", GMAIL_SCOPE),
     )
-    await gateway.services.broker.connected(user_id, "google", Grant(account=f"{user_id}@example.com", tokens=tokens))
+    await gateway.broker.connected(user_id, "google", Grant(account=f"{user_id}@example.com", tokens=tokens))
 
 
 async def test_erasure_revokes_the_grant_at_google(
@@ -106,7 +106,7 @@ async def test_google_down_does_not_stop_the_erasure_and_the_revocation_is_retri
     assert revoke.attempts >= 1
     assert revoke.revoked == []
     # Owed to Google, recorded without the user: no key or value names them, the token is sealed.
-    revocations = gateway.services.broker.revocations
+    revocations = gateway.broker.revocations
     assert await revocations.pending() == 1
     snapshot = await dump(gateway.services.redis, gateway.settings.key_prefix)
     assert containing(snapshot, user.encode()) == []

@@ -16,8 +16,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from foundation.config import MasterKey, Settings
 from foundation.storage import connect
 from gateway.app import create_app
-from gateway.app_keys import SERVICES
-from gateway.services import Services
+from oauth.broker import BROKER, Broker
+from routing.services import SERVICES, Services
 from tests.support.dedicated import DedicatedServer
 
 REDIS_URL = os.environ.get("ALLY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -59,6 +59,13 @@ class Gateway:
         assert app is not None
         services: Services = app[SERVICES]
         return services
+
+    @property
+    def broker(self) -> Broker:
+        app = self.client.app
+        assert app is not None
+        broker: Broker = app[BROKER]
+        return broker
 
     async def admin(self, method: str, path: str, **kwargs: Any) -> Any:
         headers = {"Authorization": f"Bearer {self.settings.admin_token}", **kwargs.pop("headers", {})}

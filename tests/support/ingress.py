@@ -14,8 +14,8 @@ from aiohttp import web
 from foundation.errors import BadRequest
 from foundation.http import json_response, read_json_object
 from foundation.types import Event
-from gateway.app_keys import SERVICES
 from routing.handoff import Item
+from routing.services import SERVICES
 
 
 async def ingress(request: web.Request) -> web.Response:

@@ -123,7 +123,7 @@ async def connect_gmail(gw: Gateway, google: Google, dedicated: DedicatedServer,
         refresh_token=google.refresh_token(address),
         scopes=GMAIL_SCOPES,
     )
-    await gw.services.broker.connected(user, "google", Grant(address, tokens))
+    await gw.broker.connected(user, "google", Grant(address, tokens))
     return address
 
 
@@ -132,13 +132,13 @@ async def connect_outlook(gw: Gateway, graph: Graph, dedicated: DedicatedServer,
     if not await gw.services.registry.exists(user):
         await gw.create_user(dedicated, user)
     tokens = Tokens(access_token=graph.mailbox(user), expires_at=time.time() + 3599, scopes=GRAPH_SCOPES)
-    await gw.services.broker.connected(user, "microsoft", Grant(account, tokens))
+    await gw.broker.connected(user, "microsoft", Grant(account, tokens))
     return account
 
 
 async def expire_access_token(gw: Gateway, user: str, provider: str) -> None:
     """An hour has passed: the stored access token is no longer good, the broker must refresh."""
-    store = gw.services.broker.store
+    store = gw.broker.store
     found = await store.load(user, provider)
     assert found is not None
     connection, tokens = found
@@ -147,7 +147,7 @@ async def expire_access_token(gw: Gateway, user: str, provider: str) -> None:
 
 async def grant_dies(gw: Gateway, user: str, provider: str) -> None:
     """The provider refused the refresh token for good (the broker's own record of it)."""
-    store = gw.services.broker.store
+    store = gw.broker.store
     found = await store.get(user, provider)
     assert found is not None
     assert await store.set_status(found[0], REAUTH_REQUIRED, "invalid_grant")

@@ -1,5 +1,5 @@
 """What a crash can lose: replicas behind acknowledged writes (ALLY_ACK_REPLICAS), and whether
-erased users have been compacted out of the AOF (gateway.compaction)."""
+erased users have been compacted out of the AOF (foundation.compaction)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from redis.asyncio import Redis
 
 from foundation.config import Settings
 from foundation.redis_keys import Keys
+from foundation.replication import shards
 from gateway.commands.doctor.report import Report
-from gateway.replication import shards
 
 
 async def check_replicas(redis: Redis, settings: Settings, report: Report) -> None:

@@ -100,7 +100,7 @@ async def test_dead_grant_pauses_renewal_and_reconnect_sends_resync(mail, google
     await expire_access_token(mail, "dee", "google")
     await watches(mail).due.put("dee", time.time())
     await wait_until(lambda: _status_is(mail, "dee", "reauth_required"))
-    connection = await mail.services.broker.connection("dee", "google")
+    connection = await mail.broker.connection("dee", "google")
     assert connection is not None and connection.status == "reauth_required"
     # No crash loop: not scheduled any more, no further calls.
     assert await watches(mail).due.due_at("dee") is None
@@ -161,7 +161,7 @@ async def test_watch_that_expired_while_renewals_failed_sends_one_resync(mail, g
 
 async def test_disconnect_stops_the_watch_and_forgets_the_address(mail, google, dedicated):
     address = await connect(mail, google, dedicated, "fox")
-    await mail.services.broker.disconnect("fox", "google")
+    await mail.broker.disconnect("fox", "google")
     assert google.count("stop", address) == 1
     assert google.mailboxes[address].watch is None
     assert await mail.services.redis.get(mail.services.keys.global_key(f"gmail:addr:{address_hash(address)}")) is None
@@ -186,7 +186,7 @@ async def test_switching_mailbox_moves_the_index(mail, google, dedicated):
     old = await connect(mail, google, dedicated, "hue")
     new = "hue.other@gmail.example"
     tokens = Tokens(google.mailbox(new), time.time() + 3599, google.refresh_token(new), GMAIL_SCOPES)
-    await mail.services.broker.connected("hue", "google", Grant(new, tokens))
+    await mail.broker.connected("hue", "google", Grant(new, tokens))
     redis, keys = mail.services.redis, mail.services.keys
     assert await redis.get(keys.global_key(f"gmail:addr:{address_hash(old)}")) is None
     assert await redis.get(keys.global_key(f"gmail:addr:{address_hash(new)}")) == b"hue"

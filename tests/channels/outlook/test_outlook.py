@@ -280,7 +280,7 @@ async def test_dead_grant_pauses_upkeep_and_reconnect_resumes_with_resync(mail, 
 async def test_disconnect_deletes_the_subscription(mail, graph, dedicated):
     await connect(mail, graph, dedicated, "max")
     sub = only(graph, "max")
-    await mail.services.broker.disconnect("max", "microsoft")
+    await mail.broker.disconnect("max", "microsoft")
     assert graph.of("max") == []
     assert graph.count("delete", "max") == 1
     assert not await mail.services.redis.exists(mail.services.keys.global_key(f"outlook:sub:{sub.id}"))

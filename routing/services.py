@@ -1,8 +1,10 @@
-"""What every part of the process shares, built once at start-up and closed once at the end.
+"""What every part of the process shares, built once at start-up by the composition root
+(`gateway/app.py`) and closed once at the end.
 
-Channels receive `Services` in their `setup(app, services)` and register their
-routes, background loops and per-user hooks (status, export, erasure) here; the
-core never imports a channel.
+Plugins (channels, OAuth's routes, the AI relay) read `Services` from the app under
+`SERVICES` and register their background loops and per-user hooks (status, export, erasure)
+here; the core never imports a plugin. The OAuth broker is not in here: it sits a layer up
+(`oauth/broker.py`, under its own app key `BROKER`), so that everything here is routing's.
 """
 
 from __future__ import annotations
@@ -12,13 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 from redis.asyncio import Redis
 
 from foundation.config import Settings
 from foundation.redis_keys import Keys
+from foundation.replication import Replication
 from foundation.vault import Vault
-from gateway.replication import Replication
-from oauth.broker import Broker
 from routing.delivery import DeliveryWorker
 from routing.erasure import Eraser
 from routing.handoff import Handoff
@@ -54,10 +56,11 @@ class Services:
     """Which users' servers are failing, and where their held events came from (`routing/outage.py`)."""
     session: aiohttp.ClientSession
     eraser: Eraser
-    broker: Broker
-    """OAuth connections and access-token leases (`oauth/broker.py`)."""
     replication: Replication
     """How many replicas acknowledged writes wait for, and the shards lacking them."""
     hooks: Hooks = field(default_factory=Hooks)
     loops: dict[str, Loop] = field(default_factory=dict)
     """Background loops run by processes with the worker role, by name."""
+
+
+SERVICES = web.AppKey("services", Services)
