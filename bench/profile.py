@@ -9,6 +9,8 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
+PROJECT_DIRS = ("foundation/", "gateway/", "routing/", "channels/", "oauth/")
+
 
 def py_spy() -> str | None:
     local = Path(sys.executable).parent / "py-spy"
@@ -76,10 +78,6 @@ def report(summary: dict[str, Counter[str]], top: int = 14) -> list[str]:
     lines = [f"{total} samples; self time:"]
     lines += [f"  {100 * n / total:5.1f}%  {name}" for name, n in summary["self"].most_common(top)]
     lines.append("inclusive time of project code:")
-    ours = [
-        (name, n)
-        for name, n in summary["inclusive"].most_common()
-        if any(name.split("(")[-1].startswith(p) for p in ("gateway/", "routing/", "channels/", "oauth/"))
-    ]
+    ours = [(name, n) for name, n in summary["inclusive"].most_common() if name.split("(")[-1].startswith(PROJECT_DIRS)]
     lines += [f"  {100 * n / total:5.1f}%  {name}" for name, n in ours[:top]]
     return lines

@@ -180,7 +180,7 @@ def test_delivery_example_and_rotation_overlap_signatures_verify():
 
 
 def test_configuration_page_names_exactly_the_variables_the_gateway_reads():
-    source = (DOCS.parent / "gateway" / "config.py").read_text()
+    source = (DOCS.parent / "foundation" / "config.py").read_text()
     read = set(re.findall(r'"(ALLY_[A-Z_]+)"', source))
     page = (DOCS / "configuration.md").read_text()
     # A/B pairs are written `ALLY_X_CLIENT_ID` / `ALLY_X_CLIENT_SECRET` in one table row.
@@ -190,7 +190,7 @@ def test_configuration_page_names_exactly_the_variables_the_gateway_reads():
 
 
 def test_operations_page_lists_every_metric():
-    source = (DOCS.parent / "gateway" / "metrics.py").read_text()
+    source = (DOCS.parent / "foundation" / "metrics.py").read_text()
     names = set(re.findall(r'"(ally_[a-z_]+)"', source))
     page = (DOCS / "operations.md").read_text()
     assert names, "no metric found in foundation/metrics.py"

@@ -12,7 +12,7 @@ from tests.support.gateway import Gateway
 from tests.support.metrics import scrape, value
 from tests.support.waiting import eventually
 
-METRICS_SOURCE = Path(__file__).resolve().parents[2] / "gateway" / "metrics.py"
+METRICS_SOURCE = Path(__file__).resolve().parents[2] / "foundation" / "metrics.py"
 
 
 async def test_metrics_count_events_per_channel_retries_latency_and_sample_the_queue(
