@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
+from foundation import user_fields
 from foundation.config import MasterKey
 from foundation.errors import KeyShredded, VaultError
 from foundation.redis_keys import Keys
@@ -41,35 +42,33 @@ _NONCE = 12
 CACHED_KEYS = 10_000
 """Opened data keys kept per process (least recently used go first)."""
 
-FIELD = "dek"
-
 # KEYS: the user record, the older data key. ARGV: a new wrapped key, or '' to make none.
 # → the wrapped key: the record's, else the older key moved into the record, else the new one.
 # Only for a user that exists, and no new key for one being erased: a late write must not bring
 # a shredded user's key material back.
-_KEY = """
+_KEY = user_fields.lua("""
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-local stored = redis.call('HGET', KEYS[1], 'dek')
+local stored = redis.call('HGET', KEYS[1], @dek)
 if stored then return stored end
 stored = redis.call('GET', KEYS[2])
 if stored then
-  redis.call('HSET', KEYS[1], 'dek', stored)
+  redis.call('HSET', KEYS[1], @dek, stored)
   redis.call('DEL', KEYS[2])
   return stored
 end
-if ARGV[1] == '' or redis.call('HEXISTS', KEYS[1], 'erasing') == 1 then return false end
-redis.call('HSET', KEYS[1], 'dek', ARGV[1])
+if ARGV[1] == '' or redis.call('HEXISTS', KEYS[1], @erasing) == 1 then return false end
+redis.call('HSET', KEYS[1], @dek, ARGV[1])
 return ARGV[1]
-"""
+""")
 
 # Replace the stored data key only if it is still the one we read (rotation vs. shredding).
-_SWAP = """
-if redis.call('HGET', KEYS[1], 'dek') == ARGV[1] then
-  redis.call('HSET', KEYS[1], 'dek', ARGV[2])
+_SWAP = user_fields.lua("""
+if redis.call('HGET', KEYS[1], @dek) == ARGV[1] then
+  redis.call('HSET', KEYS[1], @dek, ARGV[2])
   return 1
 end
 return 0
-"""
+""")
 
 
 def aad(user_id: str, *context: str) -> bytes:
@@ -129,7 +128,7 @@ class Vault:
         """Queue the read of the user's wrapped data key on `pipe`; hand its answer to `opened`.
 
         A caller reads a record and the key that opens it in one round trip this way."""
-        pipe.hget(self._keys.user(user_id), FIELD)
+        pipe.hget(self._keys.user(user_id), user_fields.DEK)
 
     async def opened(self, user_id: str, wrapped: bytes | None) -> DataKey:
         """The data key from what `read_wrapped` answered; KeyShredded when there is none."""
@@ -141,7 +140,7 @@ class Vault:
 
     async def data_key(self, user_id: str, *, create: bool = False) -> DataKey:
         """The user's data key, read once (and made first if `create` and there is none)."""
-        wrapped: bytes | None = await self._redis.hget(self._keys.user(user_id), FIELD)
+        wrapped: bytes | None = await self._redis.hget(self._keys.user(user_id), user_fields.DEK)
         if wrapped is None and create:
             wrapped = await self._stored(user_id, self._wrap(user_id, AESGCM.generate_key(256)))
             if wrapped is None:
@@ -194,7 +193,7 @@ class Vault:
             raise VaultError("record does not open under its master key") from exc
 
     async def shred(self, user_id: str) -> None:
-        await self._redis.hdel(self._keys.user(user_id), FIELD)
+        await self._redis.hdel(self._keys.user(user_id), user_fields.DEK)
         await self._redis.delete(self._keys.dek(user_id))
         for cache_key in [k for k in self._cache if k[0] == user_id]:
             del self._cache[cache_key]
@@ -216,7 +215,7 @@ class Vault:
         counts: Counter[str] = Counter()
         for user_id in user_ids:
             pipe = self._redis.pipeline(transaction=False)
-            pipe.hget(self._keys.user(user_id), FIELD)
+            pipe.hget(self._keys.user(user_id), user_fields.DEK)
             pipe.get(self._keys.dek(user_id))
             stored = next(filter(None, await pipe.execute()), None)
             if stored is not None:

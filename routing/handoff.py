@@ -18,7 +18,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from foundation import batching, metrics
+from foundation import batching, metrics, user_fields
 from foundation.clock import iso_now
 from foundation.errors import NotFound, StorageError
 from foundation.redis_keys import Keys
@@ -44,8 +44,8 @@ QUEUED, DUPLICATE, DROPPED = 1, 0, 2
 # kept stays the oldest; a dropped event leaves no dedup id behind (a redelivery is dropped again or,
 # once there is room, queued) and is counted in the overflow record, which the delivery worker turns
 # into one `gateway.overflow` event once the queue has room again.
-_ENQUEUE = """
-local user = redis.call('HMGET', KEYS[4], 'server_url', 'erasing', 'server_public_key')
+_ENQUEUE = user_fields.lua("""
+local user = redis.call('HMGET', KEYS[4], @server_url, @erasing, @server_public_key)
 if not user[1] or user[2] then return {-1} end
 if user[3] ~= ARGV[3] then return {-2} end
 local count = redis.call('XLEN', KEYS[1])
@@ -83,7 +83,7 @@ if #ARGV > 6 and redis.call('EXISTS', KEYS[2]) == 1 then
   redis.call('PEXPIRE', KEYS[2], ARGV[2])
 end
 return codes
-"""
+""")
 
 
 # KEYS: due. ARGV: score, user_id, wake channel. One key, so it runs on Redis Cluster too.

@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from foundation import user_fields
 from foundation.redis_keys import Keys
 
 log = logging.getLogger(__name__)
@@ -36,10 +37,10 @@ ExpiredHook = Callable[[str, dict[str, int]], Awaitable[None]]
 
 # A user that is gone or being erased gets no key written (as in the hand-over): an erasure
 # that already deleted the user's keys must not find new ones appear after it.
-_ACTIVE = """
-local user = redis.call('HMGET', KEYS[#KEYS], 'server_url', 'erasing')
+_ACTIVE = user_fields.lua("""
+local user = redis.call('HMGET', KEYS[#KEYS], @server_url, @erasing)
 if not user[1] or user[2] then return 0 end
-"""
+""")
 # KEYS: outage, told, counters, user. ARGV: now (s). Starts an outage unless one is going on.
 _FAILED = (
     _ACTIVE

@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
+from foundation import user_fields as record
 from foundation.errors import NotFound, StorageError
 from foundation.redis_keys import Keys
 from foundation.types import USER_ID, UserId
@@ -36,7 +37,7 @@ from routing.sealing import ServerKey, decode_public_key, kid_of, parse_public_k
 from routing.signing import new_secret
 
 OVERLAP = 24 * 3600
-TARGET_FIELDS = ("server_url", "secret", "old_secret", "old_until")
+TARGET_FIELDS = (record.SERVER_URL, record.SECRET, record.OLD_SECRET, record.OLD_UNTIL)
 _SECRET_CONTEXT = ("webhook_secret",)
 
 # The queue stream's length, entries ever added, first and last id. KEYS: queue, counters.
@@ -60,28 +61,28 @@ end
 # KEYS: user record, queue, counters. ARGV: the key expected in the record now ('' for none), the
 # new key, the current key's kid and suite, now, `key_history` without drained runs (JSON), then
 # field/value pairs to set. Refused (0) when the key changed since the caller read it.
-_PUT = (
+_PUT = record.lua(
     _STREAM
     + """
-local current = redis.call('HGET', KEYS[1], 'server_public_key') or ''
+local current = redis.call('HGET', KEYS[1], @server_public_key) or ''
 if current ~= ARGV[1] then return 0 end
 if current ~= '' and current ~= ARGV[2] then
   local _, added, _, last = stream(KEYS[2], KEYS[3])
   local history = cjson.decode(ARGV[6])
   history[#history + 1] = {kid = ARGV[3], suite = ARGV[4], until_added = tostring(added), until_id = last,
     replaced_at = ARGV[5]}
-  redis.call('HSET', KEYS[1], 'key_history', cjson.encode(history))
+  redis.call('HSET', KEYS[1], @key_history, cjson.encode(history))
 end
-redis.call('HSET', KEYS[1], 'server_public_key', ARGV[2], unpack(ARGV, 7))
+redis.call('HSET', KEYS[1], @server_public_key, ARGV[2], unpack(ARGV, 7))
 return 1
 """
 )
 # KEYS: user record, queue, counters. Returns {server key, key_history, stream length, entries
 # added, first entry id}, read together so the counts match the history.
-_KEY_STATE = (
+_KEY_STATE = record.lua(
     _STREAM
     + """
-local user = redis.call('HMGET', KEYS[1], 'server_public_key', 'key_history')
+local user = redis.call('HMGET', KEYS[1], @server_public_key, @key_history)
 local length, added, first = stream(KEYS[2], KEYS[3])
 return {user[1] or '', user[2] or '', length, added, first}
 """
@@ -180,16 +181,16 @@ class Registry:
         fresh = self._new_credentials(user_id)
         # Whoever sets the token hash first creates the user; a create interrupted before the
         # secret was stored is completed by the next PUT.
-        created = bool(await self._redis.hsetnx(key, "token_hash", _hash(fresh.server_token)))
-        if not created and not await self._redis.hexists(key, "secret"):
-            await self._redis.hset(key, "token_hash", _hash(fresh.server_token))
+        created = bool(await self._redis.hsetnx(key, record.TOKEN_HASH, _hash(fresh.server_token)))
+        if not created and not await self._redis.hexists(key, record.SECRET):
+            await self._redis.hset(key, record.TOKEN_HASH, _hash(fresh.server_token))
             created = True
-        fields: dict[str, str | bytes] = {"server_url": server_url, "updated_at": now}
+        fields: dict[str, str | bytes] = {record.SERVER_URL: server_url, record.UPDATED_AT: now}
         credentials = None
         if created:
             credentials = fresh
-            fields["created_at"] = now
-            fields["secret"] = await self._vault.encrypt(user_id, _SECRET_CONTEXT, fresh.webhook_secret.encode())
+            fields[record.CREATED_AT] = now
+            fields[record.SECRET] = await self._vault.encrypt(user_id, _SECRET_CONTEXT, fresh.webhook_secret.encode())
             await self._redis.sadd(self._keys.users, user_id)
         await self._set_key(user_id, server_public_key.strip(), server_key, fields)
         user = await self.get(user_id)
@@ -244,7 +245,8 @@ class Registry:
 
     async def get(self, user_id: str) -> User | None:
         values = await self._redis.hmget(
-            self._keys.user(user_id), ["server_url", "server_public_key", "created_at", "updated_at"]
+            self._keys.user(user_id),
+            [record.SERVER_URL, record.SERVER_PUBLIC_KEY, record.CREATED_AT, record.UPDATED_AT],
         )
         if values[0] is None:
             return None
@@ -259,14 +261,14 @@ class Registry:
         return user
 
     async def exists(self, user_id: str) -> bool:
-        return bool(await self._redis.hexists(self._keys.user(user_id), "server_url"))
+        return bool(await self._redis.hexists(self._keys.user(user_id), record.SERVER_URL))
 
     async def public_key(self, user_id: str) -> ServerKey:
         return (await self.sealing_key(user_id))[1]
 
     async def sealing_key(self, user_id: str) -> tuple[bytes, ServerKey]:
         """The server's key as stored (base64url) and parsed, read from Redis now."""
-        raw = await self._redis.hget(self._keys.user(user_id), "server_public_key")
+        raw = await self._redis.hget(self._keys.user(user_id), record.SERVER_PUBLIC_KEY)
         if raw is None:
             raise NotFound("user_not_found", "no such user")
         cached = self._pubkeys.get(user_id)
@@ -286,7 +288,7 @@ class Registry:
     async def rotate(self, user_id: str, overlap: float = OVERLAP) -> Credentials:
         """New credentials; the current ones stay valid `overlap` more seconds (0: not at all)."""
         key = self._keys.user(user_id)
-        current = await self._redis.hmget(key, ["server_url", "token_hash", "secret"])
+        current = await self._redis.hmget(key, [record.SERVER_URL, record.TOKEN_HASH, record.SECRET])
         if current[0] is None:
             raise NotFound("user_not_found", "no such user")
         credentials = self._new_credentials(user_id)
@@ -295,11 +297,11 @@ class Registry:
         await self._redis.hset(
             key,
             mapping={
-                "token_hash": _hash(credentials.server_token),
-                "secret": await self._vault.encrypt(user_id, _SECRET_CONTEXT, credentials.webhook_secret.encode()),
-                "old_token_hash": (current[1] or b"") if keep else b"",
-                "old_secret": (current[2] or b"") if keep else b"",
-                "old_until": repr(time.time() + overlap),
+                record.TOKEN_HASH: _hash(credentials.server_token),
+                record.SECRET: await self._vault.encrypt(user_id, _SECRET_CONTEXT, credentials.webhook_secret.encode()),
+                record.OLD_TOKEN_HASH: (current[1] or b"") if keep else b"",
+                record.OLD_SECRET: (current[2] or b"") if keep else b"",
+                record.OLD_UNTIL: repr(time.time() + overlap),
             },
         )
         return credentials
@@ -311,7 +313,8 @@ class Registry:
             return None
         user_id = parts[1]
         stored = await self._redis.hmget(
-            self._keys.user(user_id), ["token_hash", "old_token_hash", "old_until", "erasing"]
+            self._keys.user(user_id),
+            [record.TOKEN_HASH, record.OLD_TOKEN_HASH, record.OLD_UNTIL, record.ERASING],
         )
         if stored[3] is not None:
             # Erasure was accepted: from that moment the user's server reaches nothing (no token

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-from foundation import batching, metrics
+from foundation import batching, metrics, user_fields
 from foundation.clock import iso, iso_now
 from foundation.errors import GatewayError
 from foundation.redis_keys import Keys
@@ -53,7 +53,7 @@ MAX_TXN_BYTES = 4 * 1024 * 1024
 #                             events were dropped at a cap and the queue has room again: seal a
 #                             `gateway.overflow` event and call again with it; it is queued after
 #                             the events kept (contract §9.2).
-_OPEN = """
+_OPEN = user_fields.lua("""
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {0, 0} end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('DEL', KEYS[5])
@@ -67,7 +67,7 @@ local function release(n)
   if n > 0 and redis.call('DECRBY', KEYS[6], n) < 0 then redis.call('DEL', KEYS[6]) end
 end
 local cutoff = ARGV[3]
-local user = redis.call('HMGET', KEYS[4], 'server_url', 'secret', 'old_secret', 'old_until')
+local user = redis.call('HMGET', KEYS[4], @server_url, @secret, @old_secret, @old_until)
 local function target(reply)
   for i = 1, 4 do reply[#reply + 1] = user[i] or '' end
   return reply
@@ -145,7 +145,7 @@ redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[2], 'txn_id', ARGV[5], 'body', body, 'trim_to', trim_to, 'count', #events,
   'first_ms', first_ms, 'expired', expired, 'attempts', 0, 'channels', counted, 'bytes', held)
 return target({1, trimmed, ARGV[5], body, tostring(#events), first_ms, counted})
-"""
+""")
 # KEYS: txn, queue, counters, queued bytes, overflow record. ARGV: txn_id, now. Deletes the
 # acknowledged entries and the txn; returns {acknowledged count (-1: not the txn in flight), work
 # left (events still queued, plus one for a pending overflow report)}.

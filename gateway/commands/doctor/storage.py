@@ -13,10 +13,11 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
+from foundation import user_fields
 from foundation.config import Settings
 from foundation.embedded import EmbeddedRedis
 from foundation.redis_keys import Keys
-from foundation.vault import FIELD, aad
+from foundation.vault import aad
 from gateway.commands.doctor.report import Report
 
 TIMEOUT = 5.0
@@ -90,7 +91,7 @@ async def _wrapped_keys(redis: Redis, keys: Keys) -> AsyncIterator[tuple[str, by
     for kind in ("user", "dek"):
         async for key in redis.scan_iter(match=f"{keys.prefix}{{u:*}}:{kind}", count=1000):
             user_id = key.decode().split("{u:", 1)[1].rsplit("}:" + kind, 1)[0]
-            stored = await (redis.hget(key, FIELD) if kind == "user" else redis.get(key))
+            stored = await (redis.hget(key, user_fields.DEK) if kind == "user" else redis.get(key))
             if stored is not None:  # erased meanwhile, or a record without a key yet
                 yield user_id, bytes(stored)
 
