@@ -23,8 +23,8 @@ import aiohttp
 from aiohttp.test_utils import TestServer
 
 from gateway.app import create_app
-from tests.conftest import make_settings, wipe
 from tests.support.anthropic import API_KEY, AnthropicStandIn, message, stream
+from tests.support.gateway import make_settings, wipe
 
 MODEL = "claude-sonnet-5-5"
 CONCURRENCY = 20
