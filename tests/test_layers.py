@@ -71,3 +71,15 @@ def test_the_checks_see_every_package_and_would_catch_an_upward_import(tmp_path:
     module = tmp_path / "m.py"
     module.write_text("import os\nfrom gateway.app import create_app\n\ndef f():\n    import routing.handoff\n")
     assert imported_packages(module) == {"gateway", "routing"}
+
+
+def test_no_module_imports_helpers_from_a_test_module_or_a_conftest():
+    """Shared test helpers live in tests/support/ (and tests/hostile/'s own helper modules)."""
+    borrowed = []
+    for path in sorted(p for d in ("tests", "bench", "examples") for p in (ROOT / d).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tests."):
+                leaf = node.module.rsplit(".", 1)[-1]
+                if leaf == "conftest" or leaf.startswith("test_"):
+                    borrowed.append(f"{path.relative_to(ROOT)} imports {node.module}")
+    assert borrowed == []
