@@ -32,7 +32,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from foundation import batching
+from foundation import batching, user_fields
 from foundation.clock import iso_now
 from foundation.compaction import Compactor
 from foundation.logs import bound_request_id, new_request_id
@@ -54,10 +54,10 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[
 return 0
 """
 # Mark the user record only if it exists: never create a record for a user that is gone.
-_MARK = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HSET', KEYS[1], 'erasing', '1') end
+_MARK = user_fields.lua("""
+if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HSET', KEYS[1], @erasing, '1') end
 return 0
-"""
+""")
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
