@@ -38,7 +38,7 @@ from routing.erasure import Eraser
 from routing.handoff import Caps, Handoff
 from routing.outage import Outages
 from routing.registry import Registry
-from routing.services import SERVICES, Services
+from routing.services import SERVICES, Hooks, Services
 from routing.urls import public_only_connector
 
 log = logging.getLogger(__name__)
@@ -108,6 +108,18 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         caps=caps,
     )
     handoff = Handoff(redis, keys, registry, worker.wake, caps)
+    # The eraser reads the hooks dict live: channels register theirs after the core starts.
+    hooks = Hooks()
+    compactor = Compactor(
+        redis, keys.global_key("aof"), keys.global_key("aof:gate"), interval=settings.aof_rewrite_interval
+    )
+    eraser = Eraser(
+        redis,
+        keys,
+        hooks.erase,
+        delivery_wait=settings.delivery_timeout + settings.delivery_lease + 5,
+        compactor=compactor,
+    )
     services = Services(
         settings=settings,
         redis=redis,
@@ -118,19 +130,9 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         worker=worker,
         outages=outages,
         session=session,
-        eraser=Eraser(redis, keys, {}),
+        eraser=eraser,
         replication=replication,
-    )
-    # The eraser reads the hooks dict live: channels register theirs after the core starts.
-    compactor = Compactor(
-        redis, keys.global_key("aof"), keys.global_key("aof:gate"), interval=settings.aof_rewrite_interval
-    )
-    services.eraser = Eraser(
-        redis,
-        keys,
-        services.hooks.erase,
-        delivery_wait=settings.delivery_timeout + settings.delivery_lease + 5,
-        compactor=compactor,
+        hooks=hooks,
     )
     services.loops["erasure"] = services.eraser.watch
     app[SERVICES] = services

@@ -43,8 +43,10 @@ class Hooks:
     """Channels that link a chat to a user: a one-use link (`{"url", "code", "expires_at"}`)."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Services:
+    """Immutable once built: plugins add to `hooks` and `loops`, never replace a service."""
+
     settings: Settings
     redis: Redis
     keys: Keys
