@@ -18,7 +18,7 @@ from foundation import logs
 from tests.support.redis_server import RedisServer
 from tests.support.redisdump import dump
 
-PRODUCT = {"gateway", "routing", "oauth", "channels", "ai"}
+PRODUCT = {"foundation", "gateway", "routing", "oauth", "channels", "ai"}
 """The top-level packages whose loggers are the gateway's own."""
 
 
