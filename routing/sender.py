@@ -82,8 +82,9 @@ class Sender:
         if self._closed:
             raise ClosedError("delivery worker is closed")
         if self._production:
-            # Names are checked when they resolve (PublicOnlyResolver); IP literals and the
-            # scheme never reach a resolver, so they are checked here, at every attempt.
+            # The connector checks the address of every socket it opens (names and literals);
+            # the URL itself (scheme, host spelling) is checked here, at every attempt, so a
+            # record stored under older rules is never sent to.
             try:
                 validate_server_url(target.server_url, production=True)
             except ApiError:
