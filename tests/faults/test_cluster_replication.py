@@ -57,6 +57,8 @@ class Load:
     client: TestClient[Any, Any]
     dedicated: DedicatedServer
     acked: dict[str, list[int]] = dataclasses.field(default_factory=lambda: {u: [] for u in USERS})
+    acked_sent_at: dict[str, list[float]] = dataclasses.field(default_factory=lambda: {u: [] for u in USERS})
+    """When each acknowledged request was sent (monotonic)."""
     answers: list[int] = dataclasses.field(default_factory=list)
     last_ok: dict[str, float] = dataclasses.field(default_factory=dict)
 
@@ -64,12 +66,14 @@ class Load:
         for seq in itertools.count():
             if stop.is_set():
                 return
-            while True:  # a provider retries the same update until it gets a 2xx
+            while not stop.is_set():  # a provider retries the same update until it gets a 2xx
                 with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    sent_at = time.monotonic()
                     resp = await self.client.post(f"/test/ingress/{user}", json={"seq": seq}, timeout=TIMEOUT)
                     self.answers.append(resp.status)
                     if resp.status == 200:
                         self.acked[user].append(seq)
+                        self.acked_sent_at[user].append(sent_at)
                         self.last_ok[user] = time.monotonic()
                         break
                 await asyncio.sleep(0.05)
@@ -191,11 +195,16 @@ async def test_a_primary_dying_while_its_replica_is_cut_off_loses_nothing_acknow
     async def chaos() -> None:
         await asyncio.sleep(1.0)
         replica.freeze()  # the primary alone takes what comes now: not acknowledged (WAIT fails)
-        before = len(load.acked["ann"])
-        await asyncio.sleep(1.5)
-        assert len(load.acked["ann"]) == before, "a write the replica never confirmed got a 2xx"
-        victim.stop(crash=True)
-        replica.thaw()
+        frozen_at = time.monotonic()
+        try:
+            await asyncio.sleep(1.5)
+            # A request sent before the freeze may still be answered 200 (its WAIT was confirmed
+            # just in time); one sent after it never may.
+            late = [t for t in load.acked_sent_at["ann"] if t > frozen_at]
+            assert late == [], "a write the replica never confirmed got a 2xx"
+            victim.stop(crash=True)
+        finally:
+            replica.thaw()
         await promoted(replica)
         since = time.monotonic()
         victim.start()  # back as the new primary's replica: ann's writes can be confirmed again
