@@ -77,6 +77,9 @@ if dropped > 0 then
   redis.call('HSETNX', KEYS[6], 'first_ms', ARGV[1])
   redis.call('HSET', KEYS[6], 'last_ms', ARGV[1])
 end
+-- The PEXPIRE below is a write even when every item was a duplicate: a provider's retry after a
+-- 503 (its first attempt written, not yet replicated) must not be acknowledged on a WAIT that
+-- only covers this connection's older writes; WAIT counts from the connection's last write.
 if #ARGV > 6 and redis.call('EXISTS', KEYS[2]) == 1 then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', tonumber(ARGV[1]) - tonumber(ARGV[2]))
   redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -1 - tonumber(ARGV[6]))
