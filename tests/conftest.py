@@ -13,6 +13,7 @@ from tests.support.dedicated import DedicatedServer
 from tests.support.gateway import REDIS_URL, Gateway, make_settings, serve, wipe
 from tests.support.redis_server import RedisServer
 from tests.support.redis_servers import RedisCluster
+from tests.support.running import running
 
 # The stand-ins' fixtures: one of each, for every test directory.
 pytest_plugins = ["tests.support.standins"]
@@ -61,12 +62,19 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
 
 @pytest.fixture
 async def dedicated() -> AsyncIterator[DedicatedServer]:
-    server = DedicatedServer()
-    await server.start()
+    async with running(DedicatedServer()) as server:
+        yield server
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own with AOF on, for tests that restart, kill or read it on disk."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
     try:
         yield server
     finally:
-        await server.close()
+        server.stop()
 
 
 @pytest.fixture

@@ -28,12 +28,12 @@ from tests.support import telegram as tgs
 from tests.support.anthropic import API_KEY, AnthropicStandIn, error, message, stream
 from tests.support.dedicated import DedicatedServer
 from tests.support.gateway import Gateway, make_settings, serve
-from tests.support.leaks import Markers, assert_nothing_leaked, leaks, log_output, redis_server
+from tests.support.leaks import Markers, assert_nothing_leaked, leaks, log_output
 from tests.support.redis_server import RedisServer
 from tests.support.telegram import FakeTelegram
 
 pytestmark = pytest.mark.slow
-__all__ = ["log_output", "redis_server"]  # fixtures shared with the other leak tests
+__all__ = ["log_output"]  # fixtures shared with the other leak tests
 
 USER = "leaky"
 TG_SECRET = "leak-webhook-secret-" + os.urandom(8).hex()

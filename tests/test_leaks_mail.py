@@ -15,7 +15,7 @@ from tests.support.dedicated import DedicatedServer
 from tests.support.erasure import wait_gone
 from tests.support.google import Google
 from tests.support.graph import Graph
-from tests.support.leaks import Markers, assert_nothing_leaked, log_output, redis_server
+from tests.support.leaks import Markers, assert_nothing_leaked, log_output
 from tests.support.mail import (
     GMAIL_SCOPES,
     GRAPH_SCOPES,
@@ -31,7 +31,7 @@ from tests.support.redisdump import containing, dump
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.slow
-__all__ = ["google", "graph", "log_output", "redis_server", "start_gateway"]
+__all__ = ["google", "graph", "log_output", "start_gateway"]
 
 USER = "mailbox-owner"
 

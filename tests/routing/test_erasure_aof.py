@@ -5,7 +5,7 @@ commands (no RDB preamble), read straight from disk."""
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,18 +27,8 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 @pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-async def client(tmp_path: Path, redis: RedisServer) -> AsyncIterator[TestClient[Any, Any]]:
-    settings = make_settings(tmp_path, redis_url=redis.url, delivery_lease=2.0, delivery_timeout=1.0)
+async def client(tmp_path: Path, redis_server: RedisServer) -> AsyncIterator[TestClient[Any, Any]]:
+    settings = make_settings(tmp_path, redis_url=redis_server.url, delivery_lease=2.0, delivery_timeout=1.0)
     client = TestClient(TestServer(create_app(settings), port=0))
     await client.start_server()
     try:
@@ -79,13 +69,13 @@ async def erase(client: TestClient[Any, Any], user_id: str) -> None:
 
 
 async def test_a_finished_erasure_leaves_nothing_of_the_user_in_the_aof(
-    client: TestClient[Any, Any], redis: RedisServer, dedicated: DedicatedServer
+    client: TestClient[Any, Any], redis_server: RedisServer, dedicated: DedicatedServer
 ):
     user_id = f"erase-me-{os.urandom(4).hex()}"
     found = await traces(client, dedicated, user_id)
-    assert all(trace in redis.persisted() for trace in found)  # the control: the AOF holds them now
+    assert all(trace in redis_server.persisted() for trace in found)  # the control: the AOF holds them now
     await erase(client, user_id)
-    await eventually(lambda: not any(trace in redis.persisted() for trace in found), timeout=20)
+    await eventually(lambda: not any(trace in redis_server.persisted() for trace in found), timeout=20)
     status = await services(client).redis.hgetall(services(client).keys.global_key("aof"))
     assert status[b"last_outcome"] == b"rewriting" and int(status[b"pending"]) == 0
 
@@ -93,7 +83,7 @@ async def test_a_finished_erasure_leaves_nothing_of_the_user_in_the_aof(
     second = f"erase-me-{os.urandom(4).hex()}"
     found = await traces(client, dedicated, second)
     await erase(client, second)
-    assert second.encode() in redis.persisted()
+    assert second.encode() in redis_server.persisted()
     status = await services(client).redis.hgetall(services(client).keys.global_key("aof"))
     assert int(status[b"pending"]) == 1
 

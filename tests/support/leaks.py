@@ -7,8 +7,7 @@ import base64
 import io
 import logging
 import os
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import orjson
 import pytest
@@ -70,16 +69,6 @@ def log_output() -> Iterator[io.StringIO]:
         root.setLevel(level)
         for name, lvl in noisy.items():
             logging.getLogger(name).setLevel(lvl)
-
-
-@pytest.fixture
-async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 async def assert_nothing_leaked(markers: Markers, redis_server: RedisServer, log_output: io.StringIO) -> None:

@@ -26,6 +26,7 @@ from tests.support.dedicated import DedicatedServer
 from tests.support.gateway import Gateway, make_settings, wipe
 from tests.support.google import Google
 from tests.support.graph import Graph
+from tests.support.running import running
 
 FAST = Timing(poll=0.05, lease=2.0, concurrency=8)
 GMAIL_SCOPES = ("https://www.googleapis.com/auth/gmail.readonly",)
@@ -63,22 +64,14 @@ def mail_settings(tmp_path: Path, google: Google, graph: Graph, port: int, **ove
 
 @pytest.fixture
 async def google() -> AsyncIterator[Google]:
-    server = Google()
-    await server.start()
-    try:
+    async with running(Google()) as server:
         yield server
-    finally:
-        await server.close()
 
 
 @pytest.fixture
 async def graph() -> AsyncIterator[Graph]:
-    server = Graph()
-    await server.start()
-    try:
+    async with running(Graph()) as server:
         yield server
-    finally:
-        await server.close()
 
 
 @pytest.fixture

@@ -13,44 +13,29 @@ import pytest
 from tests.support.anthropic import AnthropicStandIn
 from tests.support.gemini import GeminiStandIn
 from tests.support.openai import OpenAIStandIn
+from tests.support.running import running
 from tests.support.telegram import FakeTelegram
 
 
 @pytest.fixture
 async def fake_tg() -> AsyncIterator[FakeTelegram]:
-    server = FakeTelegram()
-    await server.start()
-    try:
+    async with running(FakeTelegram()) as server:
         yield server
-    finally:
-        await server.close()
 
 
 @pytest.fixture
 async def anthropic_api() -> AsyncIterator[AnthropicStandIn]:
-    api = AnthropicStandIn()
-    await api.start()
-    try:
+    async with running(AnthropicStandIn()) as api:
         yield api
-    finally:
-        await api.close()
 
 
 @pytest.fixture
 async def openai_api() -> AsyncIterator[OpenAIStandIn]:
-    api = OpenAIStandIn()
-    await api.start()
-    try:
+    async with running(OpenAIStandIn()) as api:
         yield api
-    finally:
-        await api.close()
 
 
 @pytest.fixture
 async def gemini_api() -> AsyncIterator[GeminiStandIn]:
-    api = GeminiStandIn()
-    await api.start()
-    try:
+    async with running(GeminiStandIn()) as api:
         yield api
-    finally:
-        await api.close()
