@@ -15,7 +15,6 @@ import time
 from typing import Any
 
 from aiohttp import web
-from telegram import Update
 
 from foundation import metrics
 from foundation.clock import iso
@@ -29,7 +28,7 @@ from .channel import Telegram, telegram_of
 from .chats import ChatInfo
 from .moves import PREFIX as MOVE_PREFIX
 from .moves import Move, Via
-from .updates import added_by, chat_of, file_ids, parse_update, removed, start_code
+from .updates import TelegramUpdate, added_by, chat_of, file_ids, parse_update, removed, start_code
 
 __all__ = ["file_ids", "parse_update", "receive", "webhook"]
 
@@ -69,14 +68,14 @@ MOVE_NOT_YOURS = "Only the person who opened the link (or added the bot) can con
 ASK_EVERY = 60
 
 
-def _chat_json(update: Update, chat: ChatInfo) -> dict[str, Any]:
+def _chat_json(update: TelegramUpdate, chat: ChatInfo) -> dict[str, Any]:
     if update.effective_chat is not None:
-        return update.effective_chat.to_dict()
+        return update.effective_chat.as_json()
     return {"id": chat.chat_id, "type": chat.type}
 
 
-def _from_json(update: Update) -> dict[str, Any] | None:
-    return update.effective_user.to_dict() if update.effective_user is not None else None
+def _from_json(update: TelegramUpdate) -> dict[str, Any] | None:
+    return update.effective_user.as_json() if update.effective_user is not None else None
 
 
 class Ingress:
@@ -85,7 +84,7 @@ class Ingress:
         self.chats = channel.chats
         self.bot_id = int(channel.bot_id)
 
-    async def accept(self, update: Update, raw: dict[str, Any]) -> None:
+    async def accept(self, update: TelegramUpdate, raw: dict[str, Any]) -> None:
         chat = chat_of(update)
         if chat is None:
             metrics.DROPPED.labels("telegram", "no_chat").inc()
@@ -140,7 +139,7 @@ class Ingress:
             metrics.DROPPED.labels("telegram", "user_gone").inc()
             return 0
 
-    async def _start(self, update: Update, chat: ChatInfo, code: str) -> None:
+    async def _start(self, update: TelegramUpdate, chat: ChatInfo, code: str) -> None:
         redemption = await self.chats.redeem(code, chat.chat_id)
         user_id = redemption.user_id
         usable = redemption.state in ("fresh", "replay")
@@ -160,7 +159,7 @@ class Ingress:
             return
         await self._move(update, chat, user_id, "start")
 
-    async def _move(self, update: Update, chat: ChatInfo, user_id: str, via: str) -> None:
+    async def _move(self, update: TelegramUpdate, chat: ChatInfo, user_id: str, via: str) -> None:
         """Link the chat to `user_id`; the user it was linked to hears `telegram.unlinked`."""
         previous = await self.chats.link(user_id, chat.chat_id, chat.type, via)
         uid = update.update_id
@@ -170,7 +169,7 @@ class Ingress:
         await self._handoff(user_id, [Item(event, dedup=f"{uid}:linked")], chat)
         log.info("telegram chat linked", extra={"user_id": user_id, "chat_type": chat.type, "via": via})
 
-    async def _readopt(self, update: Update, chat: ChatInfo, owner: str) -> None:
+    async def _readopt(self, update: TelegramUpdate, chat: ChatInfo, owner: str) -> None:
         """The bot added to a group linked to another user: the person who added it may confirm a move."""
         adder = added_by(update, self.bot_id)
         target = await self._owner(adder) if adder is not None else None
@@ -186,7 +185,7 @@ class Ingress:
         self.tg.reply_later(chat, ASK_MOVE[via], reply_markup=markup)
         log.info("telegram chat move awaits confirmation", extra={"user_id": user_id, "via": via})
 
-    async def _confirm(self, update: Update, chat: ChatInfo, data: str) -> None:
+    async def _confirm(self, update: TelegramUpdate, chat: ChatInfo, data: str) -> None:
         """A press of the gateway's own move button; never forwarded to any server."""
         query = update.callback_query
         assert query is not None
@@ -205,7 +204,7 @@ class Ingress:
         services = self.tg.services
         return await services.registry.exists(move.user_id) and not await services.eraser.is_erasing(move.user_id)
 
-    async def _adopt(self, update: Update, chat: ChatInfo) -> tuple[str | None, list[Item]]:
+    async def _adopt(self, update: TelegramUpdate, chat: ChatInfo) -> tuple[str | None, list[Item]]:
         """A chat not linked yet that becomes linked by this very update (bot added, group upgraded)."""
         adder = added_by(update, self.bot_id)
         via, source = "group", adder
@@ -224,7 +223,7 @@ class Ingress:
         event = Event("telegram.linked", "telegram", self._linked_payload(update, chat, via))
         return owner, [Item(event, dedup=f"{update.update_id}:linked")]
 
-    async def _after(self, update: Update, chat: ChatInfo, owner: str) -> list[Item]:
+    async def _after(self, update: TelegramUpdate, chat: ChatInfo, owner: str) -> list[Item]:
         """Link changes this update makes for a chat that is linked: removal, supergroup upgrade."""
         reason = removed(update, self.bot_id)
         if reason is not None:
@@ -250,7 +249,7 @@ class Ingress:
             return items
         return []
 
-    def _linked_payload(self, update: Update, chat: ChatInfo, via: str) -> dict[str, Any]:
+    def _linked_payload(self, update: TelegramUpdate, chat: ChatInfo, via: str) -> dict[str, Any]:
         return {
             "chat": _chat_json(update, chat),
             "from": _from_json(update),
@@ -259,11 +258,11 @@ class Ingress:
             "linked_at": iso(time.time()),
         }
 
-    def _unlinked_item(self, update: Update, chat: ChatInfo, reason: str) -> Item:
+    def _unlinked_item(self, update: TelegramUpdate, chat: ChatInfo, reason: str) -> Item:
         payload = {"chat": _chat_json(update, chat), "reason": reason, "update_id": update.update_id}
         return Item(Event("telegram.unlinked", "telegram", payload), dedup=f"{update.update_id}:unlinked")
 
-    async def _unlinked(self, update: Update, chat: ChatInfo) -> None:
+    async def _unlinked(self, update: TelegramUpdate, chat: ChatInfo) -> None:
         metrics.DROPPED.labels("telegram", "unlinked_chat").inc()
         joined = added_by(update, self.bot_id) is not None  # already told how (HINT_GROUP)
         if update.message is not None and not joined and removed(update, self.bot_id) is None:

@@ -17,12 +17,12 @@ import logging
 from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
-from telegram import Update
 
 from foundation import metrics
 from routing.outage import Outages
 
 from .chats import ChatInfo
+from .updates import TelegramUpdate
 
 if TYPE_CHECKING:
     from .channel import Telegram
@@ -38,7 +38,7 @@ def lost(count: int) -> str:
     return f"{count} {noun} could not be delivered: your assistant was offline for too long."
 
 
-def writes(update: Update) -> bool:
+def writes(update: TelegramUpdate) -> bool:
     """Someone wrote or pressed a button; joins, departures and upgrades are not writing."""
     if update.callback_query is not None:
         return True
@@ -59,7 +59,7 @@ class Notices:
         self._outages = outages
         self._after = after
 
-    async def wrote(self, user_id: str, chat: ChatInfo, update: Update, handed_at: float) -> None:
+    async def wrote(self, user_id: str, chat: ChatInfo, update: TelegramUpdate, handed_at: float) -> None:
         """`update` was just queued for `user_id` (its hand-over began at `handed_at`)."""
         if not writes(update):
             return

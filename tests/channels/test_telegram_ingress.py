@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+import telegram
 from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
@@ -232,6 +234,42 @@ async def test_every_update_kind_arrives_exactly_as_sent(tg: TgGateway, dedicate
         assert (await tg.post_update(update)).status == 200
     await dedicated.wait_for(lambda: len(updates(dedicated, "u1")) == len(sent))
     assert updates(dedicated, "u1") == sent
+
+
+async def test_the_webhook_routes_every_kind_without_building_the_librarys_update(
+    tg: TgGateway, dedicated: DedicatedServer, monkeypatch: pytest.MonkeyPatch
+):
+    def built(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("telegram.Update built on the webhook path")
+
+    monkeypatch.setattr(telegram.Update, "de_json", built)
+    monkeypatch.setattr(telegram.Update, "__init__", built)
+    await tg.create_user(dedicated, "u1")
+    await tg.link_private(dedicated, "u1", ALICE)
+    group = tgs.group_chat(-4007654321)
+    added = tgs.chat_member(group, ALICE, "left", "member")
+    press = {
+        "update_id": tgs.next_update_id(),
+        "callback_query": {
+            "id": "4382bfdwdsb323b2d9",
+            "from": ALICE,
+            "chat_instance": "-2938479238472",
+            "data": "yes",
+            "message": {"message_id": 8, "from": tgs.BOT_USER, "chat": group, "date": int(time.time()), "text": "Go?"},
+        },
+    }
+    sent = [tgs.text(tgs.private_chat(ALICE), ALICE, "hello"), added, tgs.text(group, BOB, "hi all"), press]
+    for update in sent:
+        assert (await tg.post_update(update)).status == 200
+    await dedicated.wait_for(lambda: len(updates(dedicated, "u1")) == len(sent))
+    assert updates(dedicated, "u1") == sent
+    linked = of_type(dedicated, "u1", "telegram.linked")
+    assert [(e["chat"], e["from"], e["via"]) for e in linked] == [
+        (tgs.private_chat(ALICE), ALICE, "start"),
+        (group, ALICE, "group"),
+    ]
+    refused = await tg.post_update({"update_id": 5, "message": {"message_id": 1, "date": 1, "chat": {"id": True}}})
+    assert refused.status == 400 and (await refused.json())["error"] == "invalid_update"
 
 
 async def test_repeated_update_id_is_acknowledged_and_queued_once(tg: TgGateway, dedicated: DedicatedServer):
