@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bench.common import Results, fmt, log, machine
 
-BENCHES = ("routing", "state", "broker", "fairness", "backlog", "sealing")
+BENCHES = ("routing", "state", "broker", "fairness", "backlog", "sealing", "updates")
 OUT = Path(__file__).resolve().parent / "results"
 
 
