@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 from foundation.errors import ConfigError
 
 _KID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+MAX_WORKERS = 256
+"""At most this many processes for one `ally-gateway serve` (`ALLY_WORKERS`, `--workers`)."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,8 @@ class Settings:
     env: str = "development"
     host: str = "127.0.0.1"
     port: int = 8080
+    workers: int = 1
+    """ALLY_WORKERS: processes `ally-gateway serve` runs on the one port (`--workers` overrides)."""
     redis_url: str | None = None
     redis_cluster: bool = False
     ack_replicas: int | None = None
@@ -281,6 +285,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         env=env,
         host=host,
         port=port,
+        workers=r.whole("ALLY_WORKERS", 1, low=1, high=MAX_WORKERS) or 1,
         redis_url=redis_url,
         redis_cluster=redis_cluster,
         ack_replicas=r.whole("ALLY_ACK_REPLICAS", None, low=0, high=16),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import socket
 from typing import Any
 
 from aiohttp import web
@@ -132,14 +133,18 @@ async def head_deadline_middleware(request: web.Request, handler: Handler) -> we
 
 
 class Site(web.BaseSite):
-    """A TCP site like aiohttp's `TCPSite`, whose connections are `HeadDeadline`s."""
+    """A TCP site like aiohttp's `TCPSite`, whose connections are `HeadDeadline`s.
 
-    __slots__ = ("_host", "_port")
+    With `reuse_port`, several processes each listen on the same port (`SO_REUSEPORT`) and the
+    kernel spreads new connections over them (`ally-gateway serve --workers N`)."""
 
-    def __init__(self, runner: web.BaseRunner, host: str, port: int) -> None:
+    __slots__ = ("_host", "_port", "_reuse_port")
+
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, *, reuse_port: bool = False) -> None:
         super().__init__(runner, backlog=BACKLOG)
         self._host = host
         self._port = port
+        self._reuse_port = reuse_port
 
     @property
     def name(self) -> str:
@@ -151,5 +156,29 @@ class Site(web.BaseSite):
         assert server is not None
         timeout = HEADER_TIMEOUT
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: HeadDeadline(server(), timeout), self._host, self._port, backlog=self._backlog, reuse_address=True
+            lambda: HeadDeadline(server(), timeout),
+            self._host,
+            self._port,
+            backlog=self._backlog,
+            reuse_address=True,
+            reuse_port=self._reuse_port or None,
         )
+
+
+def reserve_port(host: str, port: int) -> socket.socket:
+    """Bind (never listen on) `host:port` with `SO_REUSEPORT` and return the socket: the port
+    (picked here when `port` is 0) stays this process's while the processes that listen on it
+    with `Site(reuse_port=True)` come and go. A port another program holds fails here, once.
+    Only listening sockets are given connections, so this one never holds a client waiting."""
+    family, kind, proto, _name, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock

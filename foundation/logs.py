@@ -189,6 +189,15 @@ class JsonFormatter(logging.Formatter):
 _process_id = new_request_id("proc")
 
 
+def _new_process_id() -> None:
+    global _process_id
+    _process_id = new_request_id("proc")
+
+
+# A forked process (`serve --workers N`) is a process of its own in the logs too.
+os.register_at_fork(after_in_child=_new_process_id)
+
+
 def _stamping_factory(base: Callable[..., logging.LogRecord]) -> Callable[..., logging.LogRecord]:
     def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = base(*args, **kwargs)

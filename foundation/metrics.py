@@ -1,12 +1,21 @@
-"""Prometheus metrics (contract §8). Label values are channels, reasons and outcomes, never ids."""
+"""Prometheus metrics (contract §8). Label values are channels, reasons and outcomes, never ids.
+
+Under `ally-gateway serve --workers N` every process counts into its own files in
+`PROMETHEUS_MULTIPROC_DIR` (set by the parent before this module is imported) and a scrape,
+whichever process takes it, answers the sum over all of them (`exposition`).
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
+
+_STORED: list[Collector] = []
 
 
 class StoredCounter(Collector):
@@ -18,6 +27,7 @@ class StoredCounter(Collector):
         self._name, self._documentation, self._label = name.removesuffix("_total"), documentation, label
         self._counts: dict[str, float] = {}
         REGISTRY.register(self)
+        _STORED.append(self)
 
     def set(self, counts: Mapping[str, float]) -> None:
         self._counts = dict(counts)
@@ -46,9 +56,14 @@ DELIVERY_LATENCY = Histogram(
     "From acceptance to acknowledgement by the dedicated server",
     buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 86400),
 )
-QUEUE_USERS_DUE = Gauge("ally_queue_users_scheduled", "Users with events waiting or in flight")
-QUEUE_DEPTH = Gauge("ally_queue_depth", "Events queued for all users (sampled)")
-QUEUE_OLDEST_AGE = Gauge("ally_queue_oldest_event_age_seconds", "Age of the oldest queued event (sampled)")
+# Sampled from Redis by the process that answers the scrape: with several processes, the latest sample counts.
+QUEUE_USERS_DUE = Gauge(
+    "ally_queue_users_scheduled", "Users with events waiting or in flight", multiprocess_mode="mostrecent"
+)
+QUEUE_DEPTH = Gauge("ally_queue_depth", "Events queued for all users (sampled)", multiprocess_mode="mostrecent")
+QUEUE_OLDEST_AGE = Gauge(
+    "ally_queue_oldest_event_age_seconds", "Age of the oldest queued event (sampled)", multiprocess_mode="mostrecent"
+)
 WEBHOOK_REJECTED = Counter("ally_webhook_rejected_total", "Inbound provider requests refused", ["channel", "reason"])
 DROPPED = Counter("ally_inbound_dropped_total", "Inbound items acknowledged but not queued", ["channel", "reason"])
 TOKEN_REFRESHES = Counter("ally_token_refreshes_total", "Access-token refreshes at providers", ["provider", "outcome"])
@@ -70,3 +85,16 @@ MAIL_UPKEEP = Counter(
 TELEGRAM_NOTICES = Counter(
     "ally_telegram_notices_total", "Chats told their assistant is offline, or of expired messages", ["kind"]
 )
+
+
+def exposition() -> bytes:
+    """The text a scrape answers: this process's registry, or the sum over every process's files
+    (then without the `process_*` and `python_*` collectors, which describe one process only)."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not directory:
+        return generate_latest(REGISTRY)
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, directory)  # type: ignore[no-untyped-call]
+    for collector in _STORED:
+        registry.register(collector)
+    return generate_latest(registry)

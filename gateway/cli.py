@@ -1,6 +1,6 @@
 """`ally-gateway`: serve, and operator commands (`gateway/commands/`, one module per group).
 
-ally-gateway serve [--role all|web|worker]
+ally-gateway serve [--role all|web|worker] [--workers N]
 ally-gateway doctor
 ally-gateway keys status|rotate
 ally-gateway user create|show|link|export|rotate|delete <user_id>
@@ -12,20 +12,15 @@ Only what a command needs is imported: `--help` and the parser import no part of
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import logging
-import signal
 import sys
 from collections.abc import Sequence
 
 from foundation import config, logs
+from foundation.config import MAX_WORKERS
 from foundation.devsecrets import with_dev_secrets
 from foundation.errors import ConfigError, GatewayError
 from foundation.types import ROLES
 from gateway.commands import doctor, master_keys, user
-
-log = logging.getLogger("gateway")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -33,6 +28,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the gateway (HTTP and background loops)")
     serve.add_argument("--role", choices=ROLES, default="all")
+    serve.add_argument(
+        "--workers",
+        type=_processes,
+        metavar="N",
+        help="processes sharing the port, each a whole gateway of the role (default ALLY_WORKERS, else 1)",
+    )
     for command in (doctor, master_keys, user):
         command.add(sub)
     args = parser.parse_args(argv)
@@ -47,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(settings.log_level if args.command == "serve" else _at_least_warning(settings.log_level))
     try:
         if args.command == "serve":
-            return _serve(settings, args.role)
+            return _serve(settings, args.role, args.workers or settings.workers)
         status: int = args.run(settings, args)
         return status
     except GatewayError as exc:
@@ -59,40 +60,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def _serve(settings: config.Settings, role: str) -> int:
-    with contextlib.suppress(ImportError):
-        import uvloop
+def _serve(settings: config.Settings, role: str, workers: int) -> int:
+    from gateway import serving
 
-        uvloop.install()
-    asyncio.run(_run(settings, role))
-    return 0
+    return serving.serve(settings, role, workers)
 
 
-async def _run(settings: config.Settings, role: str) -> None:
-    from foundation import listener
-    from gateway.app import create_app
-
-    app = create_app(settings, role)
-    runner = await listener.start(app)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+def _processes(value: str) -> int:
     try:
-        if role != "worker":
-            site = listener.Site(runner, settings.host, settings.port)
-            await site.start()
-            port = runner.addresses[0][1] if runner.addresses else settings.port
-            log.info(
-                "listening",
-                extra={"host": settings.host, "port": port, "role": role, "public_url": settings.public_url},
-            )
-        else:
-            log.info("worker running", extra={"role": role})
-        await stop.wait()
-        log.info("shutting down")
-    finally:
-        await runner.cleanup()
+        number = int(value)
+    except ValueError:
+        number = 0
+    if not 1 <= number <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {MAX_WORKERS}, got {value!r}")
+    return number
 
 
 def _at_least_warning(level: str) -> str:

@@ -7,7 +7,7 @@ import contextlib
 import time
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
 
 from foundation import metrics
@@ -53,7 +53,7 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
             await _sample(services)
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             metrics.ERASURES.set(await services.eraser.finished())
-    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 def _require_metrics_access(request: web.Request) -> None:
