@@ -45,6 +45,9 @@ CASES = [
     ({"ALLY_TELEGRAM_MODE": "push"}, "ALLY_TELEGRAM_MODE"),
     # A laptop with a real bot and no https address: Telegram would never call the webhook.
     ({"ALLY_TELEGRAM_BOT_TOKEN": "123456789:AAEexampleexampleexampleexampleexam"}, "ALLY_TELEGRAM_MODE=polling"),
+    ({"ALLY_WORKERS": "0"}, "ALLY_WORKERS"),
+    ({"ALLY_WORKERS": "all cores"}, "ALLY_WORKERS"),
+    ({"ALLY_WORKERS": "257"}, "ALLY_WORKERS"),
 ]
 
 
@@ -88,3 +91,8 @@ def test_a_taken_port_is_one_line_too(tmp_path: Path):
     assert len(result.stderr.strip().splitlines()) >= 1
     assert "Traceback" not in result.stderr
     assert "ally-gateway:" in result.stderr.strip().splitlines()[-1]
+
+
+def test_one_process_unless_told_otherwise():
+    assert load({}).workers == 1
+    assert load({"ALLY_WORKERS": "4"}).workers == 4
