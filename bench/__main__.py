@@ -1,4 +1,4 @@
-"""`python -m bench [--only NAME,...] [--rounds N]`: run the benchmarks, print and save the table.
+"""`python -m bench [--only NAME,...] [--rounds N] [--workers 1,2]`: run the benchmarks, print and save the table.
 
 Results go to `bench/results/last.json` and `bench/results/last.md` (the table the README
 quotes). Everything runs on 127.0.0.1 and unix sockets, against processes this run starts.
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bench.common import Results, fmt, log, machine
 
-BENCHES = ("routing", "state", "broker", "fairness", "backlog", "sealing", "updates")
+BENCHES = ("routing", "scaling", "state", "broker", "fairness", "backlog", "sealing", "updates")
 OUT = Path(__file__).resolve().parent / "results"
 
 
@@ -29,7 +29,12 @@ def main(argv: list[str] | None = None) -> int:
         "--ingress",
         choices=("telegram", "core"),
         default="telegram",
-        help="routing: through the Telegram webhook, or a bench-only route straight into services.handoff",
+        help="routing, scaling: through the Telegram webhook, or a bench-only route straight into services.handoff",
+    )
+    parser.add_argument(
+        "--workers",
+        default="1,2",
+        help="scaling: comma-separated process counts (serve --workers N) to compare; the first is the baseline",
     )
     args = parser.parse_args(argv)
     chosen = [b.strip() for b in args.only.split(",") if b.strip()]
@@ -78,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
 def _options(name: str, args: argparse.Namespace) -> dict[str, object]:
     if name == "routing":
         return {"rounds": args.rounds, "ingress": args.ingress, "profile_seconds": 0.0 if args.no_profile else 6.0}
+    if name == "scaling":
+        workers = tuple(int(n) for n in args.workers.split(",") if n.strip())
+        return {"rounds": args.rounds, "ingress": args.ingress, "workers": workers}
     if name == "state":
         return {"users": args.users}
     return {"rounds": args.rounds}

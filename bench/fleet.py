@@ -55,6 +55,8 @@ class Fleet:
     gateway_env: dict[str, str] = field(default_factory=dict)
     gateway_root: Path = ROOT
     """The checkout whose gateway code runs (another commit's, to compare two versions)."""
+    workers: int = 1
+    """Gateway processes (`ally-gateway serve --workers N`): one, or N supervised by a parent."""
     admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     master_keys: str = field(default_factory=lambda: "bench1:" + b64url(os.urandom(32)))
     redis: RedisServer | None = None
@@ -82,7 +84,8 @@ class Fleet:
             self.redis = RedisServer().start()
             self.sink = Child("bench.sink").start()
             env = {**self.env(), "PYTHONPATH": str(self.gateway_root)}
-            self.gateway = Child("bench.gateway", env=env, cwd=self.gateway_root).start()
+            args = ("--workers", str(self.workers)) if self.workers != 1 else ()
+            self.gateway = Child("bench.gateway", *args, env=env, cwd=self.gateway_root).start()
             if forwarder:
                 self.forwarder = Child("bench.forwarder", "--target", f"{self.sink.url}/raw").start()
         except BaseException:

@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 
 from bench import profile
-from bench.common import PYTHON, ROOT, Results, Row, cpu_seconds, log, median, percentile
+from bench.common import PYTHON, ROOT, Results, Row, log, median, percentile, process_tree, tree_cpu_seconds
 from bench.fleet import Fleet, User, make_users
 
 STEP = 3.0
@@ -154,7 +154,7 @@ class Routing:
         await self.fleet.sink_call("POST", "/_reset")
         spec = self.spec(system, rate, duration)
         procs = self.processes(system)
-        cpu_before = {name: cpu_seconds(pid) for name, pid in procs.items()}
+        cpu_before = {name: tree_cpu_seconds(pids) for name, pids in procs.items()}
         out = await load(spec, duration)
         rows = out["rows"]
         result = Step(system, rate, sent=len(rows), ok=sum(1 for r in rows if 200 <= r[4] < 300))
@@ -168,7 +168,7 @@ class Routing:
         dump = await self.fleet.sink_call("GET", "/_dump")
         # Polling above costs the measured processes nothing; the sink and generator are not counted.
         delivered = max(1, in_time + max(0, result.ok - in_time))
-        result.cpu_us = {n: (cpu_seconds(pid) - cpu_before[n]) * 1e6 / delivered for n, pid in procs.items()}
+        result.cpu_us = {n: (tree_cpu_seconds(p) - cpu_before[n]) * 1e6 / delivered for n, p in procs.items()}
         result.failures = dump["failures"]
         result.late = max(0, result.ok - in_time)
         if system == "baseline":
@@ -219,14 +219,15 @@ class Routing:
         if result.mismatched:
             result.failures.append(f"{result.mismatched}/{result.verified} sampled events not in send order")
 
-    def processes(self, system: str) -> dict[str, int]:
-        """The processes doing the measured system's work (not the generator, not the sink)."""
+    def processes(self, system: str) -> dict[str, list[int]]:
+        """The processes doing the measured system's work (not the generator, not the sink); the
+        gateway's are its whole tree (with `--workers N`, the parent and its N processes)."""
         assert self.fleet.gateway is not None
         assert self.fleet.redis is not None
         if system == "baseline":
             assert self.fleet.forwarder is not None
-            return {"forwarder": self.fleet.forwarder.pid}
-        return {"gateway": self.fleet.gateway.pid, "redis": self.fleet.redis.pid}
+            return {"forwarder": [self.fleet.forwarder.pid]}
+        return {"gateway": process_tree(self.fleet.gateway.pid), "redis": [self.fleet.redis.pid]}
 
     async def _wait_for(self, events: int, deadline: float) -> int:
         """Poll the sink until it holds `events` events or `deadline` passes; return its count."""
@@ -270,42 +271,54 @@ class Routing:
         return max(lo, FLOOR), steps
 
 
+async def telegram_standin(ingress: str) -> tuple[Any, dict[str, str]]:
+    """The project's local Bot API (getMe, setWebhook at start-up) and the gateway's settings for
+    it, when the load goes through the Telegram webhook; else nothing."""
+    if ingress != "telegram":
+        return None, {}
+    from bench.fairness import SECRET
+    from tests.support.telegram import TOKEN, FakeTelegram
+
+    telegram = FakeTelegram()
+    await telegram.start()
+    env = {
+        "ALLY_TELEGRAM_BOT_TOKEN": TOKEN,
+        "ALLY_TELEGRAM_API_URL": telegram.url,
+        "ALLY_TELEGRAM_WEBHOOK_SECRET": SECRET,
+    }
+    return telegram, env
+
+
+async def loaded_with_users(fleet: Fleet, ingress: str) -> tuple[Routing, str]:
+    """`USERS` users registered (and their private chats linked, for the Telegram ingress); the
+    bench that loads them, and what its load goes through."""
+    users = make_users(USERS)
+    await fleet.register(users)
+    bench = Routing(fleet, users, ingress=ingress)
+    if ingress != "telegram":
+        return bench, "POST /bench/ingress/{user} → services.handoff (core path; no channel in front)"
+    from bench.fairness import SECRET, link_private
+    from tests.support.telegram import BOT_ID
+
+    sem = asyncio.Semaphore(16)
+
+    async def link(user: User) -> None:
+        async with sem:
+            await link_private(fleet, user)
+
+    await asyncio.gather(*(link(u) for u in users))
+    await asyncio.sleep(2.0)  # the telegram.linked events reach the servers before measuring
+    bench.telegram = (str(BOT_ID), SECRET)
+    return bench, "POST /telegram/webhook/<bot> (secret checked, update parsed, chat routed, sealed, queued)"
+
+
 async def run(results: Results, *, rounds: int, ingress: str = "telegram", profile_seconds: float = 6.0) -> None:
     name = "routing"
-    telegram = None
-    env: dict[str, str] = {}
-    if ingress == "telegram":
-        from bench.fairness import SECRET
-        from tests.support.telegram import BOT_ID, TOKEN, FakeTelegram
-
-        telegram = FakeTelegram()  # the project's local Bot API (getMe, setWebhook at start-up)
-        await telegram.start()
-        env = {
-            "ALLY_TELEGRAM_BOT_TOKEN": TOKEN,
-            "ALLY_TELEGRAM_API_URL": telegram.url,
-            "ALLY_TELEGRAM_WEBHOOK_SECRET": SECRET,
-        }
+    telegram, env = await telegram_standin(ingress)
     fleet = Fleet(gateway_env=env)
     await fleet.start(forwarder=True)
     try:
-        users = make_users(USERS)
-        await fleet.register(users)
-        bench = Routing(fleet, users, ingress=ingress)
-        if ingress == "telegram":
-            from bench.fairness import link_private
-
-            sem = asyncio.Semaphore(16)
-
-            async def link(user: User) -> None:
-                async with sem:
-                    await link_private(fleet, user)
-
-            await asyncio.gather(*(link(u) for u in users))
-            await asyncio.sleep(2.0)  # the telegram.linked events reach the servers before measuring
-            bench.telegram = (str(BOT_ID), SECRET)
-            what = "POST /telegram/webhook/<bot> (secret checked, update parsed, chat routed, sealed, queued)"
-        else:
-            what = "POST /bench/ingress/{user} → services.handoff (core path; no channel in front)"
+        bench, what = await loaded_with_users(fleet, ingress)
         results.note(
             name,
             f"gateway ingress measured: {what}; {USERS} users, round-robin, dedicated redis-server "
