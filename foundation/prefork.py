@@ -177,15 +177,15 @@ class Supervisor:
             slot.reason = message[1:].decode(errors="replace")
 
     def _reap(self) -> None:
-        while True:
+        """Collect the children that exited; only ours (the parent may have others, like a Redis)."""
+        for slot in self._slots:
+            if not slot.pid:
+                continue
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            slot = next((s for s in self._slots if s.pid == pid), None)
-            if slot is not None:
+                pid, status = os.waitpid(slot.pid, os.WNOHANG)
+            except ChildProcessError:  # pragma: no cover - someone else reaped it
+                pid, status = slot.pid, 0
+            if pid:
                 self._exited(slot, os.waitstatus_to_exitcode(status))
 
     def _exited(self, slot: _Slot, code: int) -> None:

@@ -130,6 +130,17 @@ def test_sigterm_stops_every_process_cleanly_and_exits_0(two: Supervised):
     assert not [e for e in two.entries() if e["level"] in ("error", "warning")]
 
 
+def test_no_process_outlives_a_killed_parent(two: Supervised):
+    children = two.children()
+    assert two.proc is not None
+    two.proc.kill()
+    two.proc.wait()
+    # The parent-death signal is SIGTERM: each process still shuts down as it would alone.
+    wait_until(lambda: in_session(two.pid) == [], what="every process gone after kill -9 of the parent")
+    assert not any(alive(pid) for pid in children)
+    assert len([e for e in two.entries() if e["msg"] == "shutting down"]) == 2
+
+
 @pytest.mark.parametrize(
     ("args", "env", "named"),
     [
