@@ -8,6 +8,7 @@
     ├── VaultError           a ciphertext or wrapped key could not be opened
     │   └── KeyShredded      the user's data key is gone (erased)
     ├── ClosedError          an object was used after it was closed
+    ├── StartupFailed        `serve --workers N`: a process kept exiting before it was ready
     ├── ProviderError        Google or Microsoft failed or refused (reason, status, retry_after)
     │   ├── ProviderUnavailable  transient: 5xx, timeout, network (retried; never marks a grant dead)
     │   └── ReauthRequired       the grant is dead (invalid_grant...); the user must reconnect
@@ -68,6 +69,11 @@ class KeyShredded(VaultError):
 
 class ClosedError(GatewayError):
     pass
+
+
+class StartupFailed(GatewayError):
+    """The processes of `serve --workers N` keep exiting before they are ready (a setting only
+    a running process can check, say); the message names the last one's reason."""
 
 
 class ProviderError(GatewayError):

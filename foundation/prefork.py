@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 
-from foundation.errors import GatewayError
+from foundation.errors import StartupFailed
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +42,6 @@ MAX_BACKOFF = 30.0
 STABLE_AFTER = 10.0
 """A child that ran this long is restarted at once; one that exits younger waits a backoff."""
 _PR_SET_PDEATHSIG = 1
-
-
-class StartupFailed(GatewayError):
-    """The children keep exiting before they are ready (a setting only they can check, say)."""
 
 
 class Link:

@@ -48,6 +48,8 @@ def serve(
     make_app: AppFactory | None = None,
     listening: Listening | None = None,
 ) -> int:
+    """Serve until `SIGTERM`/`SIGINT` (exit status 0); `listening(port)` once every process serves.
+    `make_app` (default `gateway.app.create_app`) builds each process's app."""
     if workers == 1:
 
         def started(port: int) -> None:
@@ -144,8 +146,8 @@ def _child(settings: Settings, role: str, make_app: AppFactory, link: Link) -> i
         asyncio.run(run(settings, role, make_app, lambda _port: link.ready(), reuse_port=True))
     except Exception as exc:
         reason = f"{type(exc).__name__}: {logs.scrub(str(exc))}"
-        if isinstance(exc, GatewayError | OSError):
-            log.error("start-up failed", extra={"reason": reason})
+        if isinstance(exc, GatewayError | OSError):  # says what is wrong; where is no help
+            log.error("process failed", extra={"reason": reason})
         else:
             log.exception("process failed")
         link.failed(reason)
