@@ -4,7 +4,6 @@ socket), so nothing in an answer tells an outsider how many processes there are.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import signal
@@ -16,11 +15,12 @@ from pathlib import Path
 
 import orjson
 import pytest
+import redis as redis_sync
 
 from foundation.config import Settings
-from tests.support.gateway import make_settings, random_public_key, wipe
+from tests.support.gateway import REDIS_URL, make_settings, random_public_key
 from tests.support.subprocess_gateway import ROOT, environment
-from tests.support.supervised import Supervised, alive, command_of, get, holder, in_session, wait_until
+from tests.support.supervised import Supervised, alive, command_of, get, gone, holder, in_session, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform != "linux", reason="SO_REUSEPORT and /proc")]
 
@@ -33,7 +33,12 @@ one of two processes happens once in 2^23 runs."""
 def settings(tmp_path: Path) -> Iterator[Settings]:
     settings = make_settings(tmp_path)
     yield settings
-    asyncio.run(wipe(settings.key_prefix))
+    client = redis_sync.Redis.from_url(REDIS_URL)
+    try:
+        for key in client.scan_iter(match=f"{settings.key_prefix}*", count=1000):
+            client.delete(key)
+    finally:
+        client.close()
 
 
 def env_of(settings: Settings, **extra: str) -> dict[str, str]:
@@ -96,7 +101,7 @@ def test_a_scrape_answers_the_sum_over_every_process(two: Supervised):
 def test_a_killed_process_is_replaced_and_the_port_keeps_answering(two: Supervised):
     victim, survivor = two.children()
     os.kill(victim, signal.SIGKILL)
-    wait_until(lambda: not alive(victim), what="the killed process gone")
+    wait_until(lambda: gone(victim), what="the killed process reaped")
     replaced = False
     while not replaced:  # every fresh connection meanwhile is answered (by the survivor)
         status, _body, sock = get(two.port, "/healthz")
@@ -128,6 +133,21 @@ def test_sigterm_stops_every_process_cleanly_and_exits_0(two: Supervised):
         socket.create_connection(("127.0.0.1", two.port), timeout=5).close()
     assert "Traceback" not in two.text()
     assert not [e for e in two.entries() if e["level"] in ("error", "warning")]
+
+
+def test_the_worker_role_runs_n_delivery_processes_and_no_port(settings: Settings, tmp_path: Path):
+    gateway = Supervised(env_of(settings), tmp_path / "gateway.log", "serve", "--role", "worker", "--workers", "2")
+    try:
+        entry = gateway.start("worker running")
+        assert entry["processes"] == 2
+        assert len(gateway.children()) == 2
+        assert not [e for e in gateway.entries() if e["msg"] == "listening"]
+        assert gateway.proc is not None
+        gateway.proc.send_signal(signal.SIGTERM)
+        assert gateway.wait() == 0
+        assert len([e for e in gateway.entries() if e["msg"] == "shutting down"]) == 2
+    finally:
+        gateway.stop()
 
 
 def test_no_process_outlives_a_killed_parent(two: Supervised):

@@ -44,6 +44,12 @@ def alive(pid: int) -> bool:
     return fields is not None and fields[0] != "Z"
 
 
+def gone(pid: int) -> bool:
+    """Reaped: every thread has exited, so its sockets are closed. (A killed process's main thread
+    can show as a zombie while its other threads still hold them.)"""
+    return _stat(pid) is None
+
+
 def _all_pids() -> list[int]:
     return [int(name) for name in os.listdir("/proc") if name.isdigit()]
 
