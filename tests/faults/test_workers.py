@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -159,6 +161,10 @@ def test_no_process_outlives_a_killed_parent(two: Supervised):
     wait_until(lambda: in_session(two.pid) == [], what="every process gone after kill -9 of the parent")
     assert not any(alive(pid) for pid in children)
     assert len([e for e in two.entries() if e["msg"] == "shutting down"]) == 2
+    # What a killed parent cannot clean up: its directory of metrics files (as documented).
+    for left in Path(tempfile.gettempdir()).glob("ally-metrics-*"):
+        if any(left.glob(f"*_{pid}.db") for pid in (two.pid, *children)):
+            shutil.rmtree(left)
 
 
 @pytest.mark.parametrize(
