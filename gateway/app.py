@@ -107,7 +107,7 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         outages=outages,
         caps=caps,
     )
-    handoff = Handoff(redis, keys, registry, worker.wake, caps)
+    handoff = Handoff(redis, keys, registry, worker.wake, caps, outages)
     # The eraser reads the hooks dict live: channels register theirs after the core starts.
     hooks = Hooks()
     compactor = Compactor(

@@ -23,6 +23,7 @@ from foundation.clock import iso_now
 from foundation.errors import NotFound, StorageError
 from foundation.redis_keys import Keys
 from foundation.types import Event, SealedEvent
+from routing.outage import WROTE_FUNCTION, Origin, Outages
 from routing.registry import Registry
 from routing.sealing import seal
 
@@ -34,25 +35,33 @@ SEEN_PER_EVENT_CAP = 2
 
 QUEUED, DUPLICATE, DROPPED = 1, 0, 2
 
-# KEYS: stream, seen zset, counters, user record, queued bytes, overflow record. ARGV: now_ms,
-# window_ms, the server key the events were sealed to, max events, max bytes, max seen ids, then
-# (dedup_id, envelope, channel) triples. Replies {-1} when the user is gone or being erased:
-# checked in the same atomic step as the write, so an erasure never races a late event back into
-# Redis. Events sealed to a key that is no longer the user's are refused ({-2}) and sealed again by
-# the caller: the key is cached per process, and this is where a stale copy is caught. Otherwise
-# {0, code per item}: QUEUED, DUPLICATE, or DROPPED because the queue is at a cap (§9.2). What is
-# kept stays the oldest; a dropped event leaves no dedup id behind (a redelivery is dropped again or,
-# once there is room, queued) and is counted in the overflow record, which the delivery worker turns
-# into one `gateway.overflow` event once the queue has room again.
-_ENQUEUE = user_fields.lua("""
+# KEYS: stream, seen zset, counters, user record, queued bytes, overflow record, the hash that must
+# hold ARGV[7] (when ARGV[7] ~= ''), then the outage tracker's keys (outage, told, held, counters).
+# ARGV: now_ms, window_ms, the server key the events were sealed to, max events, max bytes, max
+# seen ids, the field that must exist ('' for no check), the origin's outage arguments (six, the
+# first '' for none: see `routing/outage.py`), then (dedup_id, envelope, channel) triples.
+# Replies {-1} when the user is gone or being erased: checked in the same atomic step as the
+# write, so an erasure never races a late event back into Redis. Events sealed to a key that is
+# no longer the user's are refused ({-2}) and sealed again by the caller: the key is cached per
+# process, and this is where a stale copy is caught. {-3}: the required field is gone (a Telegram
+# chat no longer linked to this user: the caller's cached owner was stale). Otherwise
+# {0, told, code per item}: told is 1 when the origin is to be told of the user's outage now (see
+# `outage_wrote`); each code QUEUED, DUPLICATE, or DROPPED because the queue is at a cap (§9.2).
+# What is kept stays the oldest; a dropped event leaves no dedup id behind (a redelivery is
+# dropped again or, once there is room, queued) and is counted in the overflow record, which the
+# delivery worker turns into one `gateway.overflow` event once the queue has room again.
+_ENQUEUE = user_fields.lua(
+    WROTE_FUNCTION
+    + """
 local user = redis.call('HMGET', KEYS[4], @server_url, @erasing, @server_public_key)
 if not user[1] or user[2] then return {-1} end
 if user[3] ~= ARGV[3] then return {-2} end
+if ARGV[7] ~= '' and redis.call('HEXISTS', KEYS[7], ARGV[7]) == 0 then return {-3} end
 local count = redis.call('XLEN', KEYS[1])
 local bytes = tonumber(redis.call('GET', KEYS[5]) or '0')
 local max_events, max_bytes = tonumber(ARGV[4]), tonumber(ARGV[5])
-local codes, added, added_bytes, dropped = {0}, 0, 0, 0
-for i = 7, #ARGV, 3 do
+local codes, added, added_bytes, dropped = {0, 0}, 0, 0, 0
+for i = 14, #ARGV, 3 do
   local dedup, envelope = ARGV[i], ARGV[i + 1]
   local code = 1
   if dedup ~= '' and redis.call('ZSCORE', KEYS[2], dedup) then
@@ -77,16 +86,22 @@ if dropped > 0 then
   redis.call('HSETNX', KEYS[6], 'first_ms', ARGV[1])
   redis.call('HSET', KEYS[6], 'last_ms', ARGV[1])
 end
+-- A repeat is not recorded again: the first delivery of it was (or found no outage then).
+if ARGV[8] ~= '' and added + dropped > 0 then
+  codes[2] = outage_wrote(KEYS[8], KEYS[9], KEYS[10], KEYS[11], ARGV[8], ARGV[9], ARGV[10], ARGV[11],
+    ARGV[12], ARGV[13])
+end
 -- The PEXPIRE below is a write even when every item was a duplicate: a provider's retry after a
 -- 503 (its first attempt written, not yet replicated) must not be acknowledged on a WAIT that
 -- only covers this connection's older writes; WAIT counts from the connection's last write.
-if #ARGV > 6 and redis.call('EXISTS', KEYS[2]) == 1 then
+if #ARGV > 13 and redis.call('EXISTS', KEYS[2]) == 1 then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', tonumber(ARGV[1]) - tonumber(ARGV[2]))
   redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -1 - tonumber(ARGV[6]))
   redis.call('PEXPIRE', KEYS[2], ARGV[2])
 end
 return codes
-""")
+"""
+)
 
 
 # KEYS: due. ARGV: score, user_id, wake channel. One key, so it runs on Redis Cluster too.
@@ -122,15 +137,47 @@ class Caps:
 DEFAULT_CAPS = Caps()
 
 
+@dataclass(frozen=True, slots=True)
+class Linked:
+    """A condition checked in the hand-over's own atomic step: the field `field` of the user's
+    key `name` (`Keys.user_key`) exists. A channel that routes by a cached owner passes it, so
+    a stale cache entry queues nothing (`NotLinked`)."""
+
+    name: str
+    field: str
+
+
+class NotLinked(Exception):
+    """The `Linked` condition did not hold: nothing was queued."""
+
+
+@dataclass(frozen=True, slots=True)
+class HandedOver:
+    new: int
+    """Items that were not repeats (queued, or dropped at a cap and reported later)."""
+    tell: bool = False
+    """The origin is to be told now that the user's server is away (`Outages.wrote`)."""
+
+
+_NO_ORIGIN: list[str | int] = ["", "", "", "", "", ""]
+
+
 class Handoff:
     def __init__(
-        self, redis: Redis, keys: Keys, registry: Registry, wake: Callable[[str], None], caps: Caps = DEFAULT_CAPS
+        self,
+        redis: Redis,
+        keys: Keys,
+        registry: Registry,
+        wake: Callable[[str], None],
+        caps: Caps = DEFAULT_CAPS,
+        outages: Outages | None = None,
     ) -> None:
         self._redis = redis
         self._keys = keys
         self._registry = registry
         self._wake = wake
         self._caps = caps
+        self._outages = outages
         self._enqueue = redis.register_script(_ENQUEUE)
         self._schedule = redis.register_script(_SCHEDULE)
         self._batch = batching.shared(redis)
@@ -140,10 +187,23 @@ class Handoff:
 
         New events that find the queue at a cap count as new: they are dropped, counted, and
         reported to the server later (contract §9.2); the provider is acknowledged either way."""
+        return (await self.hand_over(user_id, items, dedup_scope=dedup_scope)).new
+
+    async def hand_over(
+        self,
+        user_id: str,
+        items: Sequence[Item],
+        *,
+        dedup_scope: str = "default",
+        linked: Linked | None = None,
+        origin: Origin | None = None,
+    ) -> HandedOver:
+        """As `__call__`, in the same one round trip: only while `linked` holds (else `NotLinked`),
+        and, when new items came from `origin`, recorded for the outage notices (`Outages.wrote`)."""
         if not items:
-            return 0
+            return HandedOver(0)
         try:
-            codes = await self._enqueue_sealed(user_id, items, dedup_scope)
+            told, codes = await self._enqueue_sealed(user_id, items, dedup_scope, linked, origin)
         except RedisError as exc:
             raise StorageError("could not queue event") from exc
         for item, code in zip(items, codes, strict=True):
@@ -157,9 +217,9 @@ class Handoff:
                 metrics.DROPPED.labels(channel, "queue_full").inc()
         if DROPPED in codes:
             log.info("queue full: new events dropped", extra={"user_id": user_id, "count": codes.count(DROPPED)})
-        return sum(1 for code in codes if code != DUPLICATE)
+        return HandedOver(sum(1 for code in codes if code != DUPLICATE), told)
 
-    async def _enqueue_sealed(self, user_id: str, items: Sequence[Item], dedup_scope: str) -> list[int]:
+    def _script_keys(self, user_id: str, dedup_scope: str, linked: Linked | None) -> list[str]:
         keys = [
             self._keys.queue(user_id),
             self._keys.seen(user_id, dedup_scope),
@@ -167,7 +227,19 @@ class Handoff:
             self._keys.user(user_id),
             self._keys.queue_bytes(user_id),
             self._keys.overflow(user_id),
+            # Unused unless `linked`, and then read by name: one more key of the same slot.
+            self._keys.user_key(user_id, linked.name) if linked is not None else self._keys.user(user_id),
         ]
+        if self._outages is not None:
+            keys += self._outages.wrote_keys(user_id)
+        else:
+            keys += [self._keys.counters(user_id)] * 4
+        return keys
+
+    async def _enqueue_sealed(
+        self, user_id: str, items: Sequence[Item], dedup_scope: str, linked: Linked | None, origin: Origin | None
+    ) -> tuple[bool, list[int]]:
+        keys = self._script_keys(user_id, dedup_scope, linked)
         caps = self._caps
         key = self._registry.cached_sealing_key(user_id)
         for _ in range(3):
@@ -175,13 +247,19 @@ class Handoff:
                 key = await self._registry.sealing_key(user_id)
             raw, public_key = key
             received_at = iso_now()
+            now_ms = int(time.time() * 1000)
+            origin_args = _NO_ORIGIN
+            if origin is not None and self._outages is not None:
+                origin_args = self._outages.wrote_args(origin, now_ms)
             args: list[str | bytes | int] = [
-                int(time.time() * 1000),
+                now_ms,
                 SEEN_WINDOW_MS,
                 raw,
                 caps.events,
                 caps.bytes,
                 caps.events * SEEN_PER_EVENT_CAP,
+                linked.field if linked is not None else "",
+                *origin_args,
             ]
             for item in items:
                 event_id = new_id("evt")
@@ -205,8 +283,10 @@ class Handoff:
             status = int(reply[0])
             if status == -1:
                 raise NotFound("user_not_found", "no such user")
+            if status == -3:
+                raise NotLinked
             if status == 0:
-                return [int(code) for code in reply[1:]]
+                return bool(int(reply[1])), [int(code) for code in reply[2:]]
             key = None  # the server's key changed since this process read it: seal again
         raise StorageError("the server key kept changing while queueing")
 

@@ -23,6 +23,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -31,6 +32,18 @@ from foundation import user_fields
 from foundation.redis_keys import Keys
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a written event came from: a channel's reply address (a Telegram chat id) and the
+    provider's message (an update id), and after how long an outage is worth a notice (0: never)."""
+
+    channel: str
+    address: str
+    ref: str
+    notice_after: float
+
 
 ExpiredHook = Callable[[str, dict[str, int]], Awaitable[None]]
 """Told `(user_id, {address: events of that address that expired})`."""
@@ -53,30 +66,39 @@ redis.call('DEL', KEYS[2])
 return 1
 """
 )
-# KEYS: outage, told, held, counters, user. ARGV: now (s), notice after (s, 0 = never), told member,
-# held member, hand-over start (ms), keep (s). Records where the event came from, then answers
-# 1 when this address is to be told of the outage now (and marks it told), else 0.
+# The bookkeeping of one written event, as a Lua function the hand-over's own script also calls
+# (so a chat's message is queued and recorded in one atomic step, one round trip). Keys: outage,
+# told, held, counters. Arguments: now (s), notice after (s, 0 = never), told member, held member,
+# hand-over start (ms), keep (s). Records where the event came from, then answers 1 when this
+# address is to be told of the outage now (and marks it told), else 0.
+WROTE_FUNCTION = """
+local function outage_wrote(outage, told, held, counters, now, after, told_member, held_member, handed_ms, keep)
+  local ok = tonumber(redis.call('HGET', counters, 'last_ok_at') or '0')
+  local ok_ms = math.floor(ok * 1000)
+  redis.call('ZREMRANGEBYSCORE', held, '-inf', '(' .. ok_ms)
+  if tonumber(handed_ms) >= ok_ms then
+    redis.call('ZADD', held, 'NX', handed_ms, held_member)
+    redis.call('EXPIRE', held, keep)
+  end
+  local since = tonumber(redis.call('GET', outage) or '0')
+  if since == 0 then return 0 end
+  if since <= ok then
+    redis.call('DEL', outage, told)
+    return 0
+  end
+  after = tonumber(after)
+  if after <= 0 or tonumber(now) - since < after then return 0 end
+  local fresh = redis.call('SADD', told, told_member)
+  redis.call('EXPIRE', told, keep)
+  return fresh
+end
+"""
+# KEYS: outage, told, held, counters, user. ARGV: as `outage_wrote`'s arguments after its keys.
 _WROTE = (
-    _ACTIVE
+    WROTE_FUNCTION
+    + _ACTIVE
     + """
-local ok = tonumber(redis.call('HGET', KEYS[4], 'last_ok_at') or '0')
-local ok_ms = math.floor(ok * 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. ok_ms)
-if tonumber(ARGV[5]) >= ok_ms then
-  redis.call('ZADD', KEYS[3], 'NX', ARGV[5], ARGV[4])
-  redis.call('EXPIRE', KEYS[3], ARGV[6])
-end
-local since = tonumber(redis.call('GET', KEYS[1]) or '0')
-if since == 0 then return 0 end
-if since <= ok then
-  redis.call('DEL', KEYS[1], KEYS[2])
-  return 0
-end
-local after = tonumber(ARGV[2])
-if after <= 0 or tonumber(ARGV[1]) - since < after then return 0 end
-local fresh = redis.call('SADD', KEYS[2], ARGV[3])
-redis.call('EXPIRE', KEYS[2], ARGV[6])
-return fresh
+return outage_wrote(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
 """
 )
 # KEYS: held, counters. ARGV: cutoff (ms), most. Takes the entries of events that expired.
@@ -120,21 +142,28 @@ class Outages:
             # Only a notice can come late because of this; the delivery's own retry is unaffected.
             log.warning("could not record the outage", extra={"error": type(exc).__name__})
 
-    async def wrote(
-        self, user_id: str, channel: str, address: str, ref: str, *, handed_at: float, notice_after: float
-    ) -> bool:
-        """An event from `address` was handed over (starting at `handed_at`): remember where it came
-        from; True when the server has been failing for `notice_after` seconds or more and this
-        address has not been told of this outage yet (it counts as told from now on)."""
-        keys = [
+    def wrote_keys(self, user_id: str) -> list[str]:
+        """The keys `outage_wrote` takes (outage, told, held, counters), in its order."""
+        return [
             self._key(user_id, "outage"),
             self._key(user_id, "outage:told"),
             self._key(user_id, "held"),
             self._keys.counters(user_id),
-            self._keys.user(user_id),
         ]
-        told = f"{channel}|{address}"
-        args = [repr(time.time()), repr(notice_after), told, f"{told}|{ref}", int(handed_at * 1000), self._keep]
+
+    def wrote_args(self, origin: Origin, handed_ms: int) -> list[str | int]:
+        """The arguments `outage_wrote` takes after its keys, for an event from `origin`."""
+        told = f"{origin.channel}|{origin.address}"
+        return [repr(time.time()), repr(origin.notice_after), told, f"{told}|{origin.ref}", handed_ms, self._keep]
+
+    async def wrote(self, user_id: str, origin: Origin, *, handed_at: float) -> bool:
+        """An event from `origin` was handed over (starting at `handed_at`): remember where it came
+        from; True when the server has been failing for `notice_after` seconds or more and this
+        address has not been told of this outage yet (it counts as told from now on). The
+        hand-over does the same in its own atomic step when given the origin; this is for
+        events queued some other way."""
+        keys = [*self.wrote_keys(user_id), self._keys.user(user_id)]
+        args = self.wrote_args(origin, int(handed_at * 1000))
         return bool(int(await self._wrote(keys=keys, args=args)))
 
     async def expired(self, user_id: str, count: int, cutoff_ms: int) -> None:

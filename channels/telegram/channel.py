@@ -85,7 +85,7 @@ class Telegram:
         self.api = BotApi(session, settings.telegram_api_url, identity.token)
         self.limiter = Limiter(services.redis, services.keys, identity.bot_id, limits)
         self.chats = Chats(services.redis, services.keys)
-        self.notices = Notices(self, services.outages, settings.offline_notice_after)
+        self.notices = Notices(self, settings.offline_notice_after)
         self.moves = Moves(services.redis, services.keys)
         self.bot = telegram.Bot(
             identity.token,

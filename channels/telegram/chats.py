@@ -31,12 +31,15 @@ from foundation import batching
 from foundation.batching import command
 from foundation.clock import iso
 from foundation.redis_keys import Keys
+from routing.handoff import Linked
 
 CODE_TTL = 15 * 60
 FILES_KEPT = 30 * 24 * 3600
 FILES_MAX = 20_000
 CALLBACKS_KEPT = 24 * 3600
 PRIVATE = "private"
+ROUTES_CACHED = 100_000
+"""Chat → user routes each process keeps (about 100 bytes each)."""
 """The field of `{u:<id>}:tg:chats` that names the default private chat."""
 LEGACY_PRIVATE = "tg:private"
 
@@ -63,6 +66,13 @@ if legacy then
   return legacy
 end
 return redis.call('HGET', KEYS[1], 'private')
+"""
+# KEYS: the user's files or callback-query set. ARGV: now, kept (s), most, then the members.
+_REMEMBER = """
+for i = 4, #ARGV do redis.call('ZADD', KEYS[1], ARGV[1], ARGV[i]) end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', tonumber(ARGV[1]) - tonumber(ARGV[2]))
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -tonumber(ARGV[3]) - 1)
+redis.call('EXPIRE', KEYS[1], ARGV[2])
 """
 # KEYS: chat mapping. ARGV: user. Deletes the mapping only if it still names that user.
 _RELEASE = """
@@ -104,6 +114,10 @@ class Chats:
         self._redeem = redis.register_script(_REDEEM)
         self._release = redis.register_script(_RELEASE)
         self._default = redis.register_script(_DEFAULT)
+        self._remember = redis.register_script(_REMEMBER)
+        self._routes: dict[int, str] = {}
+        """Chat → user as last read or linked here, for routing only: the hand-over checks that
+        the chat is still in the user's own `tg:chats` (`linked`), so a stale entry queues nothing."""
 
     def _chat(self, chat_id: int) -> str:
         return self._keys.global_key(f"tg:chat:{chat_id}")
@@ -117,8 +131,31 @@ class Chats:
         raw = await self._batch.call(command(lambda p: p.get(key)))
         return raw.decode() if raw is not None else None
 
+    def cached_owner(self, chat_id: int) -> str | None:
+        """The user this process last saw `chat_id` routed to; use only with `linked`."""
+        return self._routes.get(chat_id)
+
+    async def routed_owner(self, chat_id: int) -> str | None:
+        """As `owner`, and remembered for `cached_owner`."""
+        owner = await self.owner(chat_id)
+        self._routes.pop(chat_id, None)
+        if owner is not None:
+            if len(self._routes) >= ROUTES_CACHED:
+                del self._routes[next(iter(self._routes))]  # the oldest entry
+            self._routes[chat_id] = owner
+        return owner
+
+    def forget_route(self, chat_id: int) -> None:
+        self._routes.pop(chat_id, None)
+
+    @staticmethod
+    def linked(chat_id: int) -> Linked:
+        """The hand-over's check that `chat_id` is (still) one of the user's linked chats."""
+        return Linked("tg:chats", str(chat_id))
+
     async def link(self, user_id: str, chat_id: int, chat_type: str, via: str) -> str | None:
         """Route `chat_id` to `user_id`; return the user it routed to before, if another."""
+        self._routes.pop(chat_id, None)
         previous = await self._redis.set(self._chat(chat_id), user_id, get=True)
         before = previous.decode() if previous is not None else None
         if before is not None and before != user_id:
@@ -139,6 +176,7 @@ class Chats:
         return before if before != user_id else None
 
     async def unlink(self, user_id: str, chat_id: int) -> bool:
+        self._routes.pop(chat_id, None)
         released = bool(await self._release(keys=[self._chat(chat_id)], args=[user_id]))
         await self._drop_from_user(user_id, chat_id)
         return released
@@ -199,15 +237,14 @@ class Chats:
         return Redemption(names[int(state)], user.decode() if isinstance(user, bytes) else str(user))  # type: ignore[arg-type]
 
     async def remember(self, user_id: str, kind: Kind, ids: Iterable[str]) -> None:
-        members = {_digest(i): time.time() for i in ids if i}
+        members = sorted({_digest(i) for i in ids if i})
         if not members:
             return
         key = self._keys.user_key(user_id, f"tg:{kind}")
         kept = FILES_KEPT if kind == "files" else CALLBACKS_KEPT
-        await self._redis.zadd(key, members)
-        await self._redis.zremrangebyscore(key, "-inf", time.time() - kept)
-        await self._redis.zremrangebyrank(key, 0, -FILES_MAX - 1)
-        await self._redis.expire(key, kept)
+        # One batched call: made beside a hand-over, it shares its round trip and goes first.
+        args = [repr(time.time()), kept, FILES_MAX, *members]
+        await self._batch.call(batching.script(self._remember, [key], args))
 
     async def knows(self, user_id: str, kind: Kind, value: str) -> bool:
         score = await self._redis.zscore(self._keys.user_key(user_id, f"tg:{kind}"), _digest(value))

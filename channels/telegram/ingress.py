@@ -22,7 +22,7 @@ from foundation.errors import BadRequest, NotFound, Unauthorized
 from foundation.http import json_response, read_json_object
 from foundation.types import Event
 from routing.access import admin_user
-from routing.handoff import Item
+from routing.handoff import Item, NotLinked
 
 from .channel import Telegram, telegram_of
 from .chats import ChatInfo
@@ -99,7 +99,10 @@ class Ingress:
             return
         # No separate erasure check on this path: the hand-over refuses a user being erased in the
         # same atomic step as the write, and `_handoff` then unlinks the chat.
-        owner = await self.chats.owner(chat.chat_id)
+        cached = self.chats.cached_owner(chat.chat_id)
+        if cached is not None and await self._routed(update, chat, cached, raw):
+            return
+        owner = await self.chats.routed_owner(chat.chat_id)
         uid = update.update_id
         items: list[Item] = []
         linked_before = owner is not None
@@ -110,16 +113,56 @@ class Ingress:
             return
         items.append(Item(Event("telegram.update", "telegram", raw), dedup=str(uid)))
         items += await self._after(update, chat, owner)
+        await self._remember(update, owner, raw)
+        origin = self.tg.notices.origin(chat, update)
+        try:
+            done = await self.tg.services.handoff.hand_over(owner, items, dedup_scope=self._scope, origin=origin)
+        except NotFound:
+            await self._gone(owner, chat)
+            return
+        if done.tell:
+            self.tg.notices.tell(owner, chat)
+        if linked_before:
+            await self._readopt(update, chat, owner)
+
+    async def _routed(self, update: TelegramUpdate, chat: ChatInfo, owner: str, raw: dict[str, Any]) -> bool:
+        """The common case in one round trip: a chat this process routed before, an update that
+        changes no link and names no file or button. False (nothing done) when the update needs
+        the full path, or the cached owner no longer holds the chat."""
+        if (
+            update.callback_query is not None
+            or added_by(update, self.bot_id) is not None
+            or removed(update, self.bot_id) is not None
+            or (update.message is not None and update.message.migrate_to_chat_id is not None)
+            or next(file_ids(raw), None) is not None
+        ):
+            # What a server may name is recorded for the chat's owner as read now, never for a
+            # cached one that the chat may have left.
+            return False
+        item = Item(Event("telegram.update", "telegram", raw), dedup=str(update.update_id))
+        origin = self.tg.notices.origin(chat, update)
+        linked = self.chats.linked(chat.chat_id)
+        try:
+            done = await self.tg.services.handoff.hand_over(
+                owner, [item], dedup_scope=self._scope, linked=linked, origin=origin
+            )
+        except NotLinked:
+            self.chats.forget_route(chat.chat_id)
+            return False
+        except NotFound:
+            await self._gone(owner, chat)
+            return True
+        if done.tell:
+            self.tg.notices.tell(owner, chat)
+        return True
+
+    async def _remember(self, update: TelegramUpdate, owner: str, raw: dict[str, Any]) -> None:
+        """The file ids and callback query this update gives the user's server to name."""
         files = list(file_ids(raw))
         if files:
             await self.chats.remember(owner, "files", files)
         if update.callback_query is not None:
             await self.chats.remember(owner, "cbq", [update.callback_query.id])
-        handed_at = time.time()
-        if await self._handoff(owner, items, chat):
-            await self.tg.notices.wrote(owner, chat, update, handed_at)
-        if linked_before:
-            await self._readopt(update, chat, owner)
 
     async def _owner(self, chat_id: int) -> str | None:
         owner = await self.chats.owner(chat_id)
@@ -127,17 +170,24 @@ class Ingress:
             return None
         return owner
 
+    @property
+    def _scope(self) -> str:
+        return f"tg:{self.tg.bot_id}"
+
     async def _handoff(self, user_id: str, items: list[Item], chat: ChatInfo) -> int:
         """How many of `items` were queued (0: all repeats, or the user is gone)."""
         try:
-            return await self.tg.services.handoff(user_id, items, dedup_scope=f"tg:{self.tg.bot_id}")
+            return await self.tg.services.handoff(user_id, items, dedup_scope=self._scope)
         except NotFound:
-            # The user was erased between lookup and hand-over: the chat is no longer linked, and
-            # nothing may be left under the user's tag after its erasure deleted it.
-            await self.chats.unlink(user_id, chat.chat_id)
-            await self.chats.purge(user_id)
-            metrics.DROPPED.labels("telegram", "user_gone").inc()
+            await self._gone(user_id, chat)
             return 0
+
+    async def _gone(self, user_id: str, chat: ChatInfo) -> None:
+        # The user was erased between lookup and hand-over: the chat is no longer linked, and
+        # nothing may be left under the user's tag after its erasure deleted it.
+        await self.chats.unlink(user_id, chat.chat_id)
+        await self.chats.purge(user_id)
+        metrics.DROPPED.labels("telegram", "user_gone").inc()
 
     async def _start(self, update: TelegramUpdate, chat: ChatInfo, code: str) -> None:
         redemption = await self.chats.redeem(code, chat.chat_id)

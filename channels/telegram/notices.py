@@ -16,10 +16,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from redis.exceptions import RedisError
-
 from foundation import metrics
-from routing.outage import Outages
+from routing.outage import Origin
 
 from .chats import ChatInfo
 from .updates import TelegramUpdate
@@ -54,32 +52,21 @@ def writes(update: TelegramUpdate) -> bool:
 
 
 class Notices:
-    def __init__(self, channel: Telegram, outages: Outages, after: float) -> None:
+    def __init__(self, channel: Telegram, after: float) -> None:
         self._channel = channel
-        self._outages = outages
         self._after = after
 
-    async def wrote(self, user_id: str, chat: ChatInfo, update: TelegramUpdate, handed_at: float) -> None:
-        """`update` was just queued for `user_id` (its hand-over began at `handed_at`)."""
+    def origin(self, chat: ChatInfo, update: TelegramUpdate) -> Origin | None:
+        """Where `update` came from, for the hand-over to record (None: it is not writing)."""
         if not writes(update):
-            return
-        try:
-            tell = await self._outages.wrote(
-                user_id,
-                CHANNEL,
-                str(chat.chat_id),
-                str(update.update_id),
-                handed_at=handed_at,
-                notice_after=self._after,
-            )
-        except RedisError as exc:
-            # The update is queued already: Telegram gets its 200, only a notice may be missed.
-            log.warning("could not check for an offline notice", extra={"error": type(exc).__name__})
-            return
-        if tell:
-            metrics.TELEGRAM_NOTICES.labels("offline").inc()
-            log.info("chat told its assistant is offline", extra={"user_id": user_id, "chat_type": chat.type})
-            self._channel.reply_later(chat, OFFLINE, sender=user_id)
+            return None
+        return Origin(CHANNEL, str(chat.chat_id), str(update.update_id), self._after)
+
+    def tell(self, user_id: str, chat: ChatInfo) -> None:
+        """The hand-over found the user's server away long enough: tell the chat, once."""
+        metrics.TELEGRAM_NOTICES.labels("offline").inc()
+        log.info("chat told its assistant is offline", extra={"user_id": user_id, "chat_type": chat.type})
+        self._channel.reply_later(chat, OFFLINE, sender=user_id)
 
     async def expired(self, user_id: str, counts: dict[str, int]) -> None:
         """Messages of these chats passed the hold TTL undelivered: tell each chat how many."""

@@ -11,7 +11,8 @@ from typing import Any
 
 import orjson
 
-from channels.telegram.ingress import ASK_MOVE, MOVE_EXPIRED, MOVE_NOT_YOURS, MOVED
+from channels.telegram.chats import Chats
+from channels.telegram.ingress import ASK_MOVE, HINT_UNLINKED, MOVE_EXPIRED, MOVE_NOT_YOURS, MOVED
 from tests.support import telegram as tgs
 from tests.support.dedicated import DedicatedServer
 from tests.support.telegram_gateway import TgGateway, of_type, updates
@@ -127,3 +128,34 @@ async def test_a_group_moves_only_when_the_person_who_added_the_bot_confirms(tg:
     assert moved["chat"]["id"] == group["id"] and moved["via"] == "group"
     await dedicated.wait_for(lambda: len(of_type(dedicated, "u1", "telegram.unlinked")) == 1)
     assert await tg.channel.chats.owner(group["id"]) == "u2"
+
+
+async def test_a_chat_moved_by_another_process_never_reaches_its_former_owner(
+    tg: TgGateway, dedicated: DedicatedServer
+):
+    """Each process remembers which user a chat routed to, to queue its messages in one round
+    trip. Another process (here: a second `Chats` on the same Redis) moves the chat; this
+    process's memory is then stale, and the hand-over itself must refuse the old owner."""
+    await tg.create_user(dedicated, "before")
+    await tg.create_user(dedicated, "after")
+    await tg.link_private(dedicated, "before", BOB)
+    first = tgs.text(tgs.private_chat(BOB), BOB, "to the first owner")
+    assert (await tg.post_update(first)).status == 200
+    await dedicated.wait_for(lambda: first in updates(dedicated, "before"))
+    assert tg.channel.chats.cached_owner(BOB["id"]) == "before"
+    elsewhere = Chats(tg.services.redis, tg.services.keys)
+    assert await elsewhere.link("after", BOB["id"], "private", "start") == "before"
+    assert tg.channel.chats.cached_owner(BOB["id"]) == "before"  # this process has not heard of it
+    second = tgs.text(tgs.private_chat(BOB), BOB, "to the new owner only")
+    assert (await tg.post_update(second)).status == 200
+    await dedicated.wait_for(lambda: second in updates(dedicated, "after"))
+    assert second not in updates(dedicated, "before")
+    assert tg.channel.chats.cached_owner(BOB["id"]) == "after"
+    # Unlinked elsewhere altogether: nobody gets the next message.
+    assert await elsewhere.unlink("after", BOB["id"])
+    third = tgs.text(tgs.private_chat(BOB), BOB, "to nobody")
+    assert (await tg.post_update(third)).status == 200
+    # Handled as a chat nobody linked: it gets the gateway's hint, and nothing is queued.
+    await tg.fake.wait_for(lambda: any(c.params.get("text") == HINT_UNLINKED for c in tg.fake.sent(chat_id=BOB["id"])))
+    assert third not in updates(dedicated, "after") + updates(dedicated, "before")
+    assert tg.channel.chats.cached_owner(BOB["id"]) is None

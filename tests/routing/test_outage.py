@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 
+from routing.outage import Origin
 from tests.support.dedicated import DedicatedServer
 from tests.support.gateway import Gateway
 
@@ -29,7 +30,7 @@ async def test_each_address_is_told_once_per_outage_and_again_in_the_next(gatewa
     await gateway.create_user(dedicated, "u1")
 
     async def tell(address: str, ref: str, after: float = 1e-9) -> bool:
-        return await outages.wrote("u1", "telegram", address, ref, handed_at=time.time(), notice_after=after)
+        return await outages.wrote("u1", Origin("telegram", address, ref, after), handed_at=time.time())
 
     assert not await tell("42", "1")  # no outage yet
     await an_outage_started(gateway, "u1")
@@ -55,8 +56,8 @@ async def test_expired_events_are_counted_per_address_and_forgotten(gateway: Gat
     await gateway.create_user(dedicated, "u1")
     long_ago = time.time() - 60
     for address, ref in [("42", "1"), ("42", "2"), ("-100", "3"), ("42", "2")]:  # a repeat counts once
-        await outages.wrote("u1", "telegram", address, ref, handed_at=long_ago, notice_after=0.0)
-    await outages.wrote("u1", "telegram", "42", "4", handed_at=time.time(), notice_after=0.0)
+        await outages.wrote("u1", Origin("telegram", address, ref, 0.0), handed_at=long_ago)
+    await outages.wrote("u1", Origin("telegram", "42", "4", 0.0), handed_at=time.time())
     await outages.expired("u1", 10, int((time.time() - 30) * 1000))
     assert told == [("u1", {"42": 2, "-100": 1})]
     assert await user_keys(gateway, "u1") >= {"held"}  # the recent one is still held
@@ -68,10 +69,10 @@ async def test_expired_events_are_counted_per_address_and_forgotten(gateway: Gat
 async def test_nothing_is_written_for_a_user_that_is_gone(gateway: Gateway, dedicated: DedicatedServer):
     outages = gateway.services.outages
     await outages.failed("ghost")
-    assert not await outages.wrote("ghost", "telegram", "42", "1", handed_at=time.time(), notice_after=0.0)
+    assert not await outages.wrote("ghost", Origin("telegram", "42", "1", 0.0), handed_at=time.time())
     assert await user_keys(gateway, "ghost") == set()
     # The positive control: the same calls for a registered user leave their keys.
     await gateway.create_user(dedicated, "real")
     await outages.failed("real")
-    await outages.wrote("real", "telegram", "42", "1", handed_at=time.time(), notice_after=0.0)
+    await outages.wrote("real", Origin("telegram", "42", "1", 0.0), handed_at=time.time())
     assert {"outage", "held"} <= await user_keys(gateway, "real")
