@@ -107,7 +107,10 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         outages=outages,
         caps=caps,
     )
-    handoff = Handoff(redis, keys, registry, worker.wake, caps, outages)
+    # A process that runs a delivery worker delivers what it queues itself; one that does not
+    # (web role, operator commands) wakes the others.
+    delivers = app[ROLE] in ("all", "worker")
+    handoff = Handoff(redis, keys, registry, worker.wake, caps, outages, wake_others=not delivers)
     # The eraser reads the hooks dict live: channels register theirs after the core starts.
     hooks = Hooks()
     compactor = Compactor(

@@ -31,7 +31,7 @@ import aiohttp
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from foundation import metrics
+from foundation import batching, metrics
 from foundation.errors import ClosedError, GatewayError
 from foundation.redis_keys import Keys
 from routing.handoff import DEFAULT_CAPS, Caps
@@ -84,19 +84,31 @@ class DeliveryWorker:
         )
         # An attempt never outlives half the lease, so a takeover cannot overlap with it.
         self._sender = Sender(session, timeout=min(timeout, lease / 2), production=production)
-        self._active: dict[str, asyncio.Task[None]] = {}
+        self._active: dict[str, asyncio.Task[bool]] = {}
         self._skip_until: dict[str, float] = {}
         self._wakeup = asyncio.Event()
+        self._local: set[str] = set()
+        """Users this process just scheduled: claimed at once, without reading `due`."""
+        self._running = False
+        self._look = True
+        """Read `due` on the next round (set by other processes' wake-ups and by the clock)."""
+        self._next_look = 0.0
         self._closed = False
         self._outages = outages
         """Told of failures and expiries, so the people writing to a down server hear of it."""
 
-    def wake(self, _user_id: str | None = None) -> None:
+    def wake(self, user_id: str | None = None) -> None:
+        """Look at `user_id` now (this process just scheduled it), or at the whole `due` set."""
+        if user_id is None:
+            self._look = True
+        elif self._running:
+            self._local.add(user_id)
         self._wakeup.set()
 
     async def run(self) -> None:
         if self._closed:
             raise ClosedError("delivery worker is closed")
+        self._running = True
         listener = asyncio.create_task(self._listen(), name="delivery-wake-listener")
         me = asyncio.current_task()
         try:
@@ -105,7 +117,7 @@ class DeliveryWorker:
                 self._wakeup.clear()
                 try:
                     await self._maybe_sweep()
-                    delay = await self._tick()
+                    delay = await self._round()
                 except (RedisError, OSError) as exc:
                     log.warning("delivery loop: redis unavailable", extra={"error": type(exc).__name__})
                     delay = 1.0
@@ -119,6 +131,8 @@ class DeliveryWorker:
                     async with asyncio.timeout(delay):
                         await self._wakeup.wait()
         finally:
+            self._running = False
+            self._local.clear()
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError, RedisError):
                 await listener
@@ -131,7 +145,7 @@ class DeliveryWorker:
                 await pubsub.subscribe(self._keys.wake_channel)
                 async for message in pubsub.listen():
                     if message.get("type") == "message":
-                        self._wakeup.set()
+                        self.wake()
             except (RedisError, OSError):
                 await asyncio.sleep(1.0)
             except Exception:
@@ -157,8 +171,31 @@ class DeliveryWorker:
             self._wakeup.set()
         return added
 
+    async def _round(self) -> float:
+        """Start deliveries; return how long to wait for the next round unless woken earlier.
+
+        An event queued by this process names its user (`wake(user_id)`), and that user is
+        claimed at once: no read of `due`, no poll interval on the path of an event that meets an
+        idle worker. `due` is read when the clock says a retry is due, when another process
+        wakes this one, and at least every `poll` seconds (for users scheduled by processes that
+        do not deliver, or by a worker that died)."""
+        now = time.monotonic()
+        if self._look or now >= self._next_look:
+            self._look = False
+            upcoming = await self._tick()
+            self._next_look = time.monotonic() + upcoming
+        else:
+            # A user being served here stays in `_local`: its delivery looks again as it ends.
+            busy = {u for u in self._local if u in self._active}
+            self._start([u for u in self._local if u not in busy])
+            self._local = busy
+        return max(0.0, self._next_look - time.monotonic())
+
     async def _tick(self) -> float:
+        """Read `due` and start a delivery for each user due now; return the seconds until the
+        next due time (at most `poll`)."""
         now = time.time()
+        self._local.clear()  # those are in `due` too
         free = self._concurrency - len(self._active)
         if free <= 0:
             return self._poll
@@ -176,61 +213,82 @@ class DeliveryWorker:
             if len(self._active) + len(candidates) >= self._concurrency:
                 break
             candidates.append(user_id)
-        claimed: list[str] = []
-        for user_id, ok in zip(candidates, await self._leases.claim(candidates), strict=True):
-            if ok:
-                self._skip_until.pop(user_id, None)
-                claimed.append(user_id)
-            else:
-                # Another worker owns it; look again when its lease could have lapsed.
-                self._skip_until[user_id] = now + min(self._leases.ms / 1000, 1.0)
-        if claimed:
-            await self._redis.zadd(self._keys.due, dict.fromkeys(claimed, now + self._leases.ms / 1000), xx=True)
-        for user_id in claimed:
-            task = asyncio.create_task(self._serve(user_id), name=f"deliver-{user_id}")
-            self._active[user_id] = task
-            task.add_done_callback(functools.partial(self._finished, user_id))
+        self._start(candidates)
         if len(self._skip_until) > 10_000:
             self._skip_until = {u: t for u, t in self._skip_until.items() if t > now}
         # Users due now but not claimed (served here already, or leased elsewhere) are looked at
         # again when their delivery finishes (`_finished` wakes the loop) or within one poll.
-        if len(due) >= limit and claimed:
+        if len(due) >= limit and candidates:
             return 0.0  # more may be due than this round read
         if not upcoming:
             return self._poll
         return max(0.0, min(self._poll, float(upcoming[0][1]) - time.time()))
 
-    def _finished(self, user_id: str, _task: asyncio.Task[None]) -> None:
-        self._active.pop(user_id, None)
-        self._wakeup.set()
+    def _start(self, user_ids: list[str]) -> None:
+        """A delivery task per user; each claims its user's lease in its first call (the calls of
+        tasks started together share one round trip), and ends at once if another worker has it."""
+        room = self._concurrency - len(self._active)
+        if len(user_ids) > room:
+            self._look = True  # the rest stay in `due` for a later round
+            user_ids = user_ids[:room]
+        for user_id in user_ids:
+            task = asyncio.create_task(self._serve(user_id), name=f"deliver-{user_id}")
+            self._active[user_id] = task
+            task.add_done_callback(functools.partial(self._finished, user_id))
 
-    async def _serve(self, user_id: str) -> None:
-        """Deliver this user's queue while we hold the lease; on failure, schedule the retry."""
+    def _finished(self, user_id: str, task: asyncio.Task[bool]) -> None:
+        self._active.pop(user_id, None)
+        if user_id in self._local:
+            self._wakeup.set()  # woken for while it was being served: claimed again next round
+        # A delivery that ended with its user settled (nothing left, a retry scheduled, or
+        # another worker serving it) needs no look at `due`; any other end may have left work.
+        elif task.cancelled() or task.exception() is not None or not task.result():
+            self._look = True
+            self._wakeup.set()
+
+    async def _serve(self, user_id: str) -> bool:
+        """Claim the user and deliver its queue while we hold the lease; on failure, schedule the
+        retry. True when the user is settled: no look at `due` is needed for it."""
         released = False
         try:
+            # First call: take the lease and put the due time past it (unless the user left `due`).
+            claim: batching.Call | None = self._leases.placeholder_call(user_id, only_if_due=True)
             queued = True
             while not self._closed:
                 # After an acknowledgement that left the queue empty there is nothing to open.
-                opened = await self._transactions.open(user_id) if queued else None
+                opened = await self._transactions.open(user_id, claim=True, before=claim) if queued else None
+                claim = None
                 if opened is None:
                     # Out of `due`, then the last look (see `Leases.release_if_idle`).
                     busy = await self._leases.release_if_idle(user_id)
                     if not busy:
                         released = True
-                        return
-                    await self._redis.zadd(self._keys.due, {user_id: self._leases.placeholder_due()})
+                        return True
+                    claim = self._leases.placeholder_call(user_id, only_if_due=False)
                     queued = True
                     continue
                 outcome = await self._sender.send(opened.txn_id, opened.body, opened.target)
                 if outcome.ok:
-                    queued = await self._transactions.acknowledge(user_id, opened) > 0
+                    # Out of `due` first, then acknowledged and the lease given up if nothing is left.
+                    done = await self._transactions.acknowledge(
+                        user_id, opened, before=self._leases.leave_due_call(user_id)
+                    )
+                    if done.released:
+                        released = True
+                        return True
+                    # Back into `due` (it left just now) with the next open.
+                    claim = self._leases.placeholder_call(user_id, only_if_due=False)
+                    queued = done.left > 0
                 else:
                     if self._outages is not None:
                         await self._outages.failed(user_id)
                     await self._schedule_retry(user_id, outcome)
-                    return
+                    return True
         except LeaseLost:
-            return
+            # Another worker serves the user; look again when its lease could have lapsed.
+            released = True  # not ours to give up
+            self._skip_until[user_id] = time.time() + min(self._leases.ms / 1000, 1.0)
+            return True
         except (RedisError, GatewayError, OSError) as exc:
             log.warning("delivery failed locally; will retry", extra={"error": type(exc).__name__})
             with contextlib.suppress(RedisError):
@@ -242,11 +300,12 @@ class DeliveryWorker:
         finally:
             if not released:
                 with contextlib.suppress(RedisError, OSError):
-                    done = await self._leases.release(user_id)
-                    if done and self._closed:
+                    done_release = await self._leases.release(user_id)
+                    if done_release and self._closed:
                         # A clean stop interrupted this user: let another process take over now,
                         # not when the placeholder due time set at lease time comes round.
                         await self._redis.zadd(self._keys.due, {user_id: time.time()}, xx=True)
+        return False
 
     async def _schedule_retry(self, user_id: str, outcome: Outcome) -> None:
         attempts = await self._transactions.failed_attempt(user_id)
@@ -264,6 +323,7 @@ class DeliveryWorker:
         # the ping wins, whichever order the two processes ran in.
         if await self._redis.getdel(self._keys.user_key(user_id, "ping")):
             await self._redis.zadd(self._keys.due, {user_id: time.time()})
+            self.wake(user_id)
 
     async def aclose(self) -> None:
         self._closed = True

@@ -104,10 +104,11 @@ return codes
 )
 
 
-# KEYS: due. ARGV: score, user_id, wake channel. One key, so it runs on Redis Cluster too.
+# KEYS: due. ARGV: score, user_id, wake channel, '1' to wake the other processes. One key, so it
+# runs on Redis Cluster too.
 _SCHEDULE = """
 if redis.call('ZADD', KEYS[1], 'NX', ARGV[1], ARGV[2]) == 1 then
-  redis.call('PUBLISH', ARGV[3], ARGV[2])
+  if ARGV[4] == '1' then redis.call('PUBLISH', ARGV[3], ARGV[2]) end
   return 1
 end
 return 0
@@ -171,7 +172,13 @@ class Handoff:
         wake: Callable[[str], None],
         caps: Caps = DEFAULT_CAPS,
         outages: Outages | None = None,
+        *,
+        wake_others: bool = True,
     ) -> None:
+        """`wake`: this process's delivery worker, told of each user this hand-over scheduled.
+        `wake_others`: also wake every other process's worker (pub/sub); needed only when this
+        process runs no delivery worker (the others then find the user in `due` within a poll)."""
+        self._wake_others = "1" if wake_others else "0"
         self._redis = redis
         self._keys = keys
         self._registry = registry
@@ -304,9 +311,10 @@ class Handoff:
 
     def _schedule_call(self, user_id: str, score: float) -> batching.Call:
         """Schedule unless already scheduled; the reply says whether it was added (then wake)."""
-        return batching.script(self._schedule, [self._keys.due], [score, user_id, self._keys.wake_channel])
+        args = [score, user_id, self._keys.wake_channel, self._wake_others]
+        return batching.script(self._schedule, [self._keys.due], args)
 
     def _woken(self, user_id: str, added: Any) -> None:
-        # The script woke the other processes (PUBLISH); this one is woken directly.
+        # This process's worker is woken directly (the script may have woken the others).
         if int(added):
             self._wake(user_id)

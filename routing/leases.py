@@ -1,6 +1,7 @@
 """Who serves a user right now: the `{u:<id>}:lease` key, held by one delivery worker at a
 time and expiring if that worker dies, so another takes over. This module is the only one
-that writes it (the transaction store's open script checks and extends it, fenced by owner).
+that writes it: the transaction store's open script takes or extends it and its acknowledgement
+gives it up when nothing is left, through the Lua functions defined here.
 """
 
 from __future__ import annotations
@@ -13,6 +14,26 @@ from redis.asyncio import Redis
 
 from foundation import batching
 from foundation.redis_keys import Keys
+
+# Lua functions for the scripts that take, hold and give up a lease in the same atomic step as
+# their own work (the transaction store's open and acknowledge scripts).
+# `lease_hold`: true when `owner` holds the lease now, extended to `ms`; taken first when free and
+# `take` is '1'. `lease_release`: gives it up if `owner` still holds it.
+LEASE_FUNCTIONS = """
+local function lease_hold(key, owner, ms, take)
+  local holder = redis.call('GET', key)
+  if not holder and take == '1' then
+    redis.call('SET', key, owner, 'PX', ms)
+    return true
+  end
+  if holder ~= owner then return false end
+  redis.call('PEXPIRE', key, ms)
+  return true
+end
+local function lease_release(key, owner)
+  if redis.call('GET', key) == owner then redis.call('DEL', key) end
+end
+"""
 
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -52,12 +73,23 @@ class Leases:
             pipe.set(self._keys.lease(user_id), self.owner, nx=True, px=self.ms)
         return [bool(ok) for ok in await pipe.execute()]
 
+    def placeholder_call(self, user_id: str, *, only_if_due: bool) -> batching.Call:
+        """Set the user's due time to when this lease could lapse (`placeholder_due`), so that no
+        other worker looks at the user before then; `only_if_due`: unless it left `due` meanwhile."""
+        due, score = self._keys.due, self.placeholder_due()
+        return batching.command(lambda p: p.zadd(due, {user_id: score}, xx=only_if_due))
+
+    def leave_due_call(self, user_id: str) -> batching.Call:
+        """Out of `due`: sent before a last look that may give the lease up (see `release_if_idle`)."""
+        due = self._keys.due
+        return batching.command(lambda p: p.zrem(due, user_id))
+
     async def release_if_idle(self, user_id: str) -> bool:
         """Leave `due`, then release the lease if there is nothing left to do; True when there is
         (an event queued after the last look put the user back into `due` itself: its ZADD NX
         found no entry). Both in one round trip, in this order."""
         _, busy = await self._batch.run(
-            batching.command(lambda p: p.zrem(self._keys.due, user_id)),
+            self.leave_due_call(user_id),
             batching.script(
                 self._release_if_idle,
                 [

@@ -22,6 +22,7 @@ from foundation.errors import GatewayError
 from foundation.redis_keys import Keys
 from foundation.types import SealedEvent
 from routing.handoff import DEFAULT_CAPS, Caps, new_id
+from routing.leases import LEASE_FUNCTIONS
 from routing.outage import Outages
 from routing.registry import Registry, Target
 from routing.sealing import seal
@@ -37,7 +38,7 @@ MAX_TXN_BYTES = 4 * 1024 * 1024
 # ARGV: owner, lease ms, hold cutoff ms, max events, a new txn_id, optionally a sealed
 # `gateway.expired` event with the count it reports, now ms, the largest body in bytes
 # (MAX_TXN_BYTES), optionally a sealed `gateway.overflow` event with the count it reports, the
-# queue's caps (events, bytes).
+# queue's caps (events, bytes), '1' to take the lease when it is free (a claim).
 # Fences first: only the lease holder gets anything, and its lease is extended past the attempt.
 # The attempt about to be made answers every ping made before it, so their flag goes: a ping
 # counts for the next retry only when it arrives while this attempt is in flight.
@@ -53,9 +54,10 @@ MAX_TXN_BYTES = 4 * 1024 * 1024
 #                             events were dropped at a cap and the queue has room again: seal a
 #                             `gateway.overflow` event and call again with it; it is queued after
 #                             the events kept (contract §9.2).
-_OPEN = user_fields.lua("""
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {0, 0} end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
+_OPEN = user_fields.lua(
+    LEASE_FUNCTIONS
+    + """
+if not lease_hold(KEYS[1], ARGV[1], ARGV[2], ARGV[14]) then return {0, 0} end
 redis.call('DEL', KEYS[5])
 local function size(fields)
   for j = 1, #fields, 2 do
@@ -145,13 +147,18 @@ redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[2], 'txn_id', ARGV[5], 'body', body, 'trim_to', trim_to, 'count', #events,
   'first_ms', first_ms, 'expired', expired, 'attempts', 0, 'channels', counted, 'bytes', held)
 return target({1, trimmed, ARGV[5], body, tostring(#events), first_ms, counted})
-""")
-# KEYS: txn, queue, counters, queued bytes, overflow record. ARGV: txn_id, now. Deletes the
-# acknowledged entries and the txn; returns {acknowledged count (-1: not the txn in flight), work
-# left (events still queued, plus one for a pending overflow report)}.
-_ACK = """
+"""
+)
+# KEYS: txn, queue, counters, queued bytes, overflow record, lease. ARGV: txn_id, now, owner.
+# Deletes the acknowledged entries and the txn, and gives the lease up when nothing is left to do
+# (the caller left `due` just before, in the same round trip: see `Leases.release_if_idle`).
+# Returns {acknowledged count (-1: not the txn in flight), work left (events still queued, plus
+# one for a pending overflow report), 1 when the lease was given up}.
+_ACK = (
+    LEASE_FUNCTIONS
+    + """
 if redis.call('HGET', KEYS[1], 'txn_id') ~= ARGV[1] then
-  return {-1, redis.call('XLEN', KEYS[2]) + redis.call('EXISTS', KEYS[5])}
+  return {-1, redis.call('XLEN', KEYS[2]) + redis.call('EXISTS', KEYS[5]), 0}
 end
 local trim = redis.call('HGET', KEYS[1], 'trim_to')
 if trim and trim ~= '' then redis.call('XTRIM', KEYS[2], 'MINID', trim) end
@@ -164,8 +171,12 @@ local left = redis.call('XLEN', KEYS[2])
 -- An empty queue holds no bytes: this also heals a count left by a transaction opened before
 -- the count existed.
 if left == 0 or redis.call('DECRBY', KEYS[4], held) < 0 then redis.call('DEL', KEYS[4]) end
-return {n, left + redis.call('EXISTS', KEYS[5])}
+left = left + redis.call('EXISTS', KEYS[5])
+if left > 0 then return {n, left, 0} end
+lease_release(KEYS[6], ARGV[3])
+return {n, 0, 1}
 """
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,11 +210,13 @@ class _OpenReply:
 
 
 @dataclass(frozen=True, slots=True)
-class _Acknowledged:
+class Acknowledged:
     count: int
     """Events acknowledged; -1 when the transaction was not the one in flight."""
     left: int
     """Work left: events still queued, plus one for a pending overflow report."""
+    released: bool
+    """Nothing was left, and the lease was given up."""
 
 
 class Transactions:
@@ -233,9 +246,10 @@ class Transactions:
         self._ack = redis.register_script(_ACK)
         self._batch = batching.shared(redis)
 
-    async def open(self, user_id: str) -> Opened | None:
+    async def open(self, user_id: str, *, claim: bool = False, before: batching.Call | None = None) -> Opened | None:
         """The transaction to send now (the one in flight or a new one from the head of the
-        queue), None when there is nothing to send; `LeaseLost` when the lease is not ours."""
+        queue), None when there is nothing to send; `LeaseLost` when the lease is not ours.
+        `claim`: take the lease if it is free. `before`: a call sent first, in the same round trip."""
         keys = [
             self._keys.lease(user_id),
             self._keys.txn(user_id),
@@ -253,8 +267,13 @@ class Transactions:
             cutoff_ms = now_ms - int(self._hold_ttl * 1000)
             caps = self._caps
             args = [self._owner, self._lease_ms, cutoff_ms, MAX_BATCH, new_id("txn"), *prefix, now_ms, MAX_TXN_BYTES]
-            args += [*overflow, caps.events, caps.bytes]
-            reply = _OpenReply.parse(await self._batch.call(batching.script(self._open, keys, args)))
+            args += [*overflow, caps.events, caps.bytes, "1" if claim else "0"]
+            call = batching.script(self._open, keys, args)
+            if before is not None:
+                reply = _OpenReply.parse((await self._batch.run(before, call))[1])
+                before = None
+            else:
+                reply = _OpenReply.parse(await self._batch.call(call))
             if reply.trimmed:
                 metrics.EVENTS_EXPIRED.inc(reply.trimmed)
                 if self._outages is not None:
@@ -296,23 +315,26 @@ class Transactions:
         sealed = SealedEvent(event_id, kind, "gateway", iso_now(), seal(key, user_id, event_id, payload), key.kid)
         return orjson.dumps(sealed.as_json())
 
-    async def acknowledge(self, user_id: str, txn: Opened) -> int:
-        """Drop the acknowledged events; return how much is left to do (0: nothing)."""
+    async def acknowledge(self, user_id: str, txn: Opened, *, before: batching.Call | None = None) -> Acknowledged:
+        """Drop the acknowledged events, and give the lease up when nothing is left to do.
+        `before`: a call sent first, in the same round trip (the worker leaving `due`)."""
         keys = [
             self._keys.txn(user_id),
             self._keys.queue(user_id),
             self._keys.counters(user_id),
             self._keys.queue_bytes(user_id),
             self._keys.overflow(user_id),
+            self._keys.lease(user_id),
         ]
-        reply = await self._batch.call(batching.script(self._ack, keys, [txn.txn_id, repr(time.time())], durable=True))
-        done = _Acknowledged(int(reply[0]), int(reply[1]))
+        call = batching.script(self._ack, keys, [txn.txn_id, repr(time.time()), self._owner], durable=True)
+        reply = (await self._batch.run(before, call))[1] if before is not None else await self._batch.call(call)
+        done = Acknowledged(int(reply[0]), int(reply[1]), bool(int(reply[2])))
         if done.count > 0:
             # Counted by channel when the transaction was built (a txn from before that: "unknown").
             for channel, count in (txn.channels or {"unknown": done.count}).items():
                 metrics.EVENTS_OUT.labels(channel).inc(count)
             metrics.DELIVERY_LATENCY.observe(max(0.0, time.time() - txn.first_ms / 1000))
-        return done.left
+        return done
 
     async def failed_attempt(self, user_id: str) -> int:
         """Count a failed attempt of the transaction in flight; return the attempts so far."""

@@ -91,6 +91,8 @@ async def test_the_dedup_window_is_bounded_by_the_cap_too(gateway: Gateway, dedi
     for start in range(0, 12, 3):
         assert await gateway.services.handoff("busy", [ev(n) for n in range(start, start + 3)], dedup_scope="tg") == 3
         await dedicated.wait_for(lambda start=start: len(dedicated.events("busy")) == start + 3)
+        # Acknowledged, not only received: until then the queue still holds them (and is full).
+        await eventually(lambda: drained(gateway, "busy"))
     # At most two ids per event the queue may hold; the newest are the ones kept.
     assert await r.zcard(keys.seen("busy", "tg")) == 6
     assert await gateway.services.handoff("busy", [ev(11)], dedup_scope="tg") == 0
