@@ -11,8 +11,7 @@ from foundation.config import Settings
 from foundation.redis_keys import Keys
 from tests.support.dedicated import DedicatedServer
 from tests.support.gateway import REDIS_URL, Gateway, make_settings, serve, wipe
-from tests.support.redis_server import RedisServer
-from tests.support.redis_servers import RedisCluster
+from tests.support.redis_servers import RedisCluster, RedisServer
 from tests.support.running import running
 
 # The stand-ins' fixtures: one of each, for every test directory.

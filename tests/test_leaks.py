@@ -29,7 +29,7 @@ from tests.support.anthropic import API_KEY, AnthropicStandIn, error, message, s
 from tests.support.dedicated import DedicatedServer
 from tests.support.gateway import Gateway, make_settings, serve
 from tests.support.leaks import Markers, assert_nothing_leaked, leaks, log_output
-from tests.support.redis_server import RedisServer
+from tests.support.redis_servers import RedisServer
 from tests.support.telegram import FakeTelegram
 
 pytestmark = pytest.mark.slow

@@ -26,7 +26,7 @@ from tests.support.mail import (
     graph,
     start_gateway,
 )
-from tests.support.redis_server import RedisServer
+from tests.support.redis_servers import RedisServer
 from tests.support.redisdump import containing, dump
 from tests.support.waiting import eventually
 

@@ -13,7 +13,7 @@ from redis.exceptions import ResponseError
 from foundation.batching import MAX_BATCH, Batcher, Queue, command, script, shared
 from foundation.storage import connect
 from tests.support.gateway import REDIS_URL, wipe
-from tests.support.redis_server import RedisServer
+from tests.support.redis_servers import RedisServer
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from foundation.redis_keys import Keys
 from foundation.vault import Vault
 from routing.registry import Registry
 from tests.support.gateway import REDIS_URL, make_settings, random_public_key, wipe
-from tests.support.redis_server import RedisServer
+from tests.support.redis_servers import RedisServer
 from tests.support.subprocess_gateway import ROOT, environment
 
 BOT_TOKEN = "7012345678:AAF3kq9wZx-DoctorOnly_a1B2c3D4e5F6g7H8i9J0"

@@ -15,7 +15,7 @@ from tests.support.commandstats import commands_run
 from tests.support.dedicated import DedicatedServer
 from tests.support.gateway import Gateway, make_settings, serve
 from tests.support.metrics import value
-from tests.support.redis_server import RedisServer
+from tests.support.redis_servers import RedisServer
 
 METRICS_TOKEN = "metrics-token-0123456789abcdef"
 

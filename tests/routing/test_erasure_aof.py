@@ -18,7 +18,7 @@ from gateway.commands.doctor.report import Report
 from routing.services import SERVICES, Services
 from tests.support.dedicated import DedicatedServer
 from tests.support.gateway import ADMIN_TOKEN, make_settings
-from tests.support.redis_server import RedisServer
+from tests.support.redis_servers import RedisServer
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.slow

@@ -23,7 +23,7 @@ from routing.sealing import SUITES, SuiteName, info, kid_of, open_sealed, unb64u
 from tests.support.dedicated import DedicatedServer, new_key
 from tests.support.export import validate
 from tests.support.gateway import Gateway, make_settings
-from tests.support.redis_server import RedisServer
+from tests.support.redis_servers import EMBEDDED, RedisServer
 from tests.support.redisdump import containing, dump
 from tests.support.waiting import eventually
 
@@ -35,7 +35,7 @@ def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Setting
         cluster = request.getfixturevalue("redis_cluster")
         yield make_settings(tmp_path, redis_url=cluster.url, redis_cluster=True)
     elif request.param == "redis-6.2":
-        server = RedisServer(tmp_path / "redis", appendonly=False)
+        server = RedisServer(tmp_path / "redis", appendonly=False, binary=EMBEDDED)
         server.start()
         try:
             yield make_settings(tmp_path, redis_url=server.url)

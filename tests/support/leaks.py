@@ -14,7 +14,7 @@ import pytest
 from redis.asyncio import Redis
 
 from foundation import logs
-from tests.support.redis_server import RedisServer
+from tests.support.redis_servers import RedisServer
 from tests.support.redisdump import dump
 
 PRODUCT = {"foundation", "gateway", "routing", "oauth", "channels", "ai"}

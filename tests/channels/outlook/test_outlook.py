@@ -15,7 +15,7 @@ from tests.support.dedicated import DedicatedServer
 from tests.support.gateway import Gateway
 from tests.support.graph import Graph, GraphSubscription
 from tests.support.mail import GatewayFactory, connect_outlook, events_of, grant_dies, queued_of
-from tests.support.redis_server import RedisServer
+from tests.support.redis_servers import RedisServer
 
 
 def subs(gw: Gateway) -> Subscriptions:
