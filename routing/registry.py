@@ -5,14 +5,8 @@ webhook secrets are stored encrypted in the vault. Rotation keeps the previous
 token and secret valid for an overlap (`OVERLAP` seconds unless told otherwise; 0 revokes
 them at once, for a leaked credential).
 
-Key changes (contract §9.6): events are sealed when they arrive and the queue is a stream
-that only ever loses entries from its head, so the events sealed to one key form one run of
-the stream. A key change records where the old key's run ends (how many entries the stream
-had ever been given, and its last id, read in the same atomic step as the change, so no event
-lands on the wrong side) in the record's `key_history`. How many events still need an older
-key is then arithmetic on `XINFO STREAM` (O(1)), whatever the queue's length. "Ever given" is
-the stream's own `entries-added` (Redis 7); Redis 6.2 (the embedded default) lacks it, and the
-hand-over's `events_in` counter, which counts the same entries, stands in for it.
+A key change records where the old key's run of the queue ends in the record's `key_history`
+(`routing/key_history.py` says how, and reads it back).
 """
 
 from __future__ import annotations
@@ -23,7 +17,7 @@ import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import NamedTuple
 
 import orjson
 from redis.asyncio import Redis
@@ -33,6 +27,7 @@ from foundation.errors import NotFound, StorageError
 from foundation.redis_keys import Keys
 from foundation.types import USER_ID, UserId
 from foundation.vault import Vault
+from routing.key_history import KEY_STATE, STREAM, KeyState, KeyStatus
 from routing.sealing import ServerKey, decode_public_key, kid_of, parse_public_key, suite_of
 from routing.signing import new_secret
 
@@ -40,29 +35,11 @@ OVERLAP = 24 * 3600
 TARGET_FIELDS = (record.SERVER_URL, record.SECRET, record.OLD_SECRET, record.OLD_UNTIL)
 _SECRET_CONTEXT = ("webhook_secret",)
 
-# The queue stream's length, entries ever added, first and last id. KEYS: queue, counters.
-_STREAM = """
-local function stream(queue, counters)
-  local length, added, first, last = 0, nil, '', '0-0'
-  if redis.call('EXISTS', queue) == 1 then
-    local info = redis.call('XINFO', 'STREAM', queue)
-    for i = 1, #info, 2 do
-      local name, value = info[i], info[i + 1]
-      if name == 'length' then length = value end
-      if name == 'entries-added' then added = value end
-      if name == 'last-generated-id' then last = value end
-      if name == 'first-entry' and value then first = value[1] end
-    end
-  end
-  if not added then added = tonumber(redis.call('HGET', counters, 'events_in') or '0') end
-  return length, added, first, last
-end
-"""
 # KEYS: user record, queue, counters. ARGV: the key expected in the record now ('' for none), the
 # new key, the current key's kid and suite, now, `key_history` without drained runs (JSON), then
 # field/value pairs to set. Refused (0) when the key changed since the caller read it.
 _PUT = record.lua(
-    _STREAM
+    STREAM
     + """
 local current = redis.call('HGET', KEYS[1], @server_public_key) or ''
 if current ~= ARGV[1] then return 0 end
@@ -77,59 +54,25 @@ redis.call('HSET', KEYS[1], @server_public_key, ARGV[2], unpack(ARGV, 7))
 return 1
 """
 )
-# KEYS: user record, queue, counters. Returns {server key, key_history, stream length, entries
-# added, first entry id}, read together so the counts match the history.
-_KEY_STATE = record.lua(
-    _STREAM
-    + """
-local user = redis.call('HMGET', KEYS[1], @server_public_key, @key_history)
-local length, added, first = stream(KEYS[2], KEYS[3])
-return {user[1] or '', user[2] or '', length, added, first}
-"""
-)
 
 
-@dataclass(frozen=True, slots=True)
-class OlderKey:
-    kid: str
-    suite: str
-    held: int
-    """Queued events sealed to this key."""
-    replaced_at: float
+TOKEN_FIELDS = (record.TOKEN_HASH, record.OLD_TOKEN_HASH, record.OLD_UNTIL, record.ERASING)
 
 
-@dataclass(frozen=True, slots=True)
-class KeyStatus:
-    suite: str
-    kid: str
-    older: tuple[OlderKey, ...]
-    """Older keys that queued events still need, oldest first."""
+class StoredTokens(NamedTuple):
+    """What authenticates a server token: the user record's `TOKEN_FIELDS`, by name."""
 
-    @property
-    def held_for_older_keys(self) -> int:
-        return sum(k.held for k in self.older)
+    token_hash: str
+    old_token_hash: str
+    old_until: float
+    erasing: bool
 
-
-def _stream_id(text: str) -> tuple[int, int]:
-    ms, _, seq = text.partition("-")
-    return int(ms or 0), int(seq or 0)
-
-
-def held_per_run(history: list[dict[str, Any]], length: int, added: int, first_id: str) -> list[int]:
-    """How many queued events each recorded key run still holds. The stream loses entries only
-    from its head, so the `added - length` oldest entries ever added are gone."""
-    gone = added - length
-    held, start = [], 0
-    for run in history:
-        end = int(run["until_added"])
-        # A stream whose first entry is newer than the run's last id holds none of it (this also
-        # covers a stream deleted and started again, whose `entries-added` began from zero).
-        if length == 0 or not first_id or _stream_id(first_id) > _stream_id(run["until_id"]):
-            held.append(0)
-        else:
-            held.append(max(0, min(end, added) - max(start, gone)))
-        start = end
-    return held
+    @classmethod
+    def parse(cls, values: Sequence[bytes | None]) -> StoredTokens:
+        if len(values) != len(TOKEN_FIELDS):
+            raise StorageError(f"read {len(values)} token fields, not {len(TOKEN_FIELDS)}")
+        token_hash, old_token_hash, old_until, erasing = values
+        return cls(_text(token_hash), _text(old_token_hash), float(_text(old_until) or 0), erasing is not None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +114,7 @@ class Registry:
         self._pubkeys: dict[str, tuple[bytes, ServerKey]] = {}
         self._secrets: dict[tuple[str, bytes], str] = {}
         self._put_script = redis.register_script(_PUT)
-        self._key_state_script = redis.register_script(_KEY_STATE)
+        self._key_state_script = redis.register_script(KEY_STATE)
 
     async def put(self, user_id: str, server_url: str, server_public_key: str) -> tuple[User, Credentials | None]:
         """Create the user (returning fresh credentials) or update its server (returning none)."""
@@ -202,42 +145,28 @@ class Registry:
         keys = [self._keys.user(user_id), self._keys.queue(user_id), self._keys.counters(user_id)]
         pairs = [v for item in fields.items() for v in item]
         for _ in range(5):
-            current, history, held = await self._key_state(user_id)
-            old = decode_public_key(current) if current else b""
+            state = await self._key_state(user_id)
+            old = decode_public_key(state.current) if state.current else b""
             old_kid, old_suite = (kid_of(old), suite_of(old)) if old else ("", "")
             # Runs that no queued event needs any more are dropped here, so the history stays as
             # short as the number of key changes within one hold period.
-            live = [run for run, n in zip(history, held, strict=True) if n > 0]
-            args = [current, text, old_kid, old_suite, repr(time.time()), orjson.dumps(live)]
+            live = [run for run, n in zip(state.history, state.held(), strict=True) if n > 0]
+            args = [state.current, text, old_kid, old_suite, repr(time.time()), orjson.dumps(live)]
             if await self._put_script(keys=keys, args=[*args, *pairs]):
                 self._pubkeys[user_id] = (text.encode(), server_key)
                 return
         raise StorageError("the server key kept changing while it was being set")
 
-    async def _key_state(self, user_id: str) -> tuple[str, list[dict[str, Any]], list[int]]:
-        """The stored key, its `key_history` and how many queued events each recorded run holds."""
+    async def _key_state(self, user_id: str) -> KeyState:
         keys = [self._keys.user(user_id), self._keys.queue(user_id), self._keys.counters(user_id)]
-        reply = await self._key_state_script(keys=keys)
-        current, history_raw, length, added, first = reply
-        history: list[dict[str, Any]] = orjson.loads(history_raw) if history_raw else []
-        return _text(current or None), history, held_per_run(history, int(length), int(added), _text(first or None))
+        return KeyState.parse(await self._key_state_script(keys=keys))
 
     async def key_status(self, user_id: str) -> KeyStatus:
         """The key in use and the older ones that queued events still need (contract §9.6)."""
-        current, history, held = await self._key_state(user_id)
-        if not current:
+        state = await self._key_state(user_id)
+        if not state.current:
             raise NotFound("user_not_found", "no such user")
-        raw = decode_public_key(current)
-        kid = kid_of(raw)
-        older: dict[str, OlderKey] = {}
-        for run, n in zip(history, held, strict=True):
-            # A server that went back to an earlier key opens that run with the key in use.
-            if n and run["kid"] != kid:
-                seen = older.get(run["kid"])
-                older[run["kid"]] = OlderKey(
-                    run["kid"], run["suite"], n + (seen.held if seen else 0), float(run["replaced_at"])
-                )
-        return KeyStatus(suite_of(raw), kid, tuple(older.values()))
+        return state.status()
 
     @staticmethod
     def _new_credentials(user_id: str) -> Credentials:
@@ -312,19 +241,16 @@ class Registry:
         if len(parts) != 3 or parts[0] != "ast" or not USER_ID.match(parts[1]):
             return None
         user_id = parts[1]
-        stored = await self._redis.hmget(
-            self._keys.user(user_id),
-            [record.TOKEN_HASH, record.OLD_TOKEN_HASH, record.OLD_UNTIL, record.ERASING],
-        )
-        if stored[3] is not None:
+        stored = StoredTokens.parse(await self._redis.hmget(self._keys.user(user_id), TOKEN_FIELDS))
+        if stored.erasing:
             # Erasure was accepted: from that moment the user's server reaches nothing (no token
             # leases, no sends), even while the background steps still run.
             return None
         offered = _hash(token)
-        if stored[0] is not None and hmac.compare_digest(offered, _text(stored[0])):
+        if stored.token_hash and hmac.compare_digest(offered, stored.token_hash):
             return UserId(user_id)
-        if stored[1] and hmac.compare_digest(offered, _text(stored[1])) and float(_text(stored[2]) or 0) > time.time():
-            return UserId(user_id)
+        if stored.old_token_hash and hmac.compare_digest(offered, stored.old_token_hash):
+            return UserId(user_id) if stored.old_until > time.time() else None
         return None
 
     async def target(self, user_id: str) -> Target | None:
