@@ -21,7 +21,7 @@ from gateway.app import create_app
 from tests.support import telegram as tgs
 from tests.support.dedicated import DedicatedServer
 from tests.support.delivery import ping
-from tests.support.gateway import wipe
+from tests.support.gateway import register_user, wipe
 from tests.support.redisdump import everything_under, forms
 from tests.support.subprocess_gateway import GatewayProcess, environment
 from tests.support.telegram import FakeTelegram
@@ -233,11 +233,7 @@ async def test_two_processes_receiving_one_chats_messages_tell_it_once(
                 async with http.post(url, json=update, headers=hook) as resp:
                     assert resp.status == 200
 
-            public_key = dedicated.new_user("away")
-            body = {"server_url": dedicated.url("away"), "server_public_key": public_key}
-            async with http.put(f"{first.url}/admin/v1/users/away", json=body, headers=admin) as resp:
-                assert resp.status == 201
-                dedicated.secrets["away"] = [(await resp.json())["webhook_secret"]]
+            await register_user(http, dedicated, "away", base=first.url, admin_token=settings.admin_token)
             for person, gateway in ((ALICE, first), (BOB, second)):
                 async with http.post(f"{gateway.url}/admin/v1/users/away/telegram/link", headers=admin) as resp:
                     code = (await resp.json())["code"]

@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from foundation.config import Settings
 from tests.support import telegram as tgs
 from tests.support.dedicated import DedicatedServer
-from tests.support.gateway import ADMIN_TOKEN, REDIS_URL, wipe
+from tests.support.gateway import ADMIN_TOKEN, REDIS_URL, register_user, wipe
 from tests.support.subprocess_gateway import GatewayProcess, environment
 from tests.support.telegram import FakeTelegram
 from tests.support.telegram_gateway import SECRET, tg_settings, updates
@@ -44,13 +44,9 @@ class Pollers:
 
     async def link(self, user_id: str, person: dict[str, Any]) -> None:
         admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-        public_key = self.dedicated.new_user(user_id)
         url = self.procs[0].url
         async with aiohttp.ClientSession() as http:
-            body = {"server_url": self.dedicated.url(user_id), "server_public_key": public_key}
-            async with http.put(f"{url}/admin/v1/users/{user_id}", headers=admin, json=body) as resp:
-                assert resp.status == 201
-                self.dedicated.secrets[user_id] = [(await resp.json())["webhook_secret"]]
+            await register_user(http, self.dedicated, user_id, base=url)
             async with http.post(f"{url}/admin/v1/users/{user_id}/telegram/link", headers=admin) as resp:
                 code = (await resp.json())["code"]
         self.fake.push(tgs.start(tgs.private_chat(person), person, code))

@@ -19,7 +19,7 @@ import pytest
 
 from tests.support import telegram as tgs
 from tests.support.dedicated import DedicatedServer
-from tests.support.gateway import ADMIN_TOKEN, REDIS_URL, wipe
+from tests.support.gateway import ADMIN_TOKEN, REDIS_URL, register_user, wipe
 from tests.support.telegram import FakeTelegram
 from tests.support.telegram_gateway import SECRET
 
@@ -108,14 +108,7 @@ async def test_alternate_updates_through_two_processes_arrive_in_order(
     admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     hook = {"X-Telegram-Bot-Api-Secret-Token": SECRET}
     async with aiohttp.ClientSession() as http:
-        public_key = dedicated.new_user("u1")
-        async with http.put(
-            f"{first.url}/admin/v1/users/u1",
-            headers=admin,
-            json={"server_url": dedicated.url("u1"), "server_public_key": public_key},
-        ) as resp:
-            assert resp.status == 201
-            dedicated.secrets["u1"] = [(await resp.json())["webhook_secret"]]
+        await register_user(http, dedicated, "u1", base=first.url)
         async with http.post(f"{second.url}/admin/v1/users/u1/telegram/link", headers=admin) as resp:
             code = (await resp.json())["code"]
         start = tgs.start(tgs.private_chat(ALICE), ALICE, code)

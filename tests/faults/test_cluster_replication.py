@@ -24,7 +24,7 @@ from gateway.app import create_app
 from routing.services import SERVICES
 from tests.support import ingress
 from tests.support.dedicated import DedicatedServer
-from tests.support.gateway import ADMIN_TOKEN, make_settings
+from tests.support.gateway import make_settings, register_user
 from tests.support.redis_servers import CLUSTER_SLOTS, RedisCluster, RedisServer
 
 pytestmark = pytest.mark.slow
@@ -111,13 +111,7 @@ async def load(tmp_path: Path, cluster: RedisCluster, dedicated: DedicatedServer
     await client.start_server()
     try:
         for user in USERS:
-            resp = await client.put(
-                f"/admin/v1/users/{user}",
-                json={"server_url": dedicated.url(user), "server_public_key": dedicated.new_user(user)},
-                headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
-            )
-            assert resp.status == 201, await resp.text()
-            dedicated.secrets[user] = [(await resp.json())["webhook_secret"]]
+            await register_user(client, dedicated, user)
         assert client.app is not None
         assert client.app[SERVICES].replication.wanted == 1, "the replicas were detected at start"
         yield Load(client, dedicated)

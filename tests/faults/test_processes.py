@@ -21,7 +21,7 @@ import redis as redis_sync
 
 from foundation.config import Settings
 from tests.support.dedicated import DedicatedServer
-from tests.support.gateway import make_settings
+from tests.support.gateway import make_settings, register_user
 from tests.support.redis_servers import RedisServer
 from tests.support.subprocess_gateway import ROOT, GatewayProcess, environment
 
@@ -149,14 +149,7 @@ async def cluster(tmp_path: Path, dedicated: DedicatedServer) -> AsyncIterator[C
             await c.start_worker(worker)
         async with aiohttp.ClientSession() as session:
             for user in USERS:
-                key = dedicated.new_user(user)
-                async with session.put(
-                    f"{web.url}/admin/v1/users/{user}",
-                    json={"server_url": dedicated.url(user), "server_public_key": key},
-                    headers={"Authorization": f"Bearer {settings.admin_token}"},
-                ) as resp:
-                    assert resp.status == 201, await resp.text()
-                    dedicated.secrets[user] = [(await resp.json())["webhook_secret"]]
+                await register_user(session, dedicated, user, base=web.url, admin_token=settings.admin_token)
         yield c
     finally:
         for process in (web, *workers):

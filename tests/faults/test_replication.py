@@ -16,12 +16,10 @@ from foundation.config import Settings
 from gateway.app import create_app
 from tests.support import ingress
 from tests.support.dedicated import DedicatedServer
-from tests.support.gateway import ADMIN_TOKEN, make_settings
+from tests.support.gateway import make_settings, register_user
 from tests.support.redis_servers import ReplicatedRedis
 
 pytestmark = pytest.mark.slow
-
-ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 @pytest.fixture
@@ -67,14 +65,7 @@ async def cut_replica_then_fail_over(
     dedicated.mode["u1"] = "down"  # the user's server is away: events wait in the queue
     client = await started(settings)
     try:
-        resp = await client.put(
-            "/admin/v1/users/u1",
-            json={"server_url": dedicated.url("u1"), "server_public_key": dedicated.new_user("u1")},
-            headers=ADMIN,
-        )
-        assert resp.status == 201, await resp.text()
-        credentials = await resp.json()
-        dedicated.secrets["u1"] = [credentials["webhook_secret"]]
+        credentials = await register_user(client, dedicated, "u1")
         # A WAIT may time out on a loaded machine while both nodes are fresh: retried, as a provider does.
         answers = await send(client, range(5), tries=20)
         pair.cut_link()  # the primary alone takes what follows

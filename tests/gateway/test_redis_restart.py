@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import create_app
 from tests.support.dedicated import DedicatedServer
-from tests.support.gateway import ADMIN_TOKEN, make_settings
+from tests.support.gateway import ADMIN_TOKEN, make_settings, register_user
 from tests.support.redis_servers import RedisServer
 
 pytestmark = pytest.mark.slow
@@ -56,13 +56,7 @@ async def test_the_first_requests_after_a_redis_restart_succeed(
     client = TestClient(TestServer(create_app(settings), port=0))
     await client.start_server()
     try:
-        resp = await client.put(
-            "/admin/v1/users/u1",
-            json={"server_url": dedicated.url("u1"), "server_public_key": dedicated.new_user("u1")},
-            headers=ADMIN,
-        )
-        assert resp.status == 201, await resp.text()
-        token = (await resp.json())["server_token"]
+        token = (await register_user(client, dedicated, "u1"))["server_token"]
         failures = []
         for round_ in range(ROUNDS):
             assert set(await burst(client, token)) == {200}  # the pool holds many live connections

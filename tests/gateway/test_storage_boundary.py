@@ -17,7 +17,7 @@ from gateway.app import create_app
 from tests.support import telegram as tgs
 from tests.support.anthropic import API_KEY, AnthropicStandIn
 from tests.support.dedicated import DedicatedServer
-from tests.support.gateway import ADMIN_TOKEN, random_public_key
+from tests.support.gateway import ADMIN_TOKEN, random_public_key, register_user
 from tests.support.google import Google
 from tests.support.graph import Graph
 from tests.support.mail import free_port, mail_settings
@@ -66,13 +66,7 @@ async def running(tmp_path: Path) -> AsyncIterator[Running]:
     client = TestClient(TestServer(create_app(settings), port=port))
     await client.start_server()
     try:
-        resp = await client.put(
-            "/admin/v1/users/u1",
-            json={"server_url": dedicated.url("u1"), "server_public_key": dedicated.new_user("u1")},
-            headers=ADMIN,
-        )
-        assert resp.status == 201, await resp.text()
-        token = (await resp.json())["server_token"]
+        token = (await register_user(client, dedicated, "u1"))["server_token"]
         resp = await client.post(
             "/admin/v1/users/u1/connect",
             json={"provider": "google", "return_url": "https://app.example/done"},

@@ -9,7 +9,6 @@ import os
 import sys
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import aiohttp
 import pytest
@@ -21,7 +20,7 @@ from foundation.redis_keys import Keys
 from foundation.vault import Vault
 from oauth.store import ConnectionStore
 from tests.support.dedicated import DedicatedServer
-from tests.support.gateway import wipe
+from tests.support.gateway import register_user, wipe
 from tests.support.oauth_world import RETURN_ORIGIN, Browser, World, free_port
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
@@ -94,10 +93,7 @@ async def test_two_gateway_processes_refresh_an_expired_token_once(
     base = [f"http://127.0.0.1:{p}" for p in ports]
     async with aiohttp.ClientSession() as http:
         user = f"multi-{provider}"
-        body = {"server_url": dedicated.url(user), "server_public_key": dedicated.new_user(user)}
-        async with http.put(f"{base[0]}/admin/v1/users/{user}", json=body, headers=admin) as resp:
-            created: dict[str, Any] = await resp.json()
-        dedicated.secrets[user] = [created["webhook_secret"]]
+        created = await register_user(http, dedicated, user, base=base[0], admin_token=settings.admin_token)
         connect = {"provider": provider, "return_url": f"{RETURN_ORIGIN}/done"}
         async with http.post(f"{base[0]}/admin/v1/users/{user}/connect", json=connect, headers=admin) as resp:
             url = (await resp.json())["url"]

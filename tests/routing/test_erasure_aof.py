@@ -17,7 +17,7 @@ from gateway.commands.doctor.durability import check_compaction
 from gateway.commands.doctor.report import Report
 from routing.services import SERVICES, Services
 from tests.support.dedicated import DedicatedServer
-from tests.support.gateway import ADMIN_TOKEN, make_settings
+from tests.support.gateway import ADMIN_TOKEN, make_settings, register_user
 from tests.support.redis_servers import RedisServer
 from tests.support.waiting import eventually
 
@@ -45,12 +45,7 @@ def services(client: TestClient[Any, Any]) -> Services:
 
 async def traces(client: TestClient[Any, Any], dedicated: DedicatedServer, user_id: str) -> list[bytes]:
     """Register the user with a linked chat; what of them would identify them on disk."""
-    resp = await client.put(
-        f"/admin/v1/users/{user_id}",
-        json={"server_url": dedicated.url(user_id), "server_public_key": dedicated.new_user(user_id)},
-        headers=ADMIN,
-    )
-    assert resp.status == 201, await resp.text()
+    await register_user(client, dedicated, user_id)
     s = services(client)
     chat_id = str(int.from_bytes(os.urandom(5), "big"))
     await s.redis.hset(s.keys.user_key(user_id, "tg:chats"), chat_id, b"private")

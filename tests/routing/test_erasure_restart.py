@@ -15,7 +15,7 @@ from foundation.vault import Vault
 from routing.handoff import Handoff, Item
 from routing.registry import Registry
 from tests.support.dedicated import DedicatedServer
-from tests.support.gateway import REDIS_URL, make_settings, wipe
+from tests.support.gateway import REDIS_URL, make_settings, register_user, wipe
 from tests.support.redisdump import containing, dump
 from tests.support.subprocess_gateway import GatewayProcess, environment
 from tests.support.waiting import eventually
@@ -38,13 +38,7 @@ async def test_an_erasure_interrupted_by_a_crash_is_finished_after_the_restart(
     try:
         await first.start()
         async with aiohttp.ClientSession(headers=headers) as http:
-            public_key = dedicated.new_user("crashy")
-            async with http.put(
-                f"{first.url}/admin/v1/users/crashy",
-                json={"server_url": dedicated.url("crashy"), "server_public_key": public_key},
-            ) as resp:
-                assert resp.status == 201
-                dedicated.secrets["crashy"] = [(await resp.json())["webhook_secret"]]
+            await register_user(http, dedicated, "crashy", base=first.url, admin_token=settings.admin_token)
             dedicated.mode["crashy"] = "hang"
             await handoff("crashy", [Item(Event("telegram.update", "telegram", {"update_id": 1}), dedup="1")])
             await eventually(lambda: bool(dedicated.attempts))

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp.test_utils import TestClient, TestServer
 
 from foundation.config import MasterKey, Settings
@@ -72,16 +73,27 @@ class Gateway:
         return await self.client.request(method, path, headers=headers, **kwargs)
 
     async def create_user(self, server: DedicatedServer, user_id: str) -> dict[str, Any]:
-        public_key = server.new_user(user_id)
-        resp = await self.admin(
-            "PUT",
-            f"/admin/v1/users/{user_id}",
-            json={"server_url": server.url(user_id), "server_public_key": public_key},
-        )
+        return await register_user(self.client, server, user_id, admin_token=self.settings.admin_token)
+
+
+async def register_user(
+    http: TestClient[Any, Any] | aiohttp.ClientSession,
+    server: DedicatedServer,
+    user_id: str,
+    *,
+    base: str = "",
+    admin_token: str | None = ADMIN_TOKEN,
+) -> dict[str, Any]:
+    """Create the user on the gateway at `base` (a test client's own when empty), served by
+    `server` with a fresh key; `server` is told the webhook secret. The answer: the user's
+    `server_token` and `webhook_secret`."""
+    body = {"server_url": server.url(user_id), "server_public_key": server.new_user(user_id)}
+    headers = {"Authorization": f"Bearer {admin_token}"}
+    async with http.put(f"{base}/admin/v1/users/{user_id}", json=body, headers=headers) as resp:
         assert resp.status == 201, await resp.text()
-        body: dict[str, Any] = await resp.json()
-        server.secrets[user_id] = [body["webhook_secret"]]
-        return body
+        created: dict[str, Any] = await resp.json()
+    server.secrets[user_id] = [created["webhook_secret"]]
+    return created
 
 
 def random_public_key() -> str:
