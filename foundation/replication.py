@@ -18,14 +18,16 @@ offline for no gain. It serves unreplicated meanwhile (a second failure before a
 would lose what it took); `/readyz` names it, the log says so once. An explicit
 `ALLY_ACK_REPLICAS` is strict everywhere: a shard without enough replicas refuses writes.
 
-The topology is read at start-up and again every `REFRESH` seconds and on every `/readyz`
-(failovers, replicas added).
+The topology is read at start-up and again every `REFRESH` seconds (failovers, replicas added),
+by `watch` alone: `/readyz` reports the last reading (`read_at` says when it was taken), so a
+probe costs one PING however often a load balancer asks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +41,8 @@ from foundation.config import Settings
 log = logging.getLogger(__name__)
 
 REFRESH = 5.0
+UNREAD_RETRY = 0.5
+"""Seconds between attempts while the topology has never been read (Redis was down at start)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +95,8 @@ class Replication:
         self._timeout_ms = settings.ack_timeout_ms
         self._seen_replica = False
         self.shards: list[Shard] = []
+        self.read_at: float | None = None
+        """When (monotonic) the topology was last read; None until it has been."""
         batching.shared(redis).ack = batching.Ack(self.wanted, self._timeout_ms)
 
     @property
@@ -126,11 +132,12 @@ class Replication:
             )
         per_node = {shard.primary: self.wanted_for(shard) for shard in found}
         batching.shared(self._redis).ack = batching.Ack(self.wanted, self._timeout_ms, per_node)
+        self.read_at = time.monotonic()
 
     async def watch(self) -> None:
         """Read the topology again every REFRESH seconds, for the life of the process."""
         while True:
-            await asyncio.sleep(REFRESH)
+            await asyncio.sleep(REFRESH if self.read_at is not None else UNREAD_RETRY)
             try:
                 # Bounded: a node that stopped answering (frozen, cut off) must not stall the refresh.
                 await asyncio.wait_for(self.detect(), REFRESH)

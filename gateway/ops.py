@@ -27,9 +27,12 @@ async def readyz(request: web.Request) -> web.Response:
         return json_response({"status": "starting"}, status=503)
     try:
         await asyncio.wait_for(services.redis.ping(), timeout=1.0)
-        await asyncio.wait_for(services.replication.detect(), timeout=1.0)
     except (RedisError, OSError, TimeoutError):
         return json_response({"status": "unavailable", "redis": "down"}, status=503)
+    # The topology as the refresh last read it (every few seconds, foundation/replication.py).
+    if services.replication.read_at is None:
+        # Redis did not answer at start, and the refresh has not read it since.
+        return json_response({"status": "starting", "redis": "up"}, status=503)
     lacking = services.replication.lacking()
     if lacking:
         # Acknowledged writes wait for replicas these primaries do not have: they would all 503.

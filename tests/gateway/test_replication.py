@@ -14,11 +14,13 @@ from prometheus_client import REGISTRY
 
 from foundation.batching import Ack, Batcher, Queue, command
 from foundation.errors import NotReplicated
+from foundation.replication import REFRESH
 from foundation.storage import connect
 from gateway.app import create_app
 from tests.support import ingress
 from tests.support.gateway import make_settings, random_public_key
 from tests.support.redis_servers import RedisServer, ReplicatedRedis
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -140,6 +142,44 @@ async def test_ack_replicas_without_a_replica_is_not_ready_and_refuses_writes(tm
         resp = await client.post("/test/ingress/u1", json={"seq": 1})
         assert resp.status == 503 and (await resp.json())["error"] == "storage_unavailable"
         assert resp.headers["Retry-After"] == "1"
+    finally:
+        await client.close()
+        server.stop()
+
+
+def topology_reads(server: RedisServer) -> int:
+    """INFO calls the server has run (this one not yet counted): the single-primary topology read."""
+    with server.client() as client:
+        return int(client.info("commandstats").get("cmdstat_info", {}).get("calls", 0))
+
+
+async def test_readiness_probes_report_the_refreshed_topology_without_reading_it(
+    tmp_path: Path, own_redis: RedisServer
+):
+    client = await started(make_settings(tmp_path, redis_url=own_redis.url))
+    try:
+        before = topology_reads(own_redis)
+        statuses = [(await client.get("/readyz")).status for _ in range(20)]
+        # Our own INFO counts once; a refresh landing meanwhile adds one more, never one per probe.
+        assert topology_reads(own_redis) - before - 1 <= 1
+        assert statuses == [200] * 20
+    finally:
+        await client.close()
+
+
+async def test_a_gateway_started_before_redis_is_ready_soon_after_redis_answers(tmp_path: Path):
+    server = RedisServer(tmp_path / "redis")
+    client = await started(make_settings(tmp_path, redis_url=server.url))
+    try:
+        resp = await client.get("/readyz")
+        assert (resp.status, await resp.json()) == (503, {"status": "unavailable", "redis": "down"})
+        await asyncio.to_thread(server.start)
+
+        async def ready() -> bool:
+            return (await client.get("/readyz")).status == 200
+
+        # Until the topology is read it is not ready; then it is, long before the 5 s refresh.
+        await eventually(ready, timeout=REFRESH)
     finally:
         await client.close()
         server.stop()
