@@ -11,7 +11,7 @@
     translate/     Anthropic Messages <-> OpenAI / Gemini, requests, answers and streams
     chain.py       retries with backoff, then the fallback chain, up to the first byte
     metering.py    tokens per user, provider, model and month in Redis
-    relay.py       the HTTP routes and the streaming passthrough; `setup(app)`
+    relay.py       the HTTP routes and the streaming passthrough; `setup(app) -> Plugin`
 
 Provider keys stay here, usage is metered per user, and nothing of a prompt or an
 answer is written anywhere: bodies live in memory for one request only.

@@ -5,8 +5,8 @@
     GET  /v1/ai/usage         this month's tokens by model, and the cap
 
 Registered through `gateway/app.py`'s `PLUGINS`: that tuple is the list of modules
-that plug into the app with `setup(app)`, and the relay plugs in exactly like a
-channel does (routes, a clean-up context, status and export hooks). A sibling
+that plug into the app with `setup(app) -> Plugin`, and the relay plugs in exactly like
+a channel does (routes, its own start and stop, status and export hooks). A sibling
 tuple would only repeat the same loop.
 
 What the caller sees:
@@ -29,9 +29,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -50,7 +53,9 @@ from foundation.config import Settings
 from foundation.errors import ApiError, BadRequest, ClosedError, ConfigError, StorageError
 from foundation.http import json_response, read_body, write_within
 from routing.access import require_server
-from routing.services import SERVICES
+from routing.hooks import Hooks
+from routing.plugin import Plugin
+from routing.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -335,9 +340,9 @@ def _providers(settings: Settings) -> dict[str, Provider]:
     return providers
 
 
-async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS]
-    services = app[SERVICES]
+@asynccontextmanager
+async def _lifecycle(relay: Relay, services: Services) -> AsyncIterator[None]:
+    settings = services.settings
     meter = Meter(services.redis, services.keys, settings.ai_monthly_tokens)
     admission = Admission(services.redis, services.keys, meter, concurrency=settings.ai_concurrency)
     providers: dict[str, Provider] = {}
@@ -348,21 +353,31 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         fallbacks = [Link(providers[p], model) for p, model in fallback_names(settings)]
         policy = RetryPolicy(attempts=settings.ai_attempts, backoff=settings.ai_backoff)
         chain = Chain(providers["anthropic"], fallbacks, policy)
-    relay = app[RELAY]
     relay.policy = Policy.of(settings.ai_allowed_server_tools, settings.ai_allowed_betas)
     relay.start(meter, admission, chain, list(providers.values()))
-    services.hooks.status["ai"] = meter.usage
-    services.hooks.export["ai"] = meter.export
     try:
         yield
     finally:
         await relay.aclose()
 
 
-def setup(app: web.Application) -> None:
+def setup(app: web.Application) -> Plugin:
     fallback_names(app[SETTINGS])  # a bad ALLY_AI_FALLBACKS stops the process at start
-    app[RELAY] = Relay()
-    app.router.add_post("/v1/ai/messages", messages)
-    app.router.add_post("/v1/ai/v1/messages", messages)
-    app.router.add_get("/v1/ai/usage", usage)
-    app.cleanup_ctx.append(_lifecycle)
+    relay = app[RELAY] = Relay()
+
+    async def status(user_id: str) -> dict[str, Any]:
+        return await relay.meter.usage(user_id)
+
+    async def export(user_id: str) -> dict[str, Any]:
+        return await relay.meter.export(user_id)
+
+    return Plugin(
+        name="ai",
+        routes=[
+            web.post("/v1/ai/messages", messages),
+            web.post("/v1/ai/v1/messages", messages),
+            web.get("/v1/ai/usage", usage),
+        ],
+        hooks=Hooks(status={"ai": status}, export={"ai": export}),
+        start=functools.partial(_lifecycle, relay),
+    )

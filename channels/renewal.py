@@ -1,18 +1,22 @@
 """What the Gmail watch and the Graph subscription lifecycles share: timing, back-off, the
-per-user state hash written only while connected, and how a lifecycle is wired into the
-process (renewal loop, broker hooks, status/export/erase hooks)."""
+per-user state hash written only while connected, and the plugin a mail channel is (renewal
+loop, connect/disconnect hooks, status/export/erase hooks)."""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
+
+from aiohttp import web
 
 from channels.tokens import TokenSource
 from foundation import clock
 from foundation.errors import ProviderError
 from foundation.schedule import DueSet
-from oauth.broker import Broker
+from routing.hooks import Hooks
+from routing.plugin import Lifecycle, Plugin
 from routing.services import Services
 
 # KEYS: state hash. ARGV: field, value pairs ('' value deletes the field). Writes only while the
@@ -109,26 +113,59 @@ class Upkeep:
     async def export(self, user_id: str) -> dict[str, Any]:
         raise NotImplementedError
 
-    def install(self, broker: Broker, *, enabled: bool, timing: Timing, loop: str) -> None:
-        """Register the renewal loop and the connect/disconnect hooks (when the provider is
-        configured), and the per-user status, export and erase hooks (always)."""
-        services = self._services
-        if enabled:
+    async def run(self, timing: Timing, loop: str) -> None:
+        """The renewal loop: look after each user when they are due."""
+        await self.due.run(self.renew, poll=timing.poll, concurrency=timing.concurrency, name=loop)
 
-            async def run() -> None:
-                await self.due.run(self.renew, poll=timing.poll, concurrency=timing.concurrency, name=loop)
 
-            async def connected(user_id: str, provider: str, account: str) -> None:
-                if provider == self.PROVIDER:
-                    await self.connected(user_id, account)
+def upkeep_plugin(
+    kind: type[Upkeep],
+    running: Callable[[], Upkeep],
+    timing: Callable[[], Timing],
+    *,
+    enabled: bool,
+    loop: str,
+    routes: Sequence[web.RouteDef],
+    start: Lifecycle,
+) -> Plugin:
+    """A mail channel: its per-user status, export and erase hooks always; when its provider is
+    configured, its renewal loop and the broker's connect/disconnect hooks too. `running` finds
+    the upkeep its start-up built, `timing` the loop's timing."""
 
-            async def disconnected(user_id: str, provider: str, account: str) -> None:
-                if provider == self.PROVIDER:
-                    await self.disconnected(user_id)
+    async def status(user_id: str) -> dict[str, Any]:
+        return await running().status(user_id)
 
-            services.loops[loop] = run
-            broker.on_connected.append(connected)
-            broker.on_disconnect.append(disconnected)
-        services.hooks.status[self.NAME] = self.status
-        services.hooks.export[self.NAME] = self.export
-        services.hooks.erase[self.NAME] = self.disconnected
+    async def export(user_id: str) -> dict[str, Any]:
+        return await running().export(user_id)
+
+    async def erase(user_id: str) -> None:
+        await running().disconnected(user_id)
+
+    hooks = Hooks(status={kind.NAME: status}, export={kind.NAME: export}, erase={kind.NAME: erase})
+    if not enabled:
+        return Plugin(name=kind.NAME, routes=routes, hooks=hooks, start=start)
+
+    async def connected(user_id: str, provider: str, account: str) -> None:
+        if provider == kind.PROVIDER:
+            await running().connected(user_id, account)
+
+    async def disconnected(user_id: str, provider: str, account: str) -> None:
+        if provider == kind.PROVIDER:
+            await running().disconnected(user_id)
+
+    async def renewals() -> None:
+        await running().run(timing(), loop)
+
+    return Plugin(
+        name=kind.NAME,
+        routes=routes,
+        hooks=Hooks(
+            status=hooks.status,
+            export=hooks.export,
+            erase=hooks.erase,
+            connected={kind.NAME: connected},
+            disconnected={kind.NAME: disconnected},
+        ),
+        loops={loop: renewals},
+        start=start,
+    )

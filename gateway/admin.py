@@ -59,9 +59,10 @@ async def rotate_credentials(request: web.Request) -> web.Response:
     return json_response(answer)
 
 
-def setup(app: web.Application) -> None:
-    app.router.add_put(PREFIX, put_user)
-    app.router.add_get(PREFIX, get_user)
-    app.router.add_delete(PREFIX, delete_user)
-    app.router.add_get(PREFIX + "/export", export_user)
-    app.router.add_post(PREFIX + "/credentials/rotate", rotate_credentials)
+ROUTES = (
+    web.put(PREFIX, put_user),
+    web.get(PREFIX, get_user),
+    web.delete(PREFIX, delete_user),
+    web.get(PREFIX + "/export", export_user),
+    web.post(PREFIX + "/credentials/rotate", rotate_credentials),
+)

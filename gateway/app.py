@@ -1,21 +1,29 @@
-"""The application factory and the process lifecycle.
+"""The application factory and the process lifecycle: the one composition root.
 
-`create_app(settings, role)` builds the aiohttp app. Start-up (in order): the
-embedded Redis when no ALLY_REDIS_URL, the Redis client, the vault, registry,
-hand-off and delivery worker (`Services`), then each channel's own start-up, then
-the background loops (worker role). Clean-up runs in reverse.
+`create_app(settings, role)` builds the aiohttp app. Each plugin module in `PLUGINS` is asked
+for its `Plugin` (`setup(app)`, `routing/plugin.py`), and the root adds its own (the ops, admin
+and server API routes, the erasure loop): every plugin's routes are added, and their hooks and
+loops merged into read-only mappings in order of name, before anything starts.
+Start-up (in order): the embedded Redis when no ALLY_REDIS_URL, the Redis client, the vault,
+registry, hand-off, delivery worker and eraser (`Services`, holding the merged hooks and loops),
+the OAuth broker; then each plugin's own start, given the services, in order of plugin name;
+then the background loops (worker role). Clean-up runs in reverse. The order of `PLUGINS`
+changes nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from foundation import logs
@@ -36,15 +44,17 @@ from oauth.broker import BROKER, Broker, providers_for
 from routing.delivery import DeliveryWorker
 from routing.erasure import Eraser
 from routing.handoff import Caps, Handoff
+from routing.hooks import Hooks, Loop, merged
 from routing.outage import Outages
+from routing.plugin import Plugin
 from routing.registry import Registry
-from routing.services import SERVICES, Hooks, Services
+from routing.services import SERVICES, Services
 from routing.urls import public_only_connector
 
 log = logging.getLogger(__name__)
 
-# The plugins: channels, the OAuth connect flow and the AI relay. Each module has `setup(app)`:
-# it adds routes and its own cleanup context (run after the core's).
+# The plugins: channels, the OAuth connect flow and the AI relay. Each module has
+# `setup(app) -> Plugin`; the order here changes nothing (everything is taken in order of name).
 PLUGINS: tuple[str, ...] = ("channels.telegram", "oauth.web", "ai.relay", "channels.gmail", "channels.outlook")
 
 OPERATOR = "operator"
@@ -52,26 +62,54 @@ OPERATOR = "operator"
 MAX_BODY = 1 << 20
 
 
-def create_app(settings: Settings, role: str = "all", parts: Sequence[str] | None = None) -> web.Application:
-    """The app; `parts` narrows the plugins set up (an operator command that needs none of
-    their hooks imports none of them). Unset: every one in `PLUGINS`, read at call time."""
+@dataclass(frozen=True)
+class Assembly:
+    """The app's plugins in order of name, with their hooks and loops merged and read-only."""
+
+    plugins: tuple[Plugin, ...]
+    hooks: Hooks
+    loops: Mapping[str, Loop]
+
+    @classmethod
+    def of(cls, plugins: Iterable[Plugin]) -> Assembly:
+        ordered = tuple(sorted(plugins, key=lambda plugin: plugin.name))
+        names = [plugin.name for plugin in ordered]
+        if len(set(names)) != len(names):
+            raise ValueError(f"two plugins share a name: {names}")
+        return cls(ordered, Hooks.merge(p.hooks for p in ordered), merged("loop", (p.loops for p in ordered)))
+
+
+def create_app(
+    settings: Settings, role: str = "all", parts: Sequence[str] | None = None, *, extra: Sequence[Plugin] = ()
+) -> web.Application:
+    """The app; `parts` narrows the plugin modules set up (an operator command that needs none of
+    their hooks imports none of them). Unset: every one in `PLUGINS`, read at call time. `extra`
+    adds plugins given as values (a test's own routes or hooks)."""
     if role not in (*ROLES, OPERATOR):
         raise ValueError(f"role must be one of {ROLES}")
     app = web.Application(middlewares=[head_deadline_middleware, errors_middleware], client_max_size=MAX_BODY)
     app.on_response_prepare.append(stamp_request_id)
     app[SETTINGS] = settings
     app[ROLE] = role
-    app.cleanup_ctx.append(_core)
-    ops.setup(app)
-    admin.setup(app)
-    server_api.setup(app)
-    for name in PLUGINS if parts is None else parts:
-        importlib.import_module(name).setup(app)
+    modules = PLUGINS if parts is None else parts
+    assembly = Assembly.of([_own(app), *(importlib.import_module(name).setup(app) for name in modules), *extra])
+    for plugin in assembly.plugins:
+        app.add_routes(plugin.routes)
+    app.cleanup_ctx.append(functools.partial(_core, assembly=assembly))
     app.cleanup_ctx.append(_background)
     return app
 
 
-async def _core(app: web.Application) -> AsyncIterator[None]:
+def _own(app: web.Application) -> Plugin:
+    """The root's own part: the ops, admin and server API routes, and the erasure loop."""
+
+    async def erasures() -> None:
+        await app[SERVICES].eraser.watch()
+
+    return Plugin(name="gateway", routes=[*ops.ROUTES, *admin.ROUTES, *server_api.ROUTES], loops={"erasure": erasures})
+
+
+async def _core(app: web.Application, assembly: Assembly) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     embedded = None
     url = settings.redis_url
@@ -85,15 +123,56 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
     except (RedisError, OSError) as exc:
         log.warning("redis topology not read at start", extra={"error": type(exc).__name__})
     topology = asyncio.create_task(replication.watch(), name="redis-topology")
-    keys = Keys(settings.key_prefix)
     # In production every outbound connection (delivery, providers) goes to public addresses only.
     make_connector = public_only_connector if settings.production else aiohttp.TCPConnector
     session = aiohttp.ClientSession(
         connector=make_connector(limit=1000, ttl_dns_cache=60, ssl=client_context()), trust_env=False
     )
+    services = _services(settings, app[ROLE], redis, session, replication, assembly)
+    app[SERVICES] = services
+    broker = Broker(
+        redis,
+        services.keys,
+        services.vault,
+        services.handoff,
+        providers_for(settings, session),
+        on_connected=tuple(assembly.hooks.connected.values()),
+        on_disconnect=tuple(assembly.hooks.disconnected.values()),
+    )
+    app[BROKER] = broker
+    try:
+        async with contextlib.AsyncExitStack() as started:
+            for plugin in assembly.plugins:
+                if plugin.start is not None:
+                    await started.enter_async_context(plugin.start(services))
+            yield
+    finally:
+        topology.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await topology
+        await _close_all(
+            ("eraser", services.eraser.aclose()),
+            ("worker", services.worker.aclose()),
+            ("broker", broker.aclose()),
+            ("http session", session.close()),
+            ("redis", redis.aclose()),
+        )
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+
+
+def _services(
+    settings: Settings,
+    role: str,
+    redis: Redis,
+    session: aiohttp.ClientSession,
+    replication: Replication,
+    assembly: Assembly,
+) -> Services:
+    keys = Keys(settings.key_prefix)
     vault = Vault(redis, keys, settings.master_keys)
     registry = Registry(redis, keys, vault)
-    outages = Outages(redis, keys, hold_ttl=settings.hold_ttl)
+    outages = Outages(redis, keys, hold_ttl=settings.hold_ttl, expired=assembly.hooks.expired)
     caps = Caps(settings.queue_max_events, settings.queue_max_bytes)
     worker = DeliveryWorker(
         redis,
@@ -109,21 +188,19 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
     )
     # A process that runs a delivery worker delivers what it queues itself; one that does not
     # (web role, operator commands) wakes the others.
-    delivers = app[ROLE] in ("all", "worker")
+    delivers = role in ("all", "worker")
     handoff = Handoff(redis, keys, registry, worker.wake, caps, outages, wake_others=not delivers)
-    # The eraser reads the hooks dict live: channels register theirs after the core starts.
-    hooks = Hooks()
     compactor = Compactor(
         redis, keys.global_key("aof"), keys.global_key("aof:gate"), interval=settings.aof_rewrite_interval
     )
     eraser = Eraser(
         redis,
         keys,
-        hooks.erase,
+        assembly.hooks.erase,
         delivery_wait=settings.delivery_timeout + settings.delivery_lease + 5,
         compactor=compactor,
     )
-    services = Services(
+    return Services(
         settings=settings,
         redis=redis,
         keys=keys,
@@ -135,27 +212,9 @@ async def _core(app: web.Application) -> AsyncIterator[None]:
         session=session,
         eraser=eraser,
         replication=replication,
-        hooks=hooks,
+        hooks=assembly.hooks,
+        loops=assembly.loops,
     )
-    services.loops["erasure"] = services.eraser.watch
-    app[SERVICES] = services
-    broker = Broker(redis, keys, vault, handoff, providers_for(settings, session))
-    app[BROKER] = broker
-    try:
-        yield
-    finally:
-        topology.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await topology
-        await _close_all(
-            ("eraser", services.eraser.aclose()),
-            ("worker", worker.aclose()),
-            ("broker", broker.aclose()),
-            ("http session", session.close()),
-            ("redis", redis.aclose()),
-        )
-        if embedded is not None:
-            await asyncio.to_thread(embedded.stop)
 
 
 async def _close_all(*steps: tuple[str, object]) -> None:

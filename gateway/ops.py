@@ -83,7 +83,4 @@ async def _sample(services: Services) -> None:
     metrics.QUEUE_OLDEST_AGE.set(max(0.0, time.time() - int(oldest_ms) / 1000) if oldest_ms else 0)
 
 
-def setup(app: web.Application) -> None:
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_endpoint)
+ROUTES = (web.get("/healthz", healthz), web.get("/readyz", readyz), web.get("/metrics", metrics_endpoint))

@@ -18,5 +18,4 @@ async def ping(request: web.Request) -> web.Response:
     return json_response({"ok": True, "user_id": user_id, "pending": pending})
 
 
-def setup(app: web.Application) -> None:
-    app.router.add_post("/v1/ping", ping)
+ROUTES = (web.post("/v1/ping", ping),)

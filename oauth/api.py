@@ -83,8 +83,9 @@ async def admin_disconnect(request: web.Request) -> web.Response:
     return json_response({"user_id": user_id, "provider": provider, "status": "disconnected"})
 
 
-def setup(app: web.Application) -> None:
-    app.router.add_get("/v1/connections", list_connections)
-    app.router.add_post("/v1/connections/{provider}/token", lease_token)
-    app.router.add_delete("/v1/connections/{provider}", server_disconnect)
-    app.router.add_delete("/admin/v1/users/{user_id}/connections/{provider}", admin_disconnect)
+ROUTES = (
+    web.get("/v1/connections", list_connections),
+    web.post("/v1/connections/{provider}/token", lease_token),
+    web.delete("/v1/connections/{provider}", server_disconnect),
+    web.delete("/admin/v1/users/{user_id}/connections/{provider}", admin_disconnect),
+)

@@ -6,10 +6,12 @@ every channel's start-up can use it). What channels use, with `broker = app[BROK
     lease = await broker.access_token(user_id, "google", min_ttl=300)
         → Lease(access_token, expires_at, scopes, account)
         raises NotConnected (404), ReauthRequired (grant dead; answer 409), ProviderUnavailable
-    broker.on_connected.append(hook)   # async hook(user_id, provider, account)
-    broker.on_disconnect.append(hook)  # idem: disconnect, account switch and erasure
     await broker.connections(user_id)           → [Connection]
     await broker.connection(user_id, provider)  → Connection | None
+
+A channel that must know when a connection is made or ends declares `connected` and
+`disconnected` hooks in its plugin (`routing/hooks.py`); the broker is built with all of them
+and tells each one in turn: `await hook(user_id, provider, account)`.
 
 A cached access token is returned while it lives at least `min_ttl` seconds. Otherwise one
 refresh runs per connection: in-process callers share one task, processes share a Redis lock,
@@ -27,7 +29,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -56,12 +58,11 @@ from oauth.providers import Grant, Provider
 from oauth.revocations import Revocations
 from oauth.store import CONNECTED, PROVIDERS, REAUTH_REQUIRED, Connection, ConnectionStore, Tokens
 from routing.handoff import Handoff, Item
+from routing.hooks import ConnectionHook
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-ConnectionHook = Callable[[str, str, str], Awaitable[None]]
-"""(user_id, provider, account)."""
 
 MAX_MIN_TTL = 3000  # providers' access tokens live about an hour; asking for more could never be met
 FRESH_FOR = 30.0  # seconds after a refresh during which its token is returned whatever min_ttl asks
@@ -115,14 +116,16 @@ class Broker:
         handoff: Handoff,
         providers: dict[str, Provider],
         *,
+        on_connected: Sequence[ConnectionHook] = (),
+        on_disconnect: Sequence[ConnectionHook] = (),
         threads: int = 8,
         retry_wait: float = 0.5,
         attempts: int = 3,
     ) -> None:
         self.store = ConnectionStore(redis, keys, vault)
         self.providers = providers
-        self.on_connected: list[ConnectionHook] = []
-        self.on_disconnect: list[ConnectionHook] = []
+        self.on_connected = tuple(on_connected)
+        self.on_disconnect = tuple(on_disconnect)
         self.revocations = Revocations(redis, keys, vault, self._revoke_token)
         self._redis = redis
         self._handoff = handoff
@@ -331,8 +334,8 @@ class Broker:
             # The status is stored; the event is a courtesy the server can also poll for.
             log.exception("connection.status event not queued", extra={"provider": provider})
 
-    async def _fire(self, hooks: list[ConnectionHook], user_id: str, provider: str, account: str) -> None:
-        for hook in list(hooks):
+    async def _fire(self, hooks: Sequence[ConnectionHook], user_id: str, provider: str, account: str) -> None:
+        for hook in hooks:
             try:
                 await hook(user_id, provider, account)
             except Exception:

@@ -347,7 +347,8 @@ async def _finish(
     return None
 
 
-def setup(app: web.Application) -> None:
-    app.router.add_post("/admin/v1/users/{user_id}/connect", create_session)
-    app.router.add_get("/oauth/connect/{session}", start)
-    app.router.add_get("/oauth/callback/{provider}", callback)
+ROUTES = (
+    web.post("/admin/v1/users/{user_id}/connect", create_session),
+    web.get("/oauth/connect/{session}", start),
+    web.get("/oauth/callback/{provider}", callback),
+)

@@ -2,37 +2,41 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from aiohttp import web
 
 from oauth import api, connect
 from oauth.broker import BROKER
-from routing.services import SERVICES
+from routing.hooks import Hooks
+from routing.plugin import Plugin
+from routing.services import Services
 
 
-def setup(app: web.Application) -> None:
-    connect.setup(app)
-    api.setup(app)
-    app.cleanup_ctx.append(_start)
-
-
-async def _start(app: web.Application) -> AsyncIterator[None]:
-    services = app[SERVICES]
-    broker = app[BROKER]
-    flows = connect.Flows(services)
-    app[connect.FLOWS] = flows
-
+def setup(app: web.Application) -> Plugin:
     async def connections(user_id: str) -> dict[str, Any]:
-        return {c.provider: c.detailed() for c in await broker.connections(user_id)}
+        return {c.provider: c.detailed() for c in await app[BROKER].connections(user_id)}
 
     async def erase(user_id: str) -> None:
-        await broker.erase(user_id)
-        await flows.forget_user(user_id)
+        await app[BROKER].erase(user_id)
+        await app[connect.FLOWS].forget_user(user_id)
 
-    services.hooks.status["connections"] = connections
-    services.hooks.export["connections"] = connections
-    services.hooks.erase["oauth"] = erase
-    services.loops["oauth-revocations"] = broker.revocations.run
+    async def revocations() -> None:
+        await app[BROKER].revocations.run()
+
+    return Plugin(
+        name="oauth",
+        routes=[*connect.ROUTES, *api.ROUTES],
+        hooks=Hooks(status={"connections": connections}, export={"connections": connections}, erase={"oauth": erase}),
+        loops={"oauth-revocations": revocations},
+        start=functools.partial(_start, app),
+    )
+
+
+@asynccontextmanager
+async def _start(app: web.Application, services: Services) -> AsyncIterator[None]:
+    app[connect.FLOWS] = connect.Flows(services)
     yield

@@ -10,7 +10,7 @@ Keys, all under the user's tag (so every script runs on Redis Cluster, and erasu
 - `{u:<id>}:held`: where held events came from: members `<channel>|<address>|<ref>` scored with
   the time (ms) their hand-over began, which is never later than the event's stream id. Entries
   older than the last acknowledgement count as delivered and are dropped; when events expire,
-  the entries below the cutoff are reported per address (`listen`) and dropped.
+  the entries below the cutoff are reported per address (the `expired` hooks) and dropped.
 
 An address is a channel's own reply address (a Telegram chat id) and a ref names the provider's
 message (an update id): nothing of what anyone wrote is kept, and every key expires with the
@@ -22,8 +22,9 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -112,18 +113,17 @@ return gone
 
 
 class Outages:
-    def __init__(self, redis: Redis, keys: Keys, *, hold_ttl: float) -> None:
+    def __init__(
+        self, redis: Redis, keys: Keys, *, hold_ttl: float, expired: Mapping[str, ExpiredHook] = MappingProxyType({})
+    ) -> None:
+        """`expired[channel]` is told, per address, how many of the channel's recorded events expired."""
         self._keys = keys
         # The bookkeeping outlives the events it is about by a margin, never much longer.
         self._keep = int(hold_ttl) + 3600
-        self._hooks: dict[str, ExpiredHook] = {}
+        self._hooks = expired
         self._failed = redis.register_script(_FAILED)
         self._wrote = redis.register_script(_WROTE)
         self._expired = redis.register_script(_EXPIRED)
-
-    def listen(self, channel: str, hook: ExpiredHook) -> None:
-        """`hook` is told, per address, how many of `channel`'s recorded events expired."""
-        self._hooks[channel] = hook
 
     def _key(self, user_id: str, name: str) -> str:
         return self._keys.user_key(user_id, name)

@@ -1,17 +1,17 @@
 """What every part of the process shares, built once at start-up by the composition root
 (`gateway/app.py`) and closed once at the end.
 
-Plugins (channels, OAuth's routes, the AI relay) read `Services` from the app under
-`SERVICES` and register their background loops and per-user hooks (status, export, erasure)
-here; the core never imports a plugin. The OAuth broker is not in here: it sits a layer up
+Plugins (channels, OAuth's routes, the AI relay) are given `Services` when they start
+(`routing/plugin.py`); request handlers read it from the app under `SERVICES`. The hooks and
+loops plugins contribute are merged by the root before start-up and fixed from then on; the
+core never imports a plugin. The OAuth broker is not in here: it sits a layer up
 (`oauth/broker.py`, under its own app key `BROKER`), so that everything here is routing's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
@@ -24,28 +24,14 @@ from foundation.vault import Vault
 from routing.delivery import DeliveryWorker
 from routing.erasure import Eraser
 from routing.handoff import Handoff
+from routing.hooks import Hooks, Loop
 from routing.outage import Outages
 from routing.registry import Registry
-
-UserHook = Callable[[str], Awaitable[dict[str, Any]]]
-EraseHook = Callable[[str], Awaitable[None]]
-Loop = Callable[[], Awaitable[None]]
-
-
-@dataclass
-class Hooks:
-    """Per-user contributions of channels and providers to status, export and erasure."""
-
-    status: dict[str, UserHook] = field(default_factory=dict)
-    export: dict[str, UserHook] = field(default_factory=dict)
-    erase: dict[str, EraseHook] = field(default_factory=dict)
-    link: dict[str, UserHook] = field(default_factory=dict)
-    """Channels that link a chat to a user: a one-use link (`{"url", "code", "expires_at"}`)."""
 
 
 @dataclass(frozen=True)
 class Services:
-    """Immutable once built: plugins add to `hooks` and `loops`, never replace a service."""
+    """Immutable once built, hooks and loops included."""
 
     settings: Settings
     redis: Redis
@@ -60,9 +46,9 @@ class Services:
     eraser: Eraser
     replication: Replication
     """How many replicas acknowledged writes wait for, and the shards lacking them."""
-    hooks: Hooks = field(default_factory=Hooks)
-    loops: dict[str, Loop] = field(default_factory=dict)
-    """Background loops run by processes with the worker role, by name."""
+    hooks: Hooks
+    loops: Mapping[str, Loop]
+    """Background loops run by processes with the worker role, by name (read-only)."""
 
 
 SERVICES = web.AppKey("services", Services)

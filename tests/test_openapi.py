@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from foundation.types import Event
 from gateway.app import create_app
 from routing.handoff import Item
 from tests.support.dedicated import DedicatedServer
-from tests.support.gateway import Gateway, make_settings
+from tests.support.gateway import Gateway, every_channel_on, make_settings
 
 SPEC_PATH = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
 METHODS = {"get", "put", "post", "delete", "patch", "options", "head", "trace"}
@@ -28,32 +27,6 @@ def load_spec() -> dict[str, Any]:
     spec = yaml.safe_load(SPEC_PATH.read_text())
     assert isinstance(spec, dict)
     return spec
-
-
-def every_channel_on(settings: Settings) -> Settings:
-    """Every provider configured, so every channel registers its routes."""
-    return dataclasses.replace(
-        settings,
-        telegram_bot_token="123456789:AAEexampleexampleexampleexampleexam",
-        telegram_webhook_secret="webhook-secret-for-tests",
-        google_client_id="client-id.apps.example",
-        google_client_secret="google-client-secret",
-        gmail_pubsub_topic="projects/ally-test/topics/gmail",
-        gmail_push_audience="https://gateway.example/gmail/push",
-        gmail_push_service_account="push@ally-test.iam.example",
-        microsoft_client_id="00000000-0000-0000-0000-000000000000",
-        microsoft_client_secret="microsoft-client-secret",
-        anthropic_api_key="sk-ant-test-key-0000000000",
-        anthropic_base_url="http://127.0.0.1:9",
-        # Nothing listens there: the channels start, and no call leaves the machine.
-        telegram_api_url="http://127.0.0.1:9",
-        google_auth_uri="http://127.0.0.1:9/auth",
-        google_token_uri="http://127.0.0.1:9/token",
-        google_revoke_uri="http://127.0.0.1:9/revoke",
-        gmail_api_url="http://127.0.0.1:9/",
-        google_certs_url="http://127.0.0.1:9/certs",
-        graph_api_url="http://127.0.0.1:9/v1.0",
-    )
 
 
 @pytest.fixture

@@ -7,8 +7,10 @@ a token from the broker.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -17,11 +19,13 @@ from channels.gmail import push
 from channels.gmail.api import GmailApi
 from channels.gmail.oidc import PushVerifier
 from channels.gmail.watches import Watches
-from channels.renewal import Timing
+from channels.renewal import Timing, upkeep_plugin
 from channels.tokens import BrokerTokens
+from foundation.app_keys import SETTINGS
 from foundation.schedule import DueSet
 from oauth.broker import BROKER
-from routing.services import SERVICES
+from routing.plugin import Plugin
+from routing.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +46,8 @@ async def _push(request: web.Request) -> web.Response:
     return await push.handle(request, gmail.verifier, gmail.watches)
 
 
-async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
-    services = app[SERVICES]
+@asynccontextmanager
+async def _lifecycle(app: web.Application, services: Services) -> AsyncIterator[None]:
     settings = services.settings
     timing = app.get(GMAIL_TIMING, Timing())
     api = GmailApi(settings.gmail_api_url)
@@ -58,18 +62,20 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     app[GMAIL] = Gmail(verifier, watches, api)
     if settings.google_enabled and not verifier.configured:
         log.warning("gmail pushes cannot be verified: ALLY_GMAIL_PUSH_AUDIENCE or _SERVICE_ACCOUNT unset")
-    watches.install(
-        app[BROKER],
-        enabled=settings.google_enabled and bool(settings.gmail_pubsub_topic),
-        timing=timing,
-        loop="gmail-watch",
-    )
     try:
         yield
     finally:
         api.close()
 
 
-def setup(app: web.Application) -> None:
-    app.router.add_post("/gmail/push", _push)
-    app.cleanup_ctx.append(_lifecycle)
+def setup(app: web.Application) -> Plugin:
+    settings = app[SETTINGS]
+    return upkeep_plugin(
+        Watches,
+        lambda: app[GMAIL].watches,
+        lambda: app.get(GMAIL_TIMING, Timing()),
+        enabled=settings.google_enabled and bool(settings.gmail_pubsub_topic),
+        loop="gmail-watch",
+        routes=[web.post("/gmail/push", _push)],
+        start=functools.partial(_lifecycle, app),
+    )

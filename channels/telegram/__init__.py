@@ -22,14 +22,17 @@ import functools
 import logging
 import warnings
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from foundation.app_keys import ROLE
+from foundation.app_keys import ROLE, SETTINGS
 from foundation.tls import client_context
-from routing.services import SERVICES
+from routing.hooks import Hooks
+from routing.plugin import Plugin
+from routing.services import Services
 
 from . import ingress, inputs, notices, outbound
 from .channel import ALLOWED_UPDATES, TELEGRAM, Telegram
@@ -39,22 +42,43 @@ from .polling import Poller
 log = logging.getLogger(__name__)
 
 
-def setup(app: web.Application) -> None:
+def setup(app: web.Application) -> Plugin:
     for category in inputs.MALFORMED_PARTS:
         warnings.filterwarnings("error", category=category)
-    app.router.add_post("/telegram/webhook/{bot_id}", ingress.webhook)
-    app.router.add_post("/admin/v1/users/{user_id}/telegram/link", ingress.create_link)
-    app.router.add_get("/v1/telegram/files/{file_id}", outbound.download)
-    app.router.add_get("/v1/telegram/files/{file_id}/{name}", outbound.download)
-    app.router.add_post("/v1/telegram/{method}", outbound.call)
-    app.cleanup_ctx.append(_lifecycle)
+    routes = [
+        web.post("/telegram/webhook/{bot_id}", ingress.webhook),
+        web.post("/admin/v1/users/{user_id}/telegram/link", ingress.create_link),
+        web.get("/v1/telegram/files/{file_id}", outbound.download),
+        web.get("/v1/telegram/files/{file_id}/{name}", outbound.download),
+        web.post("/v1/telegram/{method}", outbound.call),
+    ]
+    if not app[SETTINGS].telegram_enabled:
+        return Plugin(name="telegram", routes=routes)
+
+    async def summary(user_id: str) -> dict[str, Any]:
+        return await _summary(app[TELEGRAM], user_id)
+
+    async def erase(user_id: str) -> None:
+        await _erase(app[TELEGRAM], user_id)
+
+    async def link(user_id: str) -> dict[str, Any]:
+        return await ingress.new_link(app[TELEGRAM], user_id)
+
+    async def expired(user_id: str, counts: dict[str, int]) -> None:
+        await app[TELEGRAM].notices.expired(user_id, counts)
+
+    hooks = Hooks(
+        status={"telegram": summary},
+        export={"telegram": summary},
+        erase={"telegram": erase},
+        link={"telegram": link},
+        expired={notices.CHANNEL: expired},
+    )
+    return Plugin(name="telegram", routes=routes, hooks=hooks, start=functools.partial(_lifecycle, app))
 
 
-async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
-    services = app[SERVICES]
-    if not services.settings.telegram_enabled:
-        yield
-        return
+@asynccontextmanager
+async def _lifecycle(app: web.Application, services: Services) -> AsyncIterator[None]:
     identity = identity_of(services.settings)
     connector = aiohttp.TCPConnector(limit=200, ttl_dns_cache=300, ssl=client_context())
     session = aiohttp.ClientSession(connector=connector, trust_env=False)
@@ -63,11 +87,6 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     register = not polling and app[ROLE] in ("all", "web")
     channel = Telegram(services, identity, session, register_webhook=register)
     app[TELEGRAM] = channel
-    services.hooks.status["telegram"] = lambda uid: _summary(channel, uid)
-    services.hooks.export["telegram"] = lambda uid: _summary(channel, uid)
-    services.hooks.erase["telegram"] = lambda uid: _erase(channel, uid)
-    services.hooks.link["telegram"] = lambda uid: ingress.new_link(channel, uid)
-    services.outages.listen(notices.CHANNEL, channel.notices.expired)
     channel.start()
     poller = None
     if polling and app[ROLE] in ("all", "web", "worker"):

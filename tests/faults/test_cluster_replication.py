@@ -105,9 +105,7 @@ async def load(tmp_path: Path, cluster: RedisCluster, dedicated: DedicatedServer
         delivery_lease=2.0,
         delivery_timeout=1.0,
     )
-    app = create_app(settings)
-    ingress.setup(app)
-    client = TestClient(TestServer(app, port=0))
+    client = TestClient(TestServer(create_app(settings, extra=[ingress.PLUGIN]), port=0))
     await client.start_server()
     try:
         for user in USERS:

@@ -32,9 +32,8 @@ async def pair(tmp_path: Path) -> AsyncIterator[ReplicatedRedis]:
 
 
 async def started(settings: Settings) -> TestClient[Any, Any]:
-    app = create_app(settings)
-    ingress.setup(app)  # the stand-in provider webhook: 200 only once the event is stored
-    client = TestClient(TestServer(app, port=0))
+    # The stand-in provider webhook: 200 only once the event is stored.
+    client = TestClient(TestServer(create_app(settings, extra=[ingress.PLUGIN]), port=0))
     await client.start_server()
     return client
 

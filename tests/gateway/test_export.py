@@ -9,12 +9,15 @@ import jsonschema
 
 from ai.metering import Tokens
 from ai.relay import RELAY
+from foundation.config import Settings
 from foundation.logs import scrub
 from foundation.types import Event
 from routing.handoff import Item
+from routing.hooks import Hooks
+from routing.plugin import Plugin
 from tests.support.dedicated import DedicatedServer
 from tests.support.export import validate
-from tests.support.gateway import Gateway
+from tests.support.gateway import Gateway, serve
 
 
 def encodings(raw: bytes) -> list[str]:
@@ -73,9 +76,7 @@ async def test_export_of_unknown_user_is_404_and_needs_the_admin_token(gateway: 
     assert (await gateway.admin("GET", "/admin/v1/users/bad%20id/export")).status == 400
 
 
-async def test_export_of_a_user_being_erased_is_404(gateway: Gateway, dedicated: DedicatedServer):
-    await gateway.create_user(dedicated, "leaving")
-    assert (await gateway.admin("GET", "/admin/v1/users/leaving/export")).status == 200
+async def test_export_of_a_user_being_erased_is_404(settings: Settings, dedicated: DedicatedServer):
     # A provider that has not answered yet keeps the erasure in its hooks step.
     entered, release = asyncio.Event(), asyncio.Event()
 
@@ -83,17 +84,20 @@ async def test_export_of_a_user_being_erased_is_404(gateway: Gateway, dedicated:
         entered.set()
         await release.wait()
 
-    gateway.services.hooks.erase["slow"] = slow_provider
-    try:
-        assert (await gateway.admin("DELETE", "/admin/v1/users/leaving")).status == 202
-        await asyncio.wait_for(entered.wait(), 10)
-        status = await (await gateway.admin("GET", "/admin/v1/users/leaving")).json()
-        assert status["status"] == "erasing"
-        resp = await gateway.admin("GET", "/admin/v1/users/leaving/export")
-        assert resp.status == 404
-        assert (await resp.json())["error"] == "user_not_found"
-    finally:
-        release.set()
+    slow = Plugin(name="test-slow-provider", hooks=Hooks(erase={"slow": slow_provider}))
+    async with serve(settings, extra=[slow]) as gateway:
+        await gateway.create_user(dedicated, "leaving")
+        assert (await gateway.admin("GET", "/admin/v1/users/leaving/export")).status == 200
+        try:
+            assert (await gateway.admin("DELETE", "/admin/v1/users/leaving")).status == 202
+            await asyncio.wait_for(entered.wait(), 10)
+            status = await (await gateway.admin("GET", "/admin/v1/users/leaving")).json()
+            assert status["status"] == "erasing"
+            resp = await gateway.admin("GET", "/admin/v1/users/leaving/export")
+            assert resp.status == 404
+            assert (await resp.json())["error"] == "user_not_found"
+        finally:
+            release.set()
 
 
 def test_schema_rejects_a_document_with_an_undocumented_part():

@@ -83,9 +83,7 @@ async def test_with_the_replica_frozen_durable_writes_fail_and_the_rest_of_the_b
 
 
 async def started(settings: Any) -> TestClient[Any, Any]:
-    app = create_app(settings)
-    ingress.setup(app)
-    client = TestClient(TestServer(app, port=0))
+    client = TestClient(TestServer(create_app(settings, extra=[ingress.PLUGIN]), port=0))
     await client.start_server()
     return client
 

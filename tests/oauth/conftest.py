@@ -15,7 +15,7 @@ from oauth import google, microsoft
 from tests.support import authserver
 from tests.support.authserver import Client
 from tests.support.dedicated import DedicatedServer
-from tests.support.gateway import Gateway, serve
+from tests.support.gateway import Gateway
 from tests.support.mailapis import MailApis
 from tests.support.oauth_world import ACCESS_TOKEN_TTL, Browser, World, free_port
 from tests.support.tlsca import Pki, mint
@@ -73,10 +73,7 @@ async def world(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> AsyncIter
 
 @pytest_asyncio.fixture(loop_scope="module")
 async def gateway(world: World, tmp_path: Path) -> AsyncIterator[Gateway]:
-    await world.auth.control("mode", account="user@example.test", approve=True)
-    await world.auth.control("sick", requests=0)
-    settings = world.settings(tmp_path)
-    async with serve(settings, port=world.port) as gateway:
+    async with world.gateway(tmp_path) as gateway:
         yield gateway
 
 

@@ -4,6 +4,7 @@ import asyncio
 import dataclasses
 import hashlib
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -11,6 +12,8 @@ import orjson
 import pytest
 
 from oauth.connect import FLOWS
+from routing.hooks import Hooks
+from routing.plugin import Plugin
 from tests.support.dedicated import DedicatedServer
 from tests.support.gateway import Gateway
 from tests.support.oauth_world import RETURN_ORIGIN, Browser, World, auth, start_connect, statuses
@@ -281,43 +284,44 @@ async def test_disconnect_revokes_at_the_provider_and_other_users_never_see_the_
 
 
 async def test_erasure_revokes_the_grant_and_a_revocation_owed_to_a_down_provider_outlives_the_user(
-    gateway: Gateway, browser: Browser, dedicated: DedicatedServer, world: World
+    world: World, tmp_path: Path, browser: Browser, dedicated: DedicatedServer
 ):
-    await gateway.create_user(dedicated, "jan")
-    await gateway.create_user(dedicated, "kim")
-    await connect(gateway, browser, "jan", "google")
-    await connect(gateway, browser, "kim", "google")
     disconnected: list[tuple[str, str, str]] = []
 
     async def hook(user_id: str, provider: str, account: str) -> None:
         disconnected.append((user_id, provider, account))
 
-    gateway.broker.on_disconnect.append(hook)
-    await world.auth.control("reset")
-    assert (await gateway.admin("DELETE", "/admin/v1/users/jan")).status == 202
-    await gateway.services.eraser.wait("jan")
-    assert (await world.auth.counts()).get("revocations") == 1
-    assert disconnected == [("jan", "google", "user@example.test")]
+    watching = Plugin(name="test-watcher", hooks=Hooks(disconnected={"watcher": hook}))
+    async with world.gateway(tmp_path, extra=[watching]) as gateway:
+        await gateway.create_user(dedicated, "jan")
+        await gateway.create_user(dedicated, "kim")
+        await connect(gateway, browser, "jan", "google")
+        await connect(gateway, browser, "kim", "google")
+        await world.auth.control("reset")
+        assert (await gateway.admin("DELETE", "/admin/v1/users/jan")).status == 202
+        await gateway.services.eraser.wait("jan")
+        assert (await world.auth.counts()).get("revocations") == 1
+        assert disconnected == [("jan", "google", "user@example.test")]
 
-    # The provider is down while Kim is erased: the revocation is owed, anonymously, under the master key.
-    await world.auth.control("sick", requests=1000)
-    assert (await gateway.admin("DELETE", "/admin/v1/users/kim")).status == 202
-    await gateway.services.eraser.wait("kim")
-    revocations = gateway.broker.revocations
-    assert await revocations.pending() == 1
-    redis = gateway.services.redis
-    assert not await redis.exists(gateway.services.keys.user("kim"), gateway.services.keys.dek("kim"))
-    names = [k.decode() async for k in redis.scan_iter(match=f"{gateway.settings.key_prefix}*")]
-    assert not any("kim" in name for name in names)
-    assert (await gateway.admin("GET", "/admin/v1/users/kim")).status == 404
+        # The provider is down while Kim is erased: the revocation is owed, anonymously, under the master key.
+        await world.auth.control("sick", requests=1000)
+        assert (await gateway.admin("DELETE", "/admin/v1/users/kim")).status == 202
+        await gateway.services.eraser.wait("kim")
+        revocations = gateway.broker.revocations
+        assert await revocations.pending() == 1
+        redis = gateway.services.redis
+        assert not await redis.exists(gateway.services.keys.user("kim"), gateway.services.keys.dek("kim"))
+        names = [k.decode() async for k in redis.scan_iter(match=f"{gateway.settings.key_prefix}*")]
+        assert not any("kim" in name for name in names)
+        assert (await gateway.admin("GET", "/admin/v1/users/kim")).status == 404
 
-    assert await revocations.run_once(now=time.time() + 3600) == 0  # still down: kept, retried later
-    assert await revocations.pending() == 1
-    await world.auth.control("sick", requests=0)
-    await world.auth.control("reset")
-    assert await revocations.run_once(now=time.time() + 10 * 3600) == 1
-    assert (await world.auth.counts()).get("revocations") == 1
-    assert await revocations.pending() == 0
+        assert await revocations.run_once(now=time.time() + 3600) == 0  # still down: kept, retried later
+        assert await revocations.pending() == 1
+        await world.auth.control("sick", requests=0)
+        await world.auth.control("reset")
+        assert await revocations.run_once(now=time.time() + 10 * 3600) == 1
+        assert (await world.auth.counts()).get("revocations") == 1
+        assert await revocations.pending() == 0
 
 
 async def test_reconnect_keeps_the_connection_and_a_missing_refresh_token_never_erases_the_stored_one(

@@ -10,10 +10,13 @@ import pytest
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from foundation.config import Settings
 from foundation.errors import KeyShredded, NotFound
 from foundation.types import Event
 from foundation.vault import aad
 from routing.handoff import Item
+from routing.hooks import Hooks
+from routing.plugin import Plugin
 from tests.support.dedicated import DedicatedServer
 from tests.support.erasure import unique, wait_gone
 from tests.support.gateway import Gateway, make_settings, serve
@@ -25,22 +28,7 @@ def ev(n: int) -> Item:
     return Item(Event("telegram.update", "telegram", {"update_id": n, "message": {"text": f"note {n}"}}), dedup=str(n))
 
 
-async def test_erasure_removes_every_trace_and_shreds_the_data_key(gateway: Gateway, dedicated: DedicatedServer):
-    services = gateway.services
-    erased, kept = unique("erase-me"), unique("keep")
-    await gateway.create_user(dedicated, erased)
-    await gateway.create_user(dedicated, kept)
-    dedicated.mode[erased] = "down"
-    await services.handoff(erased, [ev(1), ev(2)], dedup_scope="tg")
-    await dedicated.wait_for(lambda: any(u == erased for u, _ in dedicated.attempts))
-    # A channel's own per-user state lives under the user's hash tag too.
-    await services.redis.hset(services.keys.user_key(erased, "tg:chats"), "4711", b"private")
-
-    # Copied aside before the delete: a ciphertext of the user and the wrapped data key.
-    ciphertext = await services.redis.hget(services.keys.user(erased), "secret")
-    wrapped = await services.redis.hget(services.keys.user(erased), "dek")
-    assert ciphertext is not None and wrapped is not None
-
+async def test_erasure_removes_every_trace_and_shreds_the_data_key(settings: Settings, dedicated: DedicatedServer):
     # A provider that is down, and one that takes its time.
     release = asyncio.Event()
     calls: list[str] = []
@@ -53,71 +41,87 @@ async def test_erasure_removes_every_trace_and_shreds_the_data_key(gateway: Gate
         calls.append(f"slow:{user_id}")
         await release.wait()
 
-    services.hooks.erase["down"] = provider_down
-    services.hooks.erase["slow"] = slow_provider
+    providers = Plugin(name="test-providers", hooks=Hooks(erase={"down": provider_down, "slow": slow_provider}))
+    async with serve(settings, extra=[providers]) as gateway:
+        services = gateway.services
+        erased, kept = unique("erase-me"), unique("keep")
+        await gateway.create_user(dedicated, erased)
+        await gateway.create_user(dedicated, kept)
+        dedicated.mode[erased] = "down"
+        await services.handoff(erased, [ev(1), ev(2)], dedup_scope="tg")
+        await dedicated.wait_for(lambda: any(u == erased for u, _ in dedicated.attempts))
+        # A channel's own per-user state lives under the user's hash tag too.
+        await services.redis.hset(services.keys.user_key(erased, "tg:chats"), "4711", b"private")
 
-    resp = await gateway.admin("DELETE", f"/admin/v1/users/{erased}")
-    assert resp.status == 202
-    assert (await resp.json())["status"] == "erasing"
+        # Copied aside before the delete: a ciphertext of the user and the wrapped data key.
+        ciphertext = await services.redis.hget(services.keys.user(erased), "secret")
+        wrapped = await services.redis.hget(services.keys.user(erased), "dek")
+        assert ciphertext is not None and wrapped is not None
 
-    async def progress() -> dict[str, Any]:
-        r = await gateway.admin("GET", f"/admin/v1/users/{erased}")
-        assert r.status == 200
-        body: dict[str, Any] = await r.json()
-        return body
+        resp = await gateway.admin("DELETE", f"/admin/v1/users/{erased}")
+        assert resp.status == 202
+        assert (await resp.json())["status"] == "erasing"
 
-    async def down_recorded() -> bool:
-        return bool((await progress())["erasure"]["hooks"].get("down") == "failed")
+        async def progress() -> dict[str, Any]:
+            r = await gateway.admin("GET", f"/admin/v1/users/{erased}")
+            assert r.status == 200
+            body: dict[str, Any] = await r.json()
+            return body
 
-    await eventually(down_recorded)
-    shown = await progress()
-    assert shown["status"] == "erasing"
-    assert shown["erasure"]["step"] == "hooks"
-    assert (await gateway.admin("GET", f"/admin/v1/users/{erased}/export")).status == 404
-    # Repeating the delete is harmless; re-creating the user waits for the erasure to end.
-    assert (await gateway.admin("DELETE", f"/admin/v1/users/{erased}")).status == 202
-    again = await gateway.admin(
-        "PUT", f"/admin/v1/users/{erased}", json={"server_url": dedicated.url(erased), "server_public_key": "x" * 43}
-    )
-    assert again.status in (400, 409)
-    # Nothing new is queued for a user being erased.
-    with pytest.raises(NotFound):
-        await services.handoff(erased, [ev(3)], dedup_scope="tg")
+        async def down_recorded() -> bool:
+            return bool((await progress())["erasure"]["hooks"].get("down") == "failed")
 
-    release.set()
-    await wait_gone(gateway, erased)
-    assert calls == [f"down:{erased}", f"slow:{erased}"]
+        await eventually(down_recorded)
+        shown = await progress()
+        assert shown["status"] == "erasing"
+        assert shown["erasure"]["step"] == "hooks"
+        assert (await gateway.admin("GET", f"/admin/v1/users/{erased}/export")).status == 404
+        # Repeating the delete is harmless; re-creating the user waits for the erasure to end.
+        assert (await gateway.admin("DELETE", f"/admin/v1/users/{erased}")).status == 202
+        again = await gateway.admin(
+            "PUT",
+            f"/admin/v1/users/{erased}",
+            json={"server_url": dedicated.url(erased), "server_public_key": "x" * 43},
+        )
+        assert again.status in (400, 409)
+        # Nothing new is queued for a user being erased.
+        with pytest.raises(NotFound):
+            await services.handoff(erased, [ev(3)], dedup_scope="tg")
 
-    snapshot = await dump(services.redis, gateway.settings.key_prefix)
-    assert containing(snapshot, erased.encode()) == []
-    assert containing(snapshot, f"{{u:{erased}}}".encode()) == []
-    assert erased.encode() not in await services.redis.smembers(services.keys.users)
-    assert await services.redis.zscore(services.keys.due, erased) is None
+        release.set()
+        await wait_gone(gateway, erased)
+        assert calls == [f"down:{erased}", f"slow:{erased}"]
 
-    # Crypto-shredding: the vault cannot open the old ciphertext any more ...
-    with pytest.raises(KeyShredded):
-        await services.vault.decrypt(erased, ("webhook_secret",), ciphertext)
-    # ... nor can any remaining data key or master key, used directly.
-    ring = {k.kid: AESGCM(k.key) for k in gateway.settings.master_keys}
-    candidates: list[AESGCM] = list(ring.values())
-    for key, parts in snapshot.items():
-        if key.endswith(b":user") and b"dek" in parts[::2]:
-            owner = key.decode().split("{u:")[1].split("}")[0]
-            kid, _, blob = dict(zip(parts[::2], parts[1::2], strict=True))[b"dek"].partition(b".")
-            candidates.append(AESGCM(ring[kid.decode()].decrypt(blob[:12], blob[12:], aad(owner, "dek"))))
-    assert len(candidates) > len(ring)  # the kept user's data key is among them
-    for candidate in candidates:
-        with pytest.raises(InvalidTag):
-            candidate.decrypt(ciphertext[:12], ciphertext[12:], aad(erased, "webhook_secret"))
-    # The copied data key itself would still open it: the test above is not vacuous.
-    kid, _, blob = wrapped.partition(b".")
-    dek = AESGCM(ring[kid.decode()].decrypt(blob[:12], blob[12:], aad(erased, "dek")))
-    assert dek.decrypt(ciphertext[:12], ciphertext[12:], aad(erased, "webhook_secret")).startswith(b"whsec_")
+        snapshot = await dump(services.redis, gateway.settings.key_prefix)
+        assert containing(snapshot, erased.encode()) == []
+        assert containing(snapshot, f"{{u:{erased}}}".encode()) == []
+        assert erased.encode() not in await services.redis.smembers(services.keys.users)
+        assert await services.redis.zscore(services.keys.due, erased) is None
 
-    # The other user is untouched and still served.
-    await services.handoff(kept, [ev(9)], dedup_scope="tg")
-    await dedicated.wait_for(lambda: len(dedicated.events(kept)) == 1)
-    assert (await gateway.admin("GET", f"/admin/v1/users/{kept}")).status == 200
+        # Crypto-shredding: the vault cannot open the old ciphertext any more ...
+        with pytest.raises(KeyShredded):
+            await services.vault.decrypt(erased, ("webhook_secret",), ciphertext)
+        # ... nor can any remaining data key or master key, used directly.
+        ring = {k.kid: AESGCM(k.key) for k in gateway.settings.master_keys}
+        candidates: list[AESGCM] = list(ring.values())
+        for key, parts in snapshot.items():
+            if key.endswith(b":user") and b"dek" in parts[::2]:
+                owner = key.decode().split("{u:")[1].split("}")[0]
+                kid, _, blob = dict(zip(parts[::2], parts[1::2], strict=True))[b"dek"].partition(b".")
+                candidates.append(AESGCM(ring[kid.decode()].decrypt(blob[:12], blob[12:], aad(owner, "dek"))))
+        assert len(candidates) > len(ring)  # the kept user's data key is among them
+        for candidate in candidates:
+            with pytest.raises(InvalidTag):
+                candidate.decrypt(ciphertext[:12], ciphertext[12:], aad(erased, "webhook_secret"))
+        # The copied data key itself would still open it: the test above is not vacuous.
+        kid, _, blob = wrapped.partition(b".")
+        dek = AESGCM(ring[kid.decode()].decrypt(blob[:12], blob[12:], aad(erased, "dek")))
+        assert dek.decrypt(ciphertext[:12], ciphertext[12:], aad(erased, "webhook_secret")).startswith(b"whsec_")
+
+        # The other user is untouched and still served.
+        await services.handoff(kept, [ev(9)], dedup_scope="tg")
+        await dedicated.wait_for(lambda: len(dedicated.events(kept)) == 1)
+        assert (await gateway.admin("GET", f"/admin/v1/users/{kept}")).status == 200
 
 
 async def test_deleting_an_unknown_user_is_accepted_and_leaves_nothing(gateway: Gateway):

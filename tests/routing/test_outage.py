@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import time
 
+from foundation.config import Settings
+from routing.hooks import Hooks
 from routing.outage import Origin
+from routing.plugin import Plugin
 from tests.support.dedicated import DedicatedServer
-from tests.support.gateway import Gateway
+from tests.support.gateway import Gateway, serve
 
 
 async def user_keys(gateway: Gateway, user_id: str) -> set[str]:
@@ -45,25 +48,26 @@ async def test_each_address_is_told_once_per_outage_and_again_in_the_next(gatewa
     assert await tell("42", "8")
 
 
-async def test_expired_events_are_counted_per_address_and_forgotten(gateway: Gateway, dedicated: DedicatedServer):
-    outages = gateway.services.outages
+async def test_expired_events_are_counted_per_address_and_forgotten(settings: Settings, dedicated: DedicatedServer):
     told: list[tuple[str, dict[str, int]]] = []
 
     async def hook(user_id: str, counts: dict[str, int]) -> None:
         told.append((user_id, counts))
 
-    outages.listen("telegram", hook)
-    await gateway.create_user(dedicated, "u1")
-    long_ago = time.time() - 60
-    for address, ref in [("42", "1"), ("42", "2"), ("-100", "3"), ("42", "2")]:  # a repeat counts once
-        await outages.wrote("u1", Origin("telegram", address, ref, 0.0), handed_at=long_ago)
-    await outages.wrote("u1", Origin("telegram", "42", "4", 0.0), handed_at=time.time())
-    await outages.expired("u1", 10, int((time.time() - 30) * 1000))
-    assert told == [("u1", {"42": 2, "-100": 1})]
-    assert await user_keys(gateway, "u1") >= {"held"}  # the recent one is still held
-    await outages.expired("u1", 10, int(time.time() * 1000) + 1)
-    assert told[1] == ("u1", {"42": 1})
-    assert "held" not in await user_keys(gateway, "u1")
+    listening = Plugin(name="test-listener", hooks=Hooks(expired={"telegram": hook}))
+    async with serve(settings, extra=[listening]) as gateway:
+        outages = gateway.services.outages
+        await gateway.create_user(dedicated, "u1")
+        long_ago = time.time() - 60
+        for address, ref in [("42", "1"), ("42", "2"), ("-100", "3"), ("42", "2")]:  # a repeat counts once
+            await outages.wrote("u1", Origin("telegram", address, ref, 0.0), handed_at=long_ago)
+        await outages.wrote("u1", Origin("telegram", "42", "4", 0.0), handed_at=time.time())
+        await outages.expired("u1", 10, int((time.time() - 30) * 1000))
+        assert told == [("u1", {"42": 2, "-100": 1})]
+        assert await user_keys(gateway, "u1") >= {"held"}  # the recent one is still held
+        await outages.expired("u1", 10, int(time.time() * 1000) + 1)
+        assert told[1] == ("u1", {"42": 1})
+        assert "held" not in await user_keys(gateway, "u1")
 
 
 async def test_nothing_is_written_for_a_user_that_is_gone(gateway: Gateway, dedicated: DedicatedServer):

@@ -6,7 +6,7 @@ import base64
 import dataclasses
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from foundation.config import MasterKey, Settings
 from foundation.storage import connect
 from gateway.app import create_app
 from oauth.broker import BROKER, Broker
+from routing.plugin import Plugin
 from routing.services import SERVICES, Services
 from tests.support.dedicated import DedicatedServer
 
@@ -36,6 +37,32 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         allowed_return_origins=("http://127.0.0.1:8080",),
     )
     return dataclasses.replace(base, **overrides)
+
+
+def every_channel_on(settings: Settings) -> Settings:
+    """Every provider configured, so every channel registers its routes."""
+    return dataclasses.replace(
+        settings,
+        telegram_bot_token="123456789:AAEexampleexampleexampleexampleexam",
+        telegram_webhook_secret="webhook-secret-for-tests",
+        google_client_id="client-id.apps.example",
+        google_client_secret="google-client-secret",
+        gmail_pubsub_topic="projects/ally-test/topics/gmail",
+        gmail_push_audience="https://gateway.example/gmail/push",
+        gmail_push_service_account="push@ally-test.iam.example",
+        microsoft_client_id="00000000-0000-0000-0000-000000000000",
+        microsoft_client_secret="microsoft-client-secret",
+        anthropic_api_key="sk-ant-test-key-0000000000",
+        anthropic_base_url="http://127.0.0.1:9",
+        # Nothing listens there: the channels start, and no call leaves the machine.
+        telegram_api_url="http://127.0.0.1:9",
+        google_auth_uri="http://127.0.0.1:9/auth",
+        google_token_uri="http://127.0.0.1:9/token",
+        google_revoke_uri="http://127.0.0.1:9/revoke",
+        gmail_api_url="http://127.0.0.1:9/",
+        google_certs_url="http://127.0.0.1:9/certs",
+        graph_api_url="http://127.0.0.1:9/v1.0",
+    )
 
 
 async def wipe(prefix: str, url: str = REDIS_URL, *, cluster: bool = False) -> None:
@@ -101,9 +128,12 @@ def random_public_key() -> str:
 
 
 @asynccontextmanager
-async def serve(settings: Settings, role: str = "all", *, port: int = 0) -> AsyncIterator[Gateway]:
-    """A gateway app on loopback for one test; its keys are wiped when it stops."""
-    client = TestClient(TestServer(create_app(settings, role), host="127.0.0.1", port=port))
+async def serve(
+    settings: Settings, role: str = "all", *, port: int = 0, extra: Sequence[Plugin] = ()
+) -> AsyncIterator[Gateway]:
+    """A gateway app on loopback for one test, with `extra` plugins (its own hooks) besides
+    the usual ones; its keys are wiped when it stops."""
+    client = TestClient(TestServer(create_app(settings, role, extra=extra), host="127.0.0.1", port=port))
     await client.start_server()
     try:
         yield Gateway(client, settings)

@@ -2,8 +2,9 @@
 with `{"seq": n}` hands one event over exactly as a channel does (dedup on `seq`) and
 answers 200 only once it is durably queued, like a provider's webhook.
 
-Run as `python -m tests.support.ingress serve --role web`: the real CLI with this module
-added to the gateway's channels."""
+In-process: `create_app(settings, extra=[ingress.PLUGIN])`. Run as
+`python -m tests.support.ingress serve --role web`: the real CLI with this module added to the
+gateway's plugins."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from foundation.errors import BadRequest
 from foundation.http import json_response, read_json_object
 from foundation.types import Event
 from routing.handoff import Item
+from routing.plugin import Plugin
 from routing.services import SERVICES
 
 
@@ -29,8 +31,11 @@ async def ingress(request: web.Request) -> web.Response:
     return json_response({"added": added})
 
 
-def setup(app: web.Application) -> None:
-    app.router.add_post("/test/ingress/{user_id}", ingress)
+PLUGIN = Plugin(name="test-ingress", routes=[web.post("/test/ingress/{user_id}", ingress)])
+
+
+def setup(_app: web.Application) -> Plugin:
+    return PLUGIN
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import socket
 import ssl
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,9 +15,10 @@ from urllib.parse import urljoin
 import aiohttp
 
 from foundation.config import Settings
+from routing.plugin import Plugin
 from tests.support.authserver import AuthServer, Client
 from tests.support.dedicated import DedicatedServer
-from tests.support.gateway import Gateway, make_settings
+from tests.support.gateway import Gateway, make_settings, serve
 from tests.support.mailapis import MailApis
 from tests.support.tlsca import Pki
 
@@ -57,6 +60,14 @@ class World:
             "graph_api_url": self.apis.graph_root,
         }
         return make_settings(tmp_path, **{**base, **overrides})
+
+    @asynccontextmanager
+    async def gateway(self, tmp_path: Path, *, extra: Sequence[Plugin] = ()) -> AsyncIterator[Gateway]:
+        """A gateway on this world's port, its accounts approving every sign-in, with `extra` plugins."""
+        await self.auth.control("mode", account="user@example.test", approve=True)
+        await self.auth.control("sick", requests=0)
+        async with serve(self.settings(tmp_path), port=self.port, extra=extra) as gateway:
+            yield gateway
 
 
 @dataclass
