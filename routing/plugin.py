@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from types import MappingProxyType
 
 from aiohttp import web
 
@@ -33,7 +32,7 @@ class Plugin:
     name: str
     routes: Sequence[web.RouteDef] = ()
     hooks: Hooks = field(default_factory=Hooks)
-    loops: Mapping[str, Loop] = field(default_factory=lambda: MappingProxyType({}))
+    loops: Mapping[str, Loop] = field(default_factory=dict)
     start: Lifecycle | None = None
 
     def __post_init__(self) -> None:
