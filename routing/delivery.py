@@ -2,20 +2,23 @@
 with the same txn_id and body until a 2xx, with backoff, `Retry-After` and hold expiry.
 
 This module schedules: it reads the `due` sorted set (users to look at, scored by the time to
-look), claims users, serves each one's queue and schedules retries. Its parts:
+look) and starts the serving of each user due (`routing/courier.py`: claim, send, acknowledge,
+schedule the retry). Its parts:
 - `routing/leases.py`: `{u:<id>}:lease`, which worker owns the user right now (expires if that
   worker dies);
 - `routing/transactions.py`: `{u:<id>}:txn`, the transaction in flight with its exact body, so
   a retry is byte-identical, built from `{u:<id>}:q` (entries leave it only when acknowledged);
-- `routing/sender.py`: one signed PUT to the user's server, and what its answer says.
+- `routing/sender.py`: one signed PUT to the user's server, and what its answer says;
+- `routing/courier.py`: one user served with the three above.
 
 Only the lease holder sends: the script that opens (or re-reads) the transaction before every
 attempt checks and extends the lease in the same atomic step, and an attempt times out after
 at most half the lease, so a worker that stalled or lost Redis cannot overlap with the one
-that took over. An event costs the worker about four round trips: open, acknowledge, leave
-`due`, release. Every script touches the keys of one user only (one hash slot), so all of
-this works on Redis Cluster; the global `due` set is written with plain commands, and a
-periodic sweep (`routing/sweep.py`) re-schedules any user whose queue is not empty but who
+that took over. A transaction costs the worker two round trips: open (the first also claims)
+and acknowledge (leaving `due` and releasing when nothing is left). A user scheduled by this
+process is served at once, without reading `due`. Every script touches the keys of one user
+only (one hash slot), so all of this works on Redis Cluster; the global `due` set is written
+with plain commands, and a periodic sweep (`routing/sweep.py`) re-schedules any user whose queue is not empty but who
 fell out of `due` (a crash between queueing and scheduling, or a Redis that lost writes).
 """
 
@@ -31,16 +34,16 @@ import aiohttp
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from foundation import batching, metrics
-from foundation.errors import ClosedError, GatewayError
+from foundation.errors import ClosedError
 from foundation.redis_keys import Keys
+from routing.courier import Courier, Served
 from routing.handoff import DEFAULT_CAPS, Caps
 from routing.leases import Leases
 from routing.outage import Outages
 from routing.registry import Registry
-from routing.sender import Outcome, Sender, backoff
+from routing.sender import Sender
 from routing.sweep import sweep
-from routing.transactions import LeaseLost, Transactions
+from routing.transactions import Transactions
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +87,7 @@ class DeliveryWorker:
         )
         # An attempt never outlives half the lease, so a takeover cannot overlap with it.
         self._sender = Sender(session, timeout=min(timeout, lease / 2), production=production)
-        self._active: dict[str, asyncio.Task[bool]] = {}
+        self._active: dict[str, asyncio.Task[Served]] = {}
         self._skip_until: dict[str, float] = {}
         self._wakeup = asyncio.Event()
         self._local: set[str] = set()
@@ -94,8 +97,7 @@ class DeliveryWorker:
         """Read `due` on the next round (set by other processes' wake-ups and by the clock)."""
         self._next_look = 0.0
         self._closed = False
-        self._outages = outages
-        """Told of failures and expiries, so the people writing to a down server hear of it."""
+        self._courier = Courier(redis, keys, self._leases, self._transactions, self._sender, outages, self.wake)
 
     def wake(self, user_id: str | None = None) -> None:
         """Look at `user_id` now (this process just scheduled it), or at the whole `due` set."""
@@ -232,101 +234,27 @@ class DeliveryWorker:
             self._look = True  # the rest stay in `due` for a later round
             user_ids = user_ids[:room]
         for user_id in user_ids:
-            task = asyncio.create_task(self._serve(user_id), name=f"deliver-{user_id}")
+            task = asyncio.create_task(self._courier.serve(user_id), name=f"deliver-{user_id}")
             self._active[user_id] = task
             task.add_done_callback(functools.partial(self._finished, user_id))
 
-    def _finished(self, user_id: str, task: asyncio.Task[bool]) -> None:
+    def _finished(self, user_id: str, task: asyncio.Task[Served]) -> None:
         self._active.pop(user_id, None)
+        served = None if task.cancelled() or task.exception() is not None else task.result()
+        if served is Served.ELSEWHERE:
+            # Another worker serves the user; look again when its lease could have lapsed.
+            self._skip_until[user_id] = time.time() + min(self._leases.ms / 1000, 1.0)
         if user_id in self._local:
             self._wakeup.set()  # woken for while it was being served: claimed again next round
-        # A delivery that ended with its user settled (nothing left, a retry scheduled, or
-        # another worker serving it) needs no look at `due`; any other end may have left work.
-        elif task.cancelled() or task.exception() is not None or not task.result():
+        elif served is Served.UNSETTLED or served is None:
+            # A delivery that ended settled (nothing left, a retry scheduled, or another worker
+            # serving it) needs no look at `due`; any other end may have left work.
             self._look = True
             self._wakeup.set()
 
-    async def _serve(self, user_id: str) -> bool:
-        """Claim the user and deliver its queue while we hold the lease; on failure, schedule the
-        retry. True when the user is settled: no look at `due` is needed for it."""
-        released = False
-        try:
-            # First call: take the lease and put the due time past it (unless the user left `due`).
-            claim: batching.Call | None = self._leases.placeholder_call(user_id, only_if_due=True)
-            queued = True
-            while not self._closed:
-                # After an acknowledgement that left the queue empty there is nothing to open.
-                opened = await self._transactions.open(user_id, claim=True, before=claim) if queued else None
-                claim = None
-                if opened is None:
-                    # Out of `due`, then the last look (see `Leases.release_if_idle`).
-                    busy = await self._leases.release_if_idle(user_id)
-                    if not busy:
-                        released = True
-                        return True
-                    claim = self._leases.placeholder_call(user_id, only_if_due=False)
-                    queued = True
-                    continue
-                outcome = await self._sender.send(opened.txn_id, opened.body, opened.target)
-                if outcome.ok:
-                    # Out of `due` first, then acknowledged and the lease given up if nothing is left.
-                    done = await self._transactions.acknowledge(
-                        user_id, opened, before=self._leases.leave_due_call(user_id)
-                    )
-                    if done.released:
-                        released = True
-                        return True
-                    # Back into `due` (it left just now) with the next open.
-                    claim = self._leases.placeholder_call(user_id, only_if_due=False)
-                    queued = done.left > 0
-                else:
-                    if self._outages is not None:
-                        await self._outages.failed(user_id)
-                    await self._schedule_retry(user_id, outcome)
-                    return True
-        except LeaseLost:
-            # Another worker serves the user; look again when its lease could have lapsed.
-            released = True  # not ours to give up
-            self._skip_until[user_id] = time.time() + min(self._leases.ms / 1000, 1.0)
-            return True
-        except (RedisError, GatewayError, OSError) as exc:
-            log.warning("delivery failed locally; will retry", extra={"error": type(exc).__name__})
-            with contextlib.suppress(RedisError):
-                await self._redis.zadd(self._keys.due, {user_id: time.time() + 1.0})
-        except Exception:
-            log.exception("unexpected delivery error; will retry")
-            with contextlib.suppress(RedisError):
-                await self._redis.zadd(self._keys.due, {user_id: time.time() + 5.0})
-        finally:
-            if not released:
-                with contextlib.suppress(RedisError, OSError):
-                    done_release = await self._leases.release(user_id)
-                    if done_release and self._closed:
-                        # A clean stop interrupted this user: let another process take over now,
-                        # not when the placeholder due time set at lease time comes round.
-                        await self._redis.zadd(self._keys.due, {user_id: time.time()}, xx=True)
-        return False
-
-    async def _schedule_retry(self, user_id: str, outcome: Outcome) -> None:
-        attempts = await self._transactions.failed_attempt(user_id)
-        reason = f"http_{outcome.status}" if outcome.status is not None else "unreachable"
-        await self._redis.hset(
-            self._keys.counters(user_id), mapping={"last_failure_at": repr(time.time()), "last_failure": reason}
-        )
-        metrics.DELIVERY_RETRIES.labels(
-            "unreachable" if outcome.status is None else "retry_after" if outcome.retry_after is not None else "refused"
-        ).inc()
-        delay = outcome.retry_after if outcome.retry_after is not None else backoff(attempts)
-        await self._redis.zadd(self._keys.due, {user_id: time.time() + delay})
-        # Read the ping flag only after writing the retry time: a ping that set its flag before
-        # this read is seen here, and one that sets it later writes `due` after us. Either way
-        # the ping wins, whichever order the two processes ran in.
-        if await self._redis.getdel(self._keys.user_key(user_id, "ping")):
-            await self._redis.zadd(self._keys.due, {user_id: time.time()})
-            self.wake(user_id)
-
     async def aclose(self) -> None:
         self._closed = True
+        self._courier.closed = True
         self._sender.close()
         self._wakeup.set()
         tasks = list(self._active.values())
