@@ -11,8 +11,17 @@ order, on one connection. Calls of different batches (more than `MAX_BATCH` at o
 while an earlier batch is still out) may run in any order relative to each other, as separate
 commands from concurrent callers would.
 
-On Redis Cluster every call is sent on its own (in order, one after the other): same results,
-no batching.
+On one Redis the batches go out on a lean pipelining connection of the client's
+(`foundation.pipelined`: no redis-py pipeline objects, one write per batch, replies matched in
+order), not through redis-py's pool. A call is raw arguments, and its reply is raw: bytes, int,
+list or None as Redis answers on RESP2 (`HGETALL` is a flat list), an error reply redis-py's
+exception for it. A batch whose connection is lost or times out is sent again, whole, on a new
+connection, as redis-py's pipeline did with the client's `Retry` (3 retries, backoff): a write
+whose reply was lost may then run twice, which the callers' writes are made to bear (dedup ids,
+transaction ids, NX); after the last retry each call of the batch gets the error.
+
+On Redis Cluster every call is sent on its own (in order, one after the other) through the
+cluster client: same results, no batching; its replies are brought to the same raw shapes.
 
 Durable calls (`durable=True`: a write someone is told is stored) are followed, when replicas
 are required (`Batcher.ack`, from ALLY_ACK_REPLICAS), by one Redis `WAIT` per flush, on the
@@ -20,7 +29,10 @@ same connection and after every write of the batch: one wait for the whole batch
 event. Fewer confirmations than required make each durable call of the batch raise
 `NotReplicated` (its write is on the primary, but a failover could lose it; the caller answers
 503 and the retry is harmless: acknowledged writes are idempotent). On a cluster the `WAIT`
-goes to the node that took the write, in the same pipeline.
+goes to the node that took the write, in the same pipeline. A `WAIT` holds its connection until
+the replicas answer, so runs with a durable call go on a connection of their own, one batch at a
+time: what is queued meanwhile goes out together, behind one `WAIT`, when the last one returns
+(a frozen replica delays durable writes by one `WAIT` timeout each, and nothing else at all).
 
 Components get their batcher from `shared(redis)`: one per client, so the calls the hand-over,
 the delivery worker, the chat lookup and the token broker make in one turn share one pipeline.
@@ -30,7 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,23 +51,27 @@ from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
-from foundation import metrics
+from foundation import metrics, storage
 from foundation.errors import NotReplicated
-
-Queue = Callable[[Any], object]
-"""Queues one command on a pipeline, e.g. `lambda p: p.zrem(key, member)`."""
+from foundation.pipelined import Arg, PipelinedConnection, pack
 
 MAX_BATCH = 256
 
 
 @dataclass(frozen=True, slots=True)
 class Call:
-    queue: Queue
+    args: tuple[Arg, ...]
+    """The command and its arguments, as sent: `("ZREM", key, member)`."""
     script: AsyncScript | None = None
-    keys: Sequence[Any] = ()
-    args: Sequence[Any] = ()
+    keys: tuple[Arg, ...] = ()
+    """The keys it writes; on a cluster, the first one's node waits for replicas."""
     durable: bool = False
     """Acknowledged to someone as stored: on `Ack.replicas` replicas before the call returns."""
+    wire: bytes = field(init=False, repr=False, compare=False)
+    """The command in RESP, packed when the call is made: a bad argument fails its caller alone."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "wire", pack(self.args))
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,28 +87,49 @@ class Ack:
         return self.per_node.get(node, self.replicas)
 
 
-def command(queue: Queue, *, durable: bool = False, key: Any = None) -> Call:
-    """A plain command; a durable one names its key (on a cluster, its node waits for replicas)."""
-    return Call(queue, keys=() if key is None else (key,), durable=durable)
+_NO_ACK = Ack()
+
+
+def command(*args: Arg, durable: bool = False, key: Arg | None = None) -> Call:
+    """A plain command, e.g. `command("ZREM", key, member)`, answered raw; a durable one names
+    its key (on a cluster, its node waits for replicas)."""
+    return Call(args, keys=() if key is None else (key,), durable=durable)
 
 
 def script(script: AsyncScript, keys: Sequence[Any], args: Sequence[Any], *, durable: bool = False) -> Call:
     # EVALSHA by name: the cluster pipeline refuses its `evalsha` method, not the command.
-    return Call(
-        lambda p: p.execute_command("EVALSHA", script.sha, len(keys), *keys, *args), script, keys, args, durable
-    )
+    return Call(("EVALSHA", script.sha, len(keys), *keys, *args), script, tuple(keys), durable)
 
 
-Pending = list[tuple[Call, "asyncio.Future[Any]"]]
+Run = tuple[Sequence[Call], "asyncio.Future[list[Any]]"]
+"""The calls of one `run`, and where their replies go."""
+
+
+class _Lane:
+    """The runs queued for one connection. A grouped lane has one batch out at a time."""
+
+    __slots__ = ("connection", "grouped", "out", "pending", "size")
+
+    def __init__(self, connection: PipelinedConnection, *, grouped: bool) -> None:
+        self.connection = connection
+        self.grouped = grouped
+        self.pending: list[Run] = []
+        self.size = 0
+        """Calls pending."""
+        self.out = 0
+        """Batches sent and not answered yet."""
 
 
 class Batcher:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._cluster = isinstance(redis, RedisCluster)
-        self._pending: Pending = []
+        self._plain: _Lane | None = None
+        self._durable: _Lane | None = None
         self._sending: set[asyncio.Task[None]] = set()
         self.ack = Ack()
+        self.batches = 0
+        """Batches sent so far (each one write on its connection, retries aside)."""
 
     async def run(self, *calls: Call) -> list[Any]:
         """Run `calls` in order in the next batch; return their replies, or raise the first error."""
@@ -117,14 +154,76 @@ class Batcher:
     async def _run(self, calls: Sequence[Call]) -> list[Any]:
         if self._cluster:
             return [await self._alone(call) for call in calls]
-        return await self._queue(calls)
+        lane = self._lane(self.ack.replicas > 0 and any(call.durable for call in calls))
+        if lane.pending and lane.size + len(calls) > MAX_BATCH:
+            self._flush(lane)
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        if not lane.pending:
+            asyncio.get_running_loop().call_soon(self._flush_when_ready, lane)
+        lane.pending.append((calls, future))
+        lane.size += len(calls)
+        return await future
+
+    def _lane(self, durable: bool) -> _Lane:
+        lane = self._durable if durable else self._plain
+        if lane is None:
+            lane = _Lane(storage.pipelined(self._redis), grouped=durable)
+            if durable:
+                self._durable = lane
+            else:
+                self._plain = lane
+        return lane
+
+    def _flush_when_ready(self, lane: _Lane) -> None:
+        if not (lane.grouped and lane.out):  # else the batch out sends these when it returns
+            self._flush(lane)
+
+    def _flush(self, lane: _Lane) -> None:
+        batch, lane.pending, lane.size = lane.pending, [], 0
+        if batch:
+            lane.out += 1
+            self.batches += 1
+            task = asyncio.get_running_loop().create_task(self._send(lane, batch))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def _send(self, lane: _Lane, batch: list[Run]) -> None:
+        calls = [call for calls, _ in batch for call in calls]
+        ack = self.ack if any(call.durable for call in calls) else _NO_ACK
+        wire = [call.wire for call in calls]
+        if ack.replicas:
+            # After every write of the batch, on their connection: WAIT covers them all.
+            wire.append(pack(("WAIT", ack.replicas, ack.timeout_ms)))
+        data, count = b"".join(wire), len(wire)
+        connection = lane.connection
+        patience = ack.timeout_ms / 1000 if ack.replicas else 0.0  # a WAIT may be silent that long
+        try:
+            replies = await connection.endpoint.retry.call_with_retry(
+                lambda: connection.send(data, count, patience=patience), _dropped
+            )
+            replies = _confirmed(calls, replies, ack)
+        except asyncio.CancelledError:
+            for _, future in batch:
+                future.cancel()
+            raise
+        except Exception as exc:
+            replies = [exc] * len(calls)
+        finally:
+            lane.out -= 1
+            if lane.grouped and lane.pending and not lane.out:
+                self._flush(lane)
+        start = 0
+        for calls_of_run, future in batch:
+            if not future.done():  # done: its caller was cancelled
+                future.set_result(replies[start : start + len(calls_of_run)])
+            start += len(calls_of_run)
 
     async def _alone(self, call: Call) -> Any:
         """One call on a cluster, in a pipeline of its own (with its WAIT, on its node)."""
-        ack = self.ack if call.durable else Ack()
+        ack = self.ack if call.durable else _NO_ACK
         try:
             pipe = self._redis.pipeline(transaction=False)
-            call.queue(pipe)
+            pipe.execute_command(*call.args)
             if ack.replicas:
                 await self._redis.initialize()  # the slot map, before asking it for a node
                 node = self._redis.get_node_from_key(call.keys[0])
@@ -134,45 +233,25 @@ class Batcher:
             replies = await pipe.execute(raise_on_error=False)
         except Exception as exc:
             return exc
-        return _confirmed([call], replies, ack)[0]
+        return _confirmed([call], [_raw(replies[0]), *replies[1:]], ack)[0]
 
-    async def _queue(self, calls: Sequence[Call]) -> list[Any]:
-        loop = asyncio.get_running_loop()
-        if self._pending and len(self._pending) + len(calls) > MAX_BATCH:
-            self._flush()
-        futures = [loop.create_future() for _ in calls]
-        if not self._pending:
-            loop.call_soon(self._flush)
-        self._pending += zip(calls, futures, strict=True)
-        return list(await asyncio.gather(*futures, return_exceptions=True))
 
-    def _flush(self) -> None:
-        batch, self._pending = self._pending, []
-        if batch:
-            task = asyncio.get_running_loop().create_task(self._send(batch))
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
+async def _dropped(error: Exception) -> None:
+    """Before a retry: nothing to do, a failed pipelining connection has already let go of its socket."""
 
-    async def _send(self, batch: Pending) -> None:
-        calls = [call for call, _ in batch]
-        ack = self.ack if any(call.durable for call in calls) else Ack()
-        try:
-            pipe = self._redis.pipeline(transaction=False)
-            for call in calls:
-                call.queue(pipe)
-            if ack.replicas:
-                # After every write of the batch, on their connection: WAIT covers them all.
-                pipe.execute_command("WAIT", ack.replicas, ack.timeout_ms)
-            replies = _confirmed(calls, await pipe.execute(raise_on_error=False), ack)
-        except asyncio.CancelledError:
-            for _, future in batch:
-                future.cancel()
-            raise
-        except Exception as exc:
-            replies = [exc] * len(batch)
-        for (_, future), reply in zip(batch, replies, strict=True):
-            if not future.done():  # done: its caller was cancelled
-                future.set_result(reply)
+
+def _raw(reply: Any) -> Any:
+    """A cluster client's reply in the shape the pipelining connection gives: redis-py speaks RESP3
+    and applies its response callbacks by command name, so a map (`HGETALL`) becomes the flat
+    list RESP2 sends, a set a list and a boolean (`HSETNX`, a Lua `true`) 1 or 0. A status reply
+    that redis-py turns into True (`SET`) stays 1: compare such replies for truth, not to b"OK"."""
+    if isinstance(reply, dict):
+        return [_raw(item) for pair in reply.items() for item in pair]
+    if isinstance(reply, list | set | tuple):
+        return [_raw(item) for item in reply]
+    if isinstance(reply, bool):
+        return int(reply)
+    return reply
 
 
 def _confirmed(calls: Sequence[Call], replies: list[Any], ack: Ack) -> list[Any]:

@@ -13,6 +13,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.maint_notifications import MaintNotificationsConfig
 
+from foundation.pipelined import Endpoint, PipelinedConnection
+
 MAX_CONNECTIONS = 256
 POOL_WAIT = 5.0
 
@@ -66,6 +68,35 @@ class _Cluster(RedisCluster):  # type: ignore[misc]
         return _ClusterPipeline(self, transaction)
 
 
+class _Pool(BlockingConnectionPool):  # type: ignore[misc]
+    """redis-py's blocking pool, owning as well the pipelining connections made for its client
+    (`pipelined`): closing the client closes them too."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._pipelined: list[PipelinedConnection] = []
+
+    def pipelined(self) -> PipelinedConnection:
+        connection = PipelinedConnection(Endpoint.of(self))
+        self._pipelined.append(connection)
+        return connection
+
+    async def disconnect(self, inuse_connections: bool = True) -> None:
+        await super().disconnect(inuse_connections)
+        if inuse_connections:
+            for connection in self._pipelined:
+                await connection.aclose()
+
+
+def pipelined(redis: Redis) -> PipelinedConnection:
+    """A new pipelining connection to the client's Redis, with the client's settings (address,
+    TLS, credentials, database, timeouts, retry policy), closed when the client is closed."""
+    pool = redis.connection_pool
+    if not isinstance(pool, _Pool):
+        raise TypeError("a pipelining connection needs a client made by foundation.storage.connect")
+    return pool.pipelined()
+
+
 def connect(url: str, *, cluster: bool = False) -> Redis:
     """A client that retries briefly on connection loss (Redis restarts are ridden through).
 
@@ -85,7 +116,7 @@ def connect(url: str, *, cluster: bool = False) -> Redis:
     # A blocking pool: under a burst, a command waits (up to POOL_WAIT) for a free connection
     # instead of failing at once with MaxConnectionsError, which turned load into 503s and
     # delivery retries.
-    pool = BlockingConnectionPool.from_url(
+    pool = _Pool.from_url(
         url,
         retry=retry,
         retry_on_error=errors,

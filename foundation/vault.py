@@ -28,9 +28,8 @@ from dataclasses import dataclass, field
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 
-from foundation import user_fields
+from foundation import batching, user_fields
 from foundation.config import MasterKey
 from foundation.errors import KeyShredded, VaultError
 from foundation.redis_keys import Keys
@@ -124,11 +123,11 @@ class Vault:
         except InvalidTag as exc:
             raise VaultError("data key does not open under its master key") from exc
 
-    def read_wrapped(self, pipe: Pipeline, user_id: str) -> None:
-        """Queue the read of the user's wrapped data key on `pipe`; hand its answer to `opened`.
+    def read_wrapped(self, user_id: str) -> batching.Call:
+        """The read of the user's wrapped data key, for a batch; hand its answer to `opened`.
 
         A caller reads a record and the key that opens it in one round trip this way."""
-        pipe.hget(self._keys.user(user_id), user_fields.DEK)
+        return batching.command("HGET", self._keys.user(user_id), user_fields.DEK)
 
     async def opened(self, user_id: str, wrapped: bytes | None) -> DataKey:
         """The data key from what `read_wrapped` answered; KeyShredded when there is none."""

@@ -110,7 +110,12 @@ def _text(value: bytes | None) -> str:
 
 
 def _hgetall(key: str) -> batching.Call:
-    return batching.command(lambda pipe: pipe.hgetall(key))
+    return batching.command("HGETALL", key)
+
+
+def _fields(flat: list[bytes]) -> dict[bytes, bytes]:
+    """A hash from the flat field, value, field, value... list Redis answers HGETALL with."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 class ConnectionStore:
@@ -147,19 +152,20 @@ class ConnectionStore:
 
     async def all(self, user_id: str) -> list[Connection]:
         *records, wrapped = await self._records(user_id, *PROVIDERS)
-        found = [await self._parse(user_id, p, raw, wrapped) for p, raw in zip(PROVIDERS, records, strict=True)]
+        found = [
+            await self._parse(user_id, p, _fields(raw), wrapped) for p, raw in zip(PROVIDERS, records, strict=True)
+        ]
         return [c for c, _, _ in filter(None, found)]
 
     async def _read(self, user_id: str, provider: str) -> tuple[Connection, bytes, DataKey] | None:
         raw, wrapped = await self._records(user_id, provider)
-        return await self._parse(user_id, provider, raw, wrapped)
+        return await self._parse(user_id, provider, _fields(raw), wrapped)
 
     async def _records(self, user_id: str, *providers: str) -> list[Any]:
         """The records, then the wrapped data key: one round trip, shared with the reads of other
         requests made in the same turn of the event loop (on one Redis; a cluster gets one each)."""
         reads = [_hgetall(self.key(user_id, p)) for p in providers]
-        wrapped = batching.command(lambda pipe: self._vault.read_wrapped(pipe, user_id))
-        return await self._batch.run(*reads, wrapped)
+        return await self._batch.run(*reads, self._vault.read_wrapped(user_id))
 
     async def _parse(
         self, user_id: str, provider: str, raw: dict[bytes, bytes], wrapped: bytes | None

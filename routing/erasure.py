@@ -113,9 +113,7 @@ class Eraser:
         # Durable: `202` tells the operator the erasure will happen, whichever node survives.
         # From here on the user is gone for every caller; handoff refuses a user marked erasing.
         await self._batch.run(
-            batching.command(
-                lambda p: p.hsetnx(self._records, user_id, orjson.dumps(record)), durable=True, key=self._records
-            ),
+            batching.command("HSETNX", self._records, user_id, orjson.dumps(record), durable=True, key=self._records),
             batching.script(self._mark, [self._keys.user(user_id)], [], durable=True),
         )
         self._spawn(user_id)

@@ -76,13 +76,12 @@ class Leases:
     def placeholder_call(self, user_id: str, *, only_if_due: bool) -> batching.Call:
         """Set the user's due time to when this lease could lapse (`placeholder_due`), so that no
         other worker looks at the user before then; `only_if_due`: unless it left `due` meanwhile."""
-        due, score = self._keys.due, self.placeholder_due()
-        return batching.command(lambda p: p.zadd(due, {user_id: score}, xx=only_if_due))
+        xx = ("XX",) if only_if_due else ()
+        return batching.command("ZADD", self._keys.due, *xx, self.placeholder_due(), user_id)
 
     def leave_due_call(self, user_id: str) -> batching.Call:
         """Out of `due`: sent before a last look that may give the lease up (see `release_if_idle`)."""
-        due = self._keys.due
-        return batching.command(lambda p: p.zrem(due, user_id))
+        return batching.command("ZREM", self._keys.due, user_id)
 
     async def release_if_idle(self, user_id: str) -> bool:
         """Leave `due`, then release the lease if there is nothing left to do; True when there is

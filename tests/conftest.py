@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 
 from foundation.config import Settings
 from foundation.redis_keys import Keys
+from foundation.storage import connect
 from tests.support.dedicated import DedicatedServer
 from tests.support.gateway import REDIS_URL, Gateway, make_settings, serve, wipe
 from tests.support.redis_servers import RedisCluster, RedisServer
@@ -25,8 +26,8 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 async def redis() -> AsyncIterator[Redis]:
-    """A plain client of the shared Redis, for tests of one part without a gateway."""
-    client = Redis.from_url(REDIS_URL)
+    """A client of the shared Redis, made as the gateway makes its own, for tests of one part without a gateway."""
+    client = connect(REDIS_URL)
     try:
         yield client
     finally:

@@ -128,7 +128,7 @@ class Chats:
     async def owner(self, chat_id: int) -> str | None:
         # Every update asks this first: concurrent webhooks share one round trip.
         key = self._chat(chat_id)
-        raw = await self._batch.call(command(lambda p: p.get(key)))
+        raw = await self._batch.call(command("GET", key))
         return raw.decode() if raw is not None else None
 
     def cached_owner(self, chat_id: int) -> str | None:

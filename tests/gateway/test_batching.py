@@ -4,16 +4,16 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, cast
 
 import pytest
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import DataError, ResponseError
 
-from foundation.batching import MAX_BATCH, Batcher, Queue, command, script, shared
+from foundation.batching import MAX_BATCH, Batcher, command, script, shared
 from foundation.storage import connect
 from tests.support.gateway import REDIS_URL, wipe
-from tests.support.redis_servers import RedisServer
+from tests.support.redis_servers import RedisCluster, RedisServer
 
 
 @pytest.fixture
@@ -34,28 +34,13 @@ async def prefix() -> AsyncIterator[str]:
         await wipe(value)
 
 
-class CountingRedis:
-    """The real client, counting the pipelines it sends."""
-
-    def __init__(self, redis: Redis) -> None:
-        self.redis = redis
-        self.pipelines = 0
-
-    def pipeline(self, transaction: bool = True) -> Any:
-        self.pipelines += 1
-        return self.redis.pipeline(transaction=transaction)
-
-
 async def test_concurrent_calls_share_round_trips_and_each_gets_its_own_reply(redis: Redis, prefix: str):
-    counting = CountingRedis(redis)
-    batch = Batcher(cast(Redis, counting))
-
-    def add(i: int) -> Queue:
-        return lambda p: p.incrby(f"{prefix}n{i % 7}", i)
-
-    # Fewer calls than one batch holds: one pipeline, executed in call order.
-    replies = await asyncio.gather(*(batch.call(command(add(i))) for i in range(MAX_BATCH - 1)))
-    assert counting.pipelines == 1
+    batch = Batcher(redis)
+    # Fewer calls than one batch holds: one write, executed in call order.
+    replies = await asyncio.gather(
+        *(batch.call(command("INCRBY", f"{prefix}n{i % 7}", i)) for i in range(MAX_BATCH - 1))
+    )
+    assert batch.batches == 1
     totals: dict[int, int] = {}
     for i in range(len(replies)):
         totals[i % 7] = totals.get(i % 7, 0) + i
@@ -66,36 +51,55 @@ async def test_concurrent_calls_share_round_trips_and_each_gets_its_own_reply(re
 
 
 async def test_more_calls_than_a_batch_holds_all_get_their_replies(redis: Redis, prefix: str):
-    counting = CountingRedis(redis)
-    batch = Batcher(cast(Redis, counting))
+    batch = Batcher(redis)
     key = f"{prefix}many"
-    replies = await asyncio.gather(*(batch.call(command(lambda p: p.incr(key))) for _ in range(3 * MAX_BATCH)))
+    replies = await asyncio.gather(*(batch.call(command("INCR", key)) for _ in range(3 * MAX_BATCH)))
     assert sorted(replies) == list(range(1, 3 * MAX_BATCH + 1))
-    assert 3 <= counting.pipelines <= 4
+    assert 3 <= batch.batches <= 4
 
 
 async def test_the_calls_of_one_run_go_out_in_order_in_one_round_trip(redis: Redis, prefix: str):
-    counting = CountingRedis(redis)
-    batch = Batcher(cast(Redis, counting))
+    batch = Batcher(redis)
     key = f"{prefix}list"
-
-    def push(i: int) -> Queue:
-        return lambda p: p.rpush(key, i)
-
-    replies = await batch.run(*(command(push(i)) for i in range(50)))
+    replies = await batch.run(*(command("RPUSH", key, i) for i in range(50)))
     assert replies == list(range(1, 51))
     assert [int(v) for v in await redis.lrange(key, 0, -1)] == list(range(50))
-    assert counting.pipelines == 1
+    assert batch.batches == 1
+
+
+async def test_replies_are_raw_as_redis_sends_them(redis: Redis, prefix: str):
+    await redis.hset(f"{prefix}h", mapping={"a": "1", "b": "2"})
+    batch = Batcher(redis)
+    replies = await batch.run(
+        command("HGETALL", f"{prefix}h"),
+        command("HGETALL", f"{prefix}none"),
+        command("HSETNX", f"{prefix}h", "a", "9"),
+        command("GET", f"{prefix}none"),
+        command("SET", f"{prefix}s", 1.5),
+        command("GET", f"{prefix}s"),
+    )
+    flat, empty, kept, missing, ok, value = replies
+    assert dict(zip(flat[::2], flat[1::2], strict=True)) == {b"a": b"1", b"b": b"2"}
+    assert (empty, kept, missing, ok, value) == ([], 0, None, b"OK", b"1.5")
 
 
 async def test_one_failing_call_fails_alone(redis: Redis, prefix: str):
     await redis.set(f"{prefix}text", "not a number")
     batch = Batcher(redis)
-    good = batch.call(command(lambda p: p.incr(f"{prefix}counter")))
-    bad = batch.call(command(lambda p: p.incr(f"{prefix}text")))
+    good = batch.call(command("INCR", f"{prefix}counter"))
+    bad = batch.call(command("INCR", f"{prefix}text"))
     results = await asyncio.gather(good, bad, return_exceptions=True)
     assert results[0] == 1
-    assert isinstance(results[1], ResponseError)
+    assert type(results[1]) is ResponseError
+    assert batch.batches == 1
+
+
+async def test_a_bad_argument_fails_its_caller_alone_before_anything_is_queued(redis: Redis, prefix: str):
+    batch = Batcher(redis)
+    with pytest.raises(DataError):
+        command("SET", f"{prefix}k", True)  # what redis-py refuses too
+    assert await batch.call(command("SET", f"{prefix}k", 1.5)) == b"OK"
+    assert batch.batches == 1
 
 
 async def test_scripts_run_again_after_redis_forgot_them(tmp_path: Path):
@@ -111,7 +115,7 @@ async def test_scripts_run_again_after_redis_forgot_them(tmp_path: Path):
         assert sorted(replies) == [2, 3, 4, 5, 6]
         # A plain command after a forgotten script in one run runs again after it: order holds.
         await redis.script_flush()
-        reply, after = await batch.run(script(incr, ["s"], []), command(lambda p: p.get("s")))
+        reply, after = await batch.run(script(incr, ["s"], []), command("GET", "s"))
         assert (reply, int(after)) == (7, 7)
     finally:
         await redis.aclose()
@@ -122,19 +126,48 @@ async def test_a_lost_connection_fails_every_call_of_the_batch():
     redis = connect("redis://127.0.0.1:1/0")
     try:
         batch = Batcher(redis)
-        calls = (batch.call(command(lambda p: p.get("x"))) for _ in range(3))
+        calls = (batch.call(command("GET", "x")) for _ in range(3))
         results = await asyncio.gather(*calls, return_exceptions=True)
-        assert all(isinstance(r, Exception) for r in results)
+        assert all(isinstance(r, RedisConnectionError) for r in results)
     finally:
         await redis.aclose()
 
 
 async def test_components_on_one_client_share_one_batcher_and_one_pipeline(redis: Redis, prefix: str):
-    counting = cast(Redis, CountingRedis(redis))
-    first, second = shared(counting), shared(counting)
+    first, second = shared(redis), shared(redis)
     assert first is second
     replies = await asyncio.gather(
-        first.call(command(lambda p: p.incr(f"{prefix}a"))), second.call(command(lambda p: p.incr(f"{prefix}b")))
+        first.call(command("INCR", f"{prefix}a")), second.call(command("INCR", f"{prefix}b"))
     )
     assert list(replies) == [1, 1]
-    assert cast(CountingRedis, counting).pipelines == 1
+    assert first.batches == 1
+
+
+async def test_a_cluster_answers_in_the_same_raw_shapes_as_one_redis(redis_cluster: RedisCluster, prefix: str):
+    """The cluster path goes through redis-py (RESP3, response callbacks); callers see the same."""
+    single, cluster = connect(REDIS_URL), connect(redis_cluster.url, cluster=True)
+    key = f"{prefix}{{u:1}}"
+    answers = []
+    try:
+        for client in (single, cluster):
+            await client.hset(f"{key}:h", mapping={"a": "1"})
+            await client.zadd(f"{key}:z", {"m": 1})
+            listed = client.register_script("return {redis.call('INCR', KEYS[1]), false, 'x'}")
+            answers.append(
+                await Batcher(client).run(
+                    command("HGETALL", f"{key}:h"),
+                    command("HGETALL", f"{key}:none"),
+                    command("HSETNX", f"{key}:h", "a", "2"),
+                    command("HSETNX", f"{key}:h", "b", "2"),
+                    command("HGET", f"{key}:h", "b"),
+                    command("ZREM", f"{key}:z", "m"),
+                    command("GET", f"{key}:none"),
+                    script(listed, [f"{key}:n"], []),
+                )
+            )
+        assert answers[0] == [[b"a", b"1"], [], 0, 1, b"2", 1, None, [1, None, b"x"]]
+        assert answers[1] == answers[0]
+    finally:
+        await single.aclose()
+        await cluster.aclose()
+        await wipe(prefix, redis_cluster.url, cluster=True)

@@ -12,6 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from gateway.app import create_app
+from tests.support import ingress
 from tests.support.dedicated import DedicatedServer
 from tests.support.gateway import ADMIN_TOKEN, make_settings, register_user
 from tests.support.redis_servers import RedisServer
@@ -41,11 +42,13 @@ async def ready(client: TestClient[Any, Any]) -> None:
     raise AssertionError("/readyz did not come back")
 
 
-async def burst(client: TestClient[Any, Any], server_token: str) -> list[int]:
-    """As many requests at once as the pool has connections in use: each gets its own."""
+async def burst(client: TestClient[Any, Any], server_token: str, round_: int) -> list[int]:
+    """As many requests at once as the pool has connections in use, each getting its own, and
+    as many events handed over, which share the batcher's pipelining connection."""
     server = {"Authorization": f"Bearer {server_token}"}
-    calls = [client.post("/v1/ping", headers=server) for _ in range(BURST // 2)]
-    calls += [client.get("/admin/v1/users/u1", headers=ADMIN) for _ in range(BURST // 2)]
+    calls = [client.post("/v1/ping", headers=server) for _ in range(BURST // 3)]
+    calls += [client.get("/admin/v1/users/u1", headers=ADMIN) for _ in range(BURST // 3)]
+    calls += [client.post("/test/ingress/u1", json={"seq": round_ * BURST + i}) for i in range(BURST // 3)]
     return [resp.status for resp in await asyncio.gather(*calls)]
 
 
@@ -53,17 +56,19 @@ async def test_the_first_requests_after_a_redis_restart_succeed(
     tmp_path: Path, redis: RedisServer, dedicated: DedicatedServer
 ):
     settings = make_settings(tmp_path, redis_url=redis.url)
-    client = TestClient(TestServer(create_app(settings), port=0))
+    app = create_app(settings)
+    ingress.setup(app)
+    client = TestClient(TestServer(app, port=0))
     await client.start_server()
     try:
         token = (await register_user(client, dedicated, "u1"))["server_token"]
         failures = []
         for round_ in range(ROUNDS):
-            assert set(await burst(client, token)) == {200}  # the pool holds many live connections
+            assert set(await burst(client, token, 2 * round_)) == {200}  # many live connections
             # Alternately a clean stop and a crash: the pooled sockets die either way.
             redis.restart(crash=round_ % 2 == 1)
             await ready(client)
-            statuses = await burst(client, token)
+            statuses = await burst(client, token, 2 * round_ + 1)
             if set(statuses) != {200}:
                 failures.append((round_, sorted(statuses)))
         assert failures == []

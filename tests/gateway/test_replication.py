@@ -12,7 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import REGISTRY
 
-from foundation.batching import Ack, Batcher, Queue, command
+from foundation.batching import Ack, Batcher, command
 from foundation.errors import NotReplicated
 from foundation.replication import REFRESH
 from foundation.storage import connect
@@ -43,17 +43,13 @@ def not_replicated() -> float:
     return REGISTRY.get_sample_value("ally_writes_not_replicated_total") or 0.0
 
 
-def setter(key: str, value: int) -> Queue:
-    return lambda p: p.set(key, value)
-
-
 async def test_a_burst_of_durable_writes_waits_for_the_replica_once(pair: ReplicatedRedis):
     redis = connect(pair.primary.url)
     try:
         batch = Batcher(redis)
         batch.ack = Ack(replicas=1, timeout_ms=2000)
         before = waits(pair.primary)
-        writes = [batch.call(command(setter(f"k{i}", i), durable=True)) for i in range(100)]
+        writes = [batch.call(command("SET", f"k{i}", i, durable=True)) for i in range(100)]
         assert all(await asyncio.gather(*writes))
         assert waits(pair.primary) == before + 1
         with pair.replica.client() as replica:
@@ -71,12 +67,52 @@ async def test_with_the_replica_frozen_durable_writes_fail_and_the_rest_of_the_b
         batch.ack = Ack(replicas=1, timeout_ms=200)
         counted = not_replicated()
         pair.replica.freeze()
-        durable = batch.call(command(lambda p: p.set("acked", 1), durable=True))
-        plain = batch.call(command(lambda p: p.incr("plain")))
+        durable = batch.call(command("SET", "acked", 1, durable=True))
+        plain = batch.call(command("INCR", "plain"))
         results = await asyncio.gather(durable, plain, return_exceptions=True)
         assert isinstance(results[0], NotReplicated) and results[0].confirmed == 0
         assert results[1] == 1
         assert not_replicated() == counted + 1
+        # The same two in one run: one batch, one WAIT, and still only the durable one fails.
+        with pytest.raises(NotReplicated):
+            await batch.run(command("SET", "acked", 2, durable=True), command("INCR", "plain"))
+        assert await batch.call(command("GET", "plain")) == b"2"
+    finally:
+        pair.replica.thaw()
+        await redis.aclose()
+
+
+async def test_a_durable_write_waiting_for_replicas_holds_up_no_plain_call(pair: ReplicatedRedis):
+    redis = connect(pair.primary.url)
+    try:
+        batch = Batcher(redis)
+        batch.ack = Ack(replicas=1, timeout_ms=1500)
+        pair.replica.freeze()
+        durable = asyncio.create_task(batch.call(command("SET", "acked", 1, durable=True)))
+        await eventually(lambda: batch.batches == 1)  # out, its WAIT holding its connection
+        assert await batch.call(command("INCR", "plain")) == 1
+        assert not durable.done()  # the plain call was answered while the WAIT still waits
+        with pytest.raises(NotReplicated):
+            await durable
+    finally:
+        pair.replica.thaw()
+        await redis.aclose()
+
+
+async def test_durable_writes_made_while_a_wait_is_out_go_together_behind_one_more(pair: ReplicatedRedis):
+    redis = connect(pair.primary.url)
+    try:
+        batch = Batcher(redis)
+        batch.ack = Ack(replicas=1, timeout_ms=300)
+        before = waits(pair.primary)
+        pair.replica.freeze()
+        first = asyncio.create_task(batch.call(command("SET", "first", 1, durable=True)))
+        await eventually(lambda: batch.batches == 1)
+        later = [asyncio.create_task(batch.call(command("SET", f"k{i}", i, durable=True))) for i in range(20)]
+        results = await asyncio.gather(first, *later, return_exceptions=True)
+        assert all(isinstance(r, NotReplicated) for r in results)
+        assert batch.batches == 2
+        assert waits(pair.primary) == before + 2  # not one WAIT of 300 ms after another for each
     finally:
         pair.replica.thaw()
         await redis.aclose()

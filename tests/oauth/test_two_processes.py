@@ -13,10 +13,10 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 import pytest_asyncio
-from redis.asyncio import Redis
 
 from foundation.config import Settings
 from foundation.redis_keys import Keys
+from foundation.storage import connect as connect_redis
 from foundation.vault import Vault
 from oauth.store import ConnectionStore
 from tests.support.dedicated import DedicatedServer
@@ -99,7 +99,7 @@ async def test_two_gateway_processes_refresh_an_expired_token_once(
             url = (await resp.json())["url"]
         assert "status=connected" in await browser.open(url)
         # The stored access token expires (as if an hour had passed).
-        redis = Redis.from_url(settings.redis_url or "")
+        redis = connect_redis(settings.redis_url or "")
         try:
             store = ConnectionStore(
                 redis, Keys(settings.key_prefix), Vault(redis, Keys(settings.key_prefix), settings.master_keys)

@@ -7,9 +7,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from redis.asyncio import Redis
 
 from foundation.redis_keys import Keys
+from foundation.storage import connect
 from foundation.types import Event
 from foundation.vault import Vault
 from routing.handoff import Handoff, Item
@@ -29,7 +29,7 @@ async def test_an_erasure_interrupted_by_a_crash_is_finished_after_the_restart(
     # the window in which the gateway is killed.
     settings = dataclasses.replace(make_settings(tmp_path), delivery_timeout=3.0, delivery_lease=4.0)
     env = environment(settings)
-    redis = Redis.from_url(REDIS_URL)
+    redis = connect(REDIS_URL)
     keys = Keys(settings.key_prefix)
     handoff = Handoff(redis, keys, Registry(redis, keys, Vault(redis, keys, settings.master_keys)), lambda _u: None)
     headers = {"Authorization": f"Bearer {settings.admin_token}"}

@@ -50,6 +50,8 @@ def free_port(*, with_bus: bool = False) -> int:
 def _answers(port: int) -> bool:
     try:
         return bool(redis.Redis(port=port, socket_connect_timeout=0.5, socket_timeout=0.5).ping())
+    except redis.AuthenticationError:
+        return True  # up, and asking for a password
     except redis.RedisError:
         return False
 
