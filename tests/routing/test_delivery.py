@@ -61,7 +61,9 @@ async def test_batches_hold_at_most_100_events(gateway: Gateway, dedicated: Dedi
 async def test_a_transaction_body_never_exceeds_the_documented_limit(gateway: Gateway, dedicated: DedicatedServer):
     await gateway.create_user(dedicated, "erin")
     dedicated.mode["erin"] = "down"
-    # Twelve events of ~0.7 MB once sealed: about 8 MB held, twice the largest body.
+    # Twelve events of ~0.7 MB once sealed: about 8 MB held, more than one body can carry. (Six
+    # fit in one: two bodies when all are queued before the first attempt, more when an attempt
+    # began earlier, fixing a smaller transaction.)
     for n in range(12):
         item = Item(Event("telegram.update", "telegram", {"update_id": n, "text": "x" * 500_000}), dedup=str(n))
         await gateway.services.handoff("erin", [item], dedup_scope="tg")
@@ -70,7 +72,7 @@ async def test_a_transaction_body_never_exceeds_the_documented_limit(gateway: Ga
     await dedicated.wait_for(lambda: len(dedicated.events("erin")) == 12, timeout=20)
     delivered = {r.txn_id for r in dedicated.received}
     sizes = [len(body) for txn, bodies in dedicated.bodies.items() if txn in delivered for body in bodies]
-    assert len(sizes) >= 3
+    assert len(sizes) >= 2
     assert max(sizes) <= MAX_TXN_BYTES
     assert [e["payload"]["update_id"] for e in dedicated.events("erin")] == list(range(12))
 
