@@ -61,6 +61,9 @@ async def erase(client: TestClient[Any, Any], user_id: str) -> None:
         return (await client.get(f"/admin/v1/users/{user_id}", headers=ADMIN)).status == 404
 
     await eventually(gone, timeout=30)
+    # The user is gone as soon as its record is; the erasure goes on a little (the lease, then
+    # the AOF compaction it asks for).
+    await services(client).eraser.wait(user_id)
 
 
 async def test_a_finished_erasure_leaves_nothing_of_the_user_in_the_aof(
