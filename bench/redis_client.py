@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import resource
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -81,20 +82,32 @@ class BatcherAsItWas:
 Case = Callable[[], Awaitable[object]]
 
 
-async def cpu_per_call(case: Case, calls: int, concurrency: int) -> float:
-    """CPU µs per call over `calls` calls, `concurrency` at a time (each group one batch)."""
+async def _nothing() -> None:
+    """What the measuring loop itself costs per call, ten at once (asyncio.gather's tasks)."""
+
+
+async def cpu_per_call(case: Case, calls: int, concurrency: int) -> tuple[float, float]:
+    """CPU µs per call over `calls` calls, `concurrency` at a time (each group one batch): all of
+    it (user and system), and the user part alone (the Python; system time is mostly the
+    socket calls, alike for both clients, and the noisier on a shared machine)."""
     for _ in range(50):
         await case()  # warm: connections made, scripts loaded
-    began = time.process_time()
+    began, user = time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_utime
     for _ in range(calls // concurrency):
         if concurrency == 1:
             await case()
         else:
             await asyncio.gather(*(case() for _ in range(concurrency)))
-    return (time.process_time() - began) / calls * 1e6
+    total = time.process_time() - began
+    user = resource.getrusage(resource.RUSAGE_SELF).ru_utime - user
+    return total / calls * 1e6, user / calls * 1e6
 
 
-async def measure(url: str, calls: int, rounds: int) -> list[tuple[str, float, float]]:
+Row = tuple[str, float, float, float, float]
+"""Name; CPU µs per call before, after; user CPU µs per call before, after."""
+
+
+async def measure(url: str, calls: int, rounds: int) -> list[Row]:
     redis = connect(url)
     try:
         registered = redis.register_script(SCRIPT)
@@ -106,15 +119,23 @@ async def measure(url: str, calls: int, rounds: int) -> list[tuple[str, float, f
         pairs: Sequence[tuple[str, Case, Case, int]] = [
             ("GET, one at a time", lambda: redis.get(KEYS[1]), lambda: raw.execute([get]), 1),
             ("Batcher.call(script), one at a time", lambda: old.call(call), lambda: new.call(call), 1),
-            ("Batcher.call(script), 10 at once (one batch)", lambda: old.call(call), lambda: new.call(call), 10),
+            ("Batcher.call(script), 10 at once (a batch)", lambda: old.call(call), lambda: new.call(call), 10),
         ]
-        table = []
+        table: list[Row] = []
         for name, before, after, concurrency in pairs:
             befores, afters = [], []
             for _ in range(rounds):  # interleaved: noise on a shared machine hits both alike
                 befores.append(await cpu_per_call(before, calls, concurrency))
                 afters.append(await cpu_per_call(after, calls, concurrency))
-            table.append((name, statistics.median(befores), statistics.median(afters)))
+            table.append(
+                (
+                    name,
+                    statistics.median(b[0] for b in befores),
+                    statistics.median(a[0] for a in afters),
+                    statistics.median(b[1] for b in befores),
+                    statistics.median(a[1] for a in afters),
+                )
+            )
         return table
     finally:
         await redis.aclose()
@@ -131,14 +152,22 @@ def main() -> None:
     url = args.url or (server.url if server else "")
     try:
         loops = ("uvloop", "asyncio") if args.loop == "both" else (args.loop,)
+        runner_harness: dict[str, tuple[float, float]] = {}
         for name in loops:
             factory = uvloop.new_event_loop if name == "uvloop" else asyncio.new_event_loop
             with asyncio.Runner(loop_factory=factory) as runner:
                 table = runner.run(measure(url, args.calls, args.rounds))
-            print(f"\n{name}, {url.split(':')[0]}, CPU µs per call (median of {args.rounds} rounds)")
-            print(f"{'':48} {'redis-py':>10} {'pipelined':>10} {'ratio':>7}")
-            for row, before, after in table:
-                print(f"{row:48} {before:10.1f} {after:10.1f} {before / after:6.2f}×")
+                runner_harness[name] = runner.run(cpu_per_call(_nothing, args.calls, 10))
+            print(f"\n{name}, {url.split(':')[0]}, CPU µs per call (median of {args.rounds} rounds); user CPU alone")
+            heads = f"{'redis-py':>9} {'pipelined':>9} {'ratio':>6}"
+            print(f"{'':45} {heads}   {heads}")
+            for row, before, after, user_before, user_after in table:
+                print(
+                    f"{row:45} {before:9.1f} {after:9.1f} {before / after:5.2f}×   "
+                    f"{user_before:9.1f} {user_after:9.1f} {user_before / user_after:5.2f}×"
+                )
+            harness, harness_user = runner_harness[name]
+            print(f"{'(of which the harness: 10 tasks at once)':45} {harness:9.1f} {'':16}   {harness_user:9.1f}")
     finally:
         if server is not None:
             server.stop()

@@ -41,8 +41,9 @@ the delivery worker, the chat lookup and the token broker make in one turn share
 from __future__ import annotations
 
 import asyncio
+import functools
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,6 +121,26 @@ class _Lane:
         """Batches sent and not answered yet."""
 
 
+class _Batch:
+    """Runs sent together: their calls packed in one write, then a WAIT when one is durable."""
+
+    __slots__ = ("ack", "answered", "calls", "count", "data", "lane", "patience", "runs")
+
+    def __init__(self, lane: _Lane, runs: list[Run], ack: Ack, answered: Callable[[_Batch, Any], None]) -> None:
+        self.lane = lane
+        self.runs = runs
+        self.calls = [call for calls, _ in runs for call in calls]
+        self.ack = ack if any(call.durable for call in self.calls) else _NO_ACK
+        wire = [call.wire for call in self.calls]
+        if self.ack.replicas:
+            # After every write of the batch, on their connection: WAIT covers them all.
+            wire.append(pack(("WAIT", self.ack.replicas, self.ack.timeout_ms)))
+        self.data, self.count = b"".join(wire), len(wire)
+        # A WAIT may leave Redis silent for its own timeout.
+        self.patience = self.ack.timeout_ms / 1000 if self.ack.replicas else 0.0
+        self.answered = functools.partial(answered, self)
+
+
 class Batcher:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
@@ -134,35 +155,51 @@ class Batcher:
     async def run(self, *calls: Call) -> list[Any]:
         """Run `calls` in order in the next batch; return their replies, or raise the first error."""
         replies = await self._run(calls)
-        for i, reply in enumerate(replies):
+        for reply in replies:
+            if isinstance(reply, Exception):
+                if isinstance(reply, NoScriptError):
+                    return await self._reloaded(calls, replies)
+                raise reply
+        return replies
+
+    async def call(self, call: Call) -> Any:
+        (reply,) = await self._run((call,))
+        if isinstance(reply, Exception):
             if isinstance(reply, NoScriptError):
-                # Redis forgot its scripts (it restarted): load them and run this call and the
-                # ones after it again, in one batch, so their order still holds.
-                for call in calls[i:]:
-                    if call.script is not None:
-                        await self._redis.script_load(call.script.script)
-                replies[i:] = await self._run(calls[i:])
-                break
+                return (await self._reloaded((call,), [reply]))[0]
+            raise reply
+        return reply
+
+    async def _reloaded(self, calls: Sequence[Call], replies: list[Any]) -> list[Any]:
+        """Redis forgot its scripts (it restarted): load them and run the call that found one gone
+        and the ones after it again, in one batch, so their order still holds."""
+        i = next(i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError))
+        for call in calls[i:]:
+            if call.script is not None:
+                await self._redis.script_load(call.script.script)
+        replies[i:] = await self._run(calls[i:])
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
         return replies
 
-    async def call(self, call: Call) -> Any:
-        return (await self.run(call))[0]
-
-    async def _run(self, calls: Sequence[Call]) -> list[Any]:
+    def _run(self, calls: Sequence[Call]) -> Awaitable[list[Any]]:
+        """The replies of `calls`, errors in their place (a future: one coroutine less per call)."""
         if self._cluster:
-            return [await self._alone(call) for call in calls]
+            return self._each_alone(calls)
         lane = self._lane(self.ack.replicas > 0 and any(call.durable for call in calls))
         if lane.pending and lane.size + len(calls) > MAX_BATCH:
             self._flush(lane)
-        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Any]] = loop.create_future()
         if not lane.pending:
-            asyncio.get_running_loop().call_soon(self._flush_when_ready, lane)
+            loop.call_soon(self._flush_when_ready, lane)
         lane.pending.append((calls, future))
         lane.size += len(calls)
-        return await future
+        return future
+
+    async def _each_alone(self, calls: Sequence[Call]) -> list[Any]:
+        return [await self._alone(call) for call in calls]
 
     def _lane(self, durable: bool) -> _Lane:
         lane = self._durable if durable else self._plain
@@ -179,44 +216,64 @@ class Batcher:
             self._flush(lane)
 
     def _flush(self, lane: _Lane) -> None:
-        batch, lane.pending, lane.size = lane.pending, [], 0
-        if batch:
-            lane.out += 1
-            self.batches += 1
-            task = asyncio.get_running_loop().create_task(self._send(lane, batch))
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
+        runs, lane.pending, lane.size = lane.pending, [], 0
+        if not runs:
+            return
+        lane.out += 1
+        self.batches += 1
+        batch = _Batch(lane, runs, self.ack, self._answered)
+        # Connected (nearly always): written now, the replies handed over as they are parsed.
+        # Else, or when that write's connection fails, a task connects and retries.
+        if not lane.connection.send_nowait(batch.data, batch.count, batch.patience, batch.answered):
+            self._retry(batch, None)
 
-    async def _send(self, lane: _Lane, batch: list[Run]) -> None:
-        calls = [call for calls, _ in batch for call in calls]
-        ack = self.ack if any(call.durable for call in calls) else _NO_ACK
-        wire = [call.wire for call in calls]
-        if ack.replicas:
-            # After every write of the batch, on their connection: WAIT covers them all.
-            wire.append(pack(("WAIT", ack.replicas, ack.timeout_ms)))
-        data, count = b"".join(wire), len(wire)
-        connection = lane.connection
-        patience = ack.timeout_ms / 1000 if ack.replicas else 0.0  # a WAIT may be silent that long
+    def _retry(self, batch: _Batch, failed: Exception | None) -> None:
+        task = asyncio.get_running_loop().create_task(self._send(batch, failed))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: _Batch, failed: Exception | None) -> None:
+        """Send `batch` with the client's Retry, as redis-py's pipeline did: `failed` is the error
+        its first write met, and counts as the first attempt."""
+        connection = batch.lane.connection
+        first = [failed] if failed is not None else []
+
+        async def attempt() -> list[Any]:
+            if first:
+                raise first.pop()
+            return await connection.send(batch.data, batch.count, patience=batch.patience)
+
         try:
-            replies = await connection.endpoint.retry.call_with_retry(
-                lambda: connection.send(data, count, patience=patience), _dropped
-            )
-            replies = _confirmed(calls, replies, ack)
+            replies = await connection.endpoint.retry.call_with_retry(attempt, _dropped)
+            replies = _confirmed(batch.calls, replies, batch.ack)
         except asyncio.CancelledError:
-            for _, future in batch:
+            for _, future in batch.runs:
                 future.cancel()
+            self._settled(batch)
             raise
         except Exception as exc:
-            replies = [exc] * len(calls)
-        finally:
-            lane.out -= 1
-            if lane.grouped and lane.pending and not lane.out:
-                self._flush(lane)
+            replies = [exc] * len(batch.calls)
+        self._settle(batch, replies)
+
+    def _answered(self, batch: _Batch, result: list[Any] | Exception) -> None:
+        if isinstance(result, Exception):
+            self._retry(batch, result)  # the Retry decides whether this error is worth another try
+        else:
+            self._settle(batch, _confirmed(batch.calls, result, batch.ack))
+
+    def _settle(self, batch: _Batch, replies: list[Any]) -> None:
+        self._settled(batch)
         start = 0
-        for calls_of_run, future in batch:
+        for calls, future in batch.runs:
             if not future.done():  # done: its caller was cancelled
-                future.set_result(replies[start : start + len(calls_of_run)])
-            start += len(calls_of_run)
+                future.set_result(replies[start : start + len(calls)])
+            start += len(calls)
+
+    def _settled(self, batch: _Batch) -> None:
+        lane = batch.lane
+        lane.out -= 1
+        if lane.grouped and lane.pending and not lane.out:
+            self._flush(lane)
 
     async def _alone(self, call: Call) -> Any:
         """One call on a cluster, in a pipeline of its own (with its WAIT, on its node)."""

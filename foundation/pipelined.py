@@ -26,9 +26,11 @@ Nothing is retried here; `foundation.batching` decides.
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import socket
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +42,8 @@ from redis.credentials import CredentialProvider, UsernamePasswordCredentialProv
 from redis.exceptions import AuthenticationWrongNumberOfArgsError, DataError, InvalidResponse
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+log = logging.getLogger(__name__)
 
 Arg = bytes | str | int | float
 Command = Sequence[Arg]
@@ -103,11 +107,15 @@ def pack(command: Command) -> bytes:
     return packed
 
 
-class _Batch:
-    __slots__ = ("future", "patience", "replies", "size")
+Done = Callable[[list[Any] | Exception], None]
+"""Takes a batch's replies, or the error that failed the whole batch."""
 
-    def __init__(self, future: asyncio.Future[list[Any]], size: int, patience: float) -> None:
-        self.future = future
+
+class _Batch:
+    __slots__ = ("done", "patience", "replies", "size")
+
+    def __init__(self, done: Done, size: int, patience: float) -> None:
+        self.done = done
         self.size = size
         self.patience = patience
         self.replies: list[Any] = []
@@ -127,7 +135,6 @@ class _Protocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._progress = 0.0
         """When a byte last arrived, or the first batch was written after none was owed."""
-        self.writes = 0
         self.open = False
         self.closed: asyncio.Future[None] = self._loop.create_future()
 
@@ -135,21 +142,19 @@ class _Protocol(asyncio.Protocol):
         self._transport = transport  # type: ignore[assignment]  # uvloop's are not asyncio's classes
         self.open = True
 
-    def send(self, data: bytes, size: int, patience: float = 0.0) -> asyncio.Future[list[Any]]:
-        """Write `size` commands (packed in `data`); the future gets their replies, in order.
-        `patience`: how much longer than the socket timeout their server may be silent (a WAIT)."""
-        future = self._loop.create_future()
+    def send(self, data: bytes, size: int, patience: float, done: Done) -> None:
+        """Write `size` commands (packed in `data`); `done` gets their replies, in order, when the
+        last one is in. `patience`: how much longer than the socket timeout Redis may be silent
+        for them (a WAIT's own timeout)."""
         if not self.open:
-            future.set_exception(RedisConnectionError(f"Connection to {self._endpoint.address} is closed."))
-            return future
+            _hand(done, RedisConnectionError(f"Connection to {self._endpoint.address} is closed."))
+            return
         if not self._waiting:
             self._progress = self._loop.time()
-        self._waiting.append(_Batch(future, size, patience))
+        self._waiting.append(_Batch(done, size, patience))
         self._transport.write(data)  # type: ignore[union-attr]
-        self.writes += 1
         if self._timer is None and self._endpoint.timeout:
             self._timer = self._loop.call_at(self._progress + self._endpoint.timeout, self._check)
-        return future
 
     def data_received(self, data: bytes) -> None:
         self._progress = self._loop.time()
@@ -164,8 +169,7 @@ class _Protocol(asyncio.Protocol):
                 batch.replies.append(reply)
                 if len(batch.replies) == batch.size:
                     waiting.popleft()
-                    if not batch.future.done():  # done: its caller was cancelled
-                        batch.future.set_result(batch.replies)
+                    _hand(batch.done, batch.replies)
         except InvalidResponse as exc:
             self._fail(RedisConnectionError(f"Protocol error from {self._endpoint.address}: {exc}"))
 
@@ -203,15 +207,13 @@ class _Protocol(asyncio.Protocol):
             self._timer = None
         waiting, self._waiting = self._waiting, deque()
         for batch in waiting:
-            if not batch.future.done():
-                batch.future.set_exception(error)
+            _hand(batch.done, error)
         if self._transport is not None and not self._transport.is_closing():
             self._transport.abort()
 
 
 class PipelinedConnection:
-    """A connection made on first use and made again after a loss; `aclose` closes it (a later
-    call connects anew, as redis-py's pool does after `disconnect`)."""
+    """A connection made on first use and made again after a loss, until `aclose`."""
 
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
@@ -240,8 +242,20 @@ class PipelinedConnection:
         protocol = self._protocol
         if protocol is None or not protocol.open:
             protocol = await self._connected()
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        protocol.send(data, count, patience, functools.partial(_settle, future))
         self.writes += 1
-        return await protocol.send(data, count, patience)
+        return await future
+
+    def send_nowait(self, data: bytes, count: int, patience: float, done: Done) -> bool:
+        """`send` without a coroutine, when connected (else False, and nothing sent): `done` is
+        called with the replies, or the error that failed the batch, from the event loop."""
+        protocol = self._protocol
+        if protocol is None or not protocol.open:
+            return False
+        protocol.send(data, count, patience, done)
+        self.writes += 1
+        return True
 
     async def aclose(self) -> None:
         """Close for good: a later call fails with redis `ConnectionError`, as Redis being gone."""
@@ -291,9 +305,9 @@ class PipelinedConnection:
         endpoint = self.endpoint
         if endpoint.credentials is not None:
             auth = await endpoint.credentials.get_credentials_async()
-            (reply,) = await protocol.send(pack(("AUTH", *auth)), 1)
+            (reply,) = await _replies(protocol, [("AUTH", *auth)])
             if isinstance(reply, AuthenticationWrongNumberOfArgsError):  # Redis < 6: a password only
-                (reply,) = await protocol.send(pack(("AUTH", auth[-1])), 1)
+                (reply,) = await _replies(protocol, [("AUTH", auth[-1])])
             if isinstance(reply, Exception):
                 raise reply
         setup: list[Command] = []
@@ -302,9 +316,32 @@ class PipelinedConnection:
         if endpoint.db:
             setup.append(("SELECT", endpoint.db))
         if setup:
-            for reply in await protocol.send(b"".join(map(pack, setup)), len(setup)):
+            for reply in await _replies(protocol, setup):
                 if isinstance(reply, Exception):
                     raise RedisConnectionError(f"Redis refused the connection's set-up: {reply}") from reply
+
+
+async def _replies(protocol: _Protocol, commands: list[Command]) -> list[Any]:
+    future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+    protocol.send(b"".join(map(pack, commands)), len(commands), 0.0, functools.partial(_settle, future))
+    return await future
+
+
+def _settle(future: asyncio.Future[list[Any]], result: list[Any] | Exception) -> None:
+    if future.done():  # its caller was cancelled
+        return
+    if isinstance(result, Exception):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
+
+
+def _hand(done: Done, result: list[Any] | Exception) -> None:
+    """Hand a batch its replies; a receiver that fails must not stop the replies of the others."""
+    try:
+        done(result)
+    except Exception:
+        log.exception("a batch's replies could not be handed over")
 
 
 def _keep_alive(protocol: _Protocol, endpoint: Endpoint) -> None:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -9,11 +11,13 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from foundation.batching import MAX_BATCH, Batcher, command, script, shared
 from foundation.storage import connect
 from tests.support.gateway import REDIS_URL, wipe
 from tests.support.redis_servers import RedisCluster, RedisServer
+from tests.support.waiting import eventually
 
 
 @pytest.fixture
@@ -131,6 +135,60 @@ async def test_a_lost_connection_fails_every_call_of_the_batch():
         assert all(isinstance(r, RedisConnectionError) for r in results)
     finally:
         await redis.aclose()
+
+
+async def test_a_batch_whose_connection_is_killed_under_it_runs_again_on_a_fresh_one(tmp_path: Path):
+    """As redis-py's pipeline did with the client's Retry: the caller never sees the kill."""
+    server = RedisServer(tmp_path, appendonly=False)
+    server.start()
+    redis = connect(server.url)
+    try:
+        batch = Batcher(redis)
+        assert await batch.call(command("PING")) == b"PONG"  # connected: the next batch is written at once
+        waiting = asyncio.create_task(batch.call(command("BLPOP", "list", 5)))
+
+        async def blocked() -> list[int]:
+            return [int(c["id"]) for c in await redis.client_list() if c["cmd"] == "blpop"]
+
+        async def one_blocked() -> bool:
+            return len(await blocked()) == 1
+
+        await eventually(one_blocked)
+        first = (await blocked())[0]
+        await redis.client_kill_filter(_id=str(first))
+
+        async def sent_again() -> bool:  # on a new connection
+            return (await blocked()) not in ([], [first])
+
+        await eventually(sent_again)
+        await redis.rpush("list", b"v")
+        assert await waiting == [b"list", b"v"]
+    finally:
+        await redis.aclose()
+        server.stop()
+
+
+async def test_a_frozen_redis_fails_a_batch_after_the_clients_retries(tmp_path: Path):
+    """Four attempts, each waiting the socket timeout, with the client's backoff between them
+    (0.1, 0.2, 0.4 s): what redis-py's pipeline did; then TimeoutError, and Redis back is served."""
+    server = RedisServer(tmp_path, appendonly=False)
+    server.start()
+    assert server.proc is not None
+    redis = connect(f"{server.url}?socket_timeout=0.3")
+    try:
+        batch = Batcher(redis)
+        assert await batch.call(command("SET", "k", "v")) == b"OK"
+        server.proc.send_signal(signal.SIGSTOP)
+        began = time.monotonic()
+        with pytest.raises(RedisTimeoutError):
+            await batch.call(command("GET", "k"))
+        assert time.monotonic() - began >= 4 * 0.3 + 0.7
+        server.proc.send_signal(signal.SIGCONT)
+        assert await batch.call(command("GET", "k")) == b"v"
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+        await redis.aclose()
+        server.stop()
 
 
 async def test_components_on_one_client_share_one_batcher_and_one_pipeline(redis: Redis, prefix: str):
