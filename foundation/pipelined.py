@@ -1,10 +1,10 @@
 """One pipelining Redis connection: commands written as they come, replies matched to them in order.
 
 `foundation.batching` sends its batches here instead of through redis-py's pipeline objects:
-one `execute` packs the batch (hiredis' packer, the one redis-py uses), writes it with one
-`transport.write` and waits on one future; the replies are parsed by a `hiredis.Reader` as
-they arrive and handed to the batches in the order they were written, so batches need not
-wait for each other. It speaks RESP2 (no HELLO): replies are what Redis sends, raw — bytes,
+a batch is packed (hiredis' packer, the one redis-py uses) and written with one
+`transport.write`; the replies are parsed by a `hiredis.Reader` as they arrive and handed to
+the batches in the order they were written (a callback, or the future `send` awaits), so
+batches need not wait for each other. It speaks RESP2 (no HELLO): replies are what Redis sends, raw — bytes,
 ints, lists, None — and an error reply is the exception redis-py's own parser makes of it
 (`NOSCRIPT` → NoScriptError, `READONLY` → ReadOnlyError, `LOADING` → BusyLoadingError, other
 codes → ResponseError), returned in its command's place: each command gets its own answer.
@@ -222,6 +222,10 @@ class PipelinedConnection:
         self._closed = False
         self.writes = 0
         """Batches written so far (on every connection this has made): one `transport.write` each."""
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     @property
     def connected(self) -> bool:

@@ -74,10 +74,13 @@ class _Pool(BlockingConnectionPool):  # type: ignore[misc]
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self._endpoint: Endpoint | None = None
         self._pipelined: list[PipelinedConnection] = []
 
     def pipelined(self) -> PipelinedConnection:
-        connection = PipelinedConnection(Endpoint.of(self))
+        if self._endpoint is None:
+            self._endpoint = Endpoint.of(self)
+        connection = PipelinedConnection(self._endpoint)
         self._pipelined.append(connection)
         return connection
 

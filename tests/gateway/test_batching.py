@@ -191,6 +191,23 @@ async def test_a_frozen_redis_fails_a_batch_after_the_clients_retries(tmp_path: 
         server.stop()
 
 
+async def test_a_batch_out_when_its_client_is_closed_fails_at_once_without_retries(tmp_path: Path):
+    server = RedisServer(tmp_path, appendonly=False)
+    server.start()
+    redis = connect(server.url)
+    try:
+        batch = Batcher(redis)
+        assert await batch.call(command("PING")) == b"PONG"
+        waiting = asyncio.create_task(batch.call(command("BLPOP", "list", 5)))
+        await eventually(lambda: batch.batches == 2)
+        await redis.aclose()
+        # Not retried: the retries' backoff alone (0.1 + 0.2 + 0.4 s) would outlast this.
+        with pytest.raises(RedisConnectionError):
+            await asyncio.wait_for(waiting, 0.6)
+    finally:
+        server.stop()
+
+
 async def test_components_on_one_client_share_one_batcher_and_one_pipeline(redis: Redis, prefix: str):
     first, second = shared(redis), shared(redis)
     assert first is second
