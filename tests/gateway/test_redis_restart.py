@@ -56,9 +56,7 @@ async def test_the_first_requests_after_a_redis_restart_succeed(
     tmp_path: Path, redis: RedisServer, dedicated: DedicatedServer
 ):
     settings = make_settings(tmp_path, redis_url=redis.url)
-    app = create_app(settings)
-    ingress.setup(app)
-    client = TestClient(TestServer(app, port=0))
+    client = TestClient(TestServer(create_app(settings, extra=[ingress.PLUGIN]), port=0))
     await client.start_server()
     try:
         token = (await register_user(client, dedicated, "u1"))["server_token"]
