@@ -187,7 +187,7 @@ class DeliveryWorker:
             upcoming = await self._tick()
             self._next_look = time.monotonic() + upcoming
         else:
-            # A user being served here stays in `_local`: its delivery looks again as it ends.
+            # A user being served here stays in `_local`: `due` is read as its delivery ends.
             busy = {u for u in self._local if u in self._active}
             self._start([u for u in self._local if u not in busy])
             self._local = busy
@@ -244,11 +244,13 @@ class DeliveryWorker:
         if served is Served.ELSEWHERE:
             # Another worker serves the user; look again when its lease could have lapsed.
             self._skip_until[user_id] = time.time() + min(self._leases.ms / 1000, 1.0)
-        if user_id in self._local:
-            self._wakeup.set()  # woken for while it was being served: claimed again next round
-        elif served is Served.UNSETTLED or served is None:
-            # A delivery that ended settled (nothing left, a retry scheduled, or another worker
-            # serving it) needs no look at `due`; any other end may have left work.
+        woken = user_id in self._local
+        self._local.discard(user_id)
+        # A delivery that ended settled (nothing left, a retry scheduled, or another worker
+        # serving it) needs no look at `due`; any other end may have left work. So may a wake-up
+        # for this user while it was served; `due` then says whether it is due now (it may just
+        # have been given a retry time, which a claim at once would not respect).
+        if woken or served is Served.UNSETTLED or served is None:
             self._look = True
             self._wakeup.set()
 
