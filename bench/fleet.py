@@ -127,6 +127,7 @@ class Fleet:
     async def register(self, users: list[User], concurrency: int = 32) -> None:
         """PUT every user through the admin API, then hand the sink their keys and secrets."""
         assert self.sink is not None
+        sink_url = self.sink.url  # read here: the assert above does not narrow inside `one`
         sem = asyncio.Semaphore(concurrency)
 
         async def one(user: User) -> None:
@@ -134,7 +135,7 @@ class Fleet:
                 status, body = await self.admin(
                     "PUT",
                     f"/admin/v1/users/{user.user_id}",
-                    json={"server_url": f"{self.sink.url}/u/{user.user_id}", "server_public_key": user.public_key},
+                    json={"server_url": f"{sink_url}/u/{user.user_id}", "server_public_key": user.public_key},
                 )
             if status != 201:
                 raise RuntimeError(f"registering {user.user_id}: {status} {body}")

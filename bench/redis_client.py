@@ -43,14 +43,14 @@ class BatcherAsItWas:
 
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
-        self._pending: list[tuple[Call, asyncio.Future[Any]]] = []
+        self._pending: list[tuple[Call, asyncio.Future[object]]] = []
         self._sending: set[asyncio.Task[None]] = set()
 
     async def call(self, call: Call) -> Any:
         loop = asyncio.get_running_loop()
         if self._pending and len(self._pending) + 1 > MAX_BATCH:
             self._flush()
-        future = loop.create_future()
+        future: asyncio.Future[object] = loop.create_future()
         if not self._pending:
             loop.call_soon(self._flush)
         self._pending.append((call, future))
@@ -66,7 +66,7 @@ class BatcherAsItWas:
             self._sending.add(task)
             task.add_done_callback(self._sending.discard)
 
-    async def _send(self, batch: list[tuple[Call, asyncio.Future[Any]]]) -> None:
+    async def _send(self, batch: list[tuple[Call, asyncio.Future[object]]]) -> None:
         try:
             pipe = self._redis.pipeline(transaction=False)
             for call, _ in batch:

@@ -20,8 +20,9 @@ import orjson
 import redis.asyncio as aioredis
 
 from bench.common import RedisServer, Results, Row, log, machine, median
-from foundation.types import SealedEvent
-from routing.handoff import iso_now, new_id
+from foundation.clock import iso_now
+from foundation.types import JSON, SealedEvent
+from routing.handoff import new_id
 from routing.sealing import PrivateKey, ServerKey, SuiteName, b64url, open_sealed, parse_public_key, seal
 from tests.support.dedicated import new_key
 
@@ -81,11 +82,17 @@ async def run(results: Results, *, rounds: int = 3) -> None:
     for _ in range(rounds):
         for suite in suites:
             private, public = pairs[suite]
-            sealing[suite].append(per_event_us(lambda i, k=public: seal(k, USER, f"evt_{i}", UPDATE), EVENTS))
+
+            def seal_one(i: int, k: ServerKey = public) -> str:
+                return seal(k, USER, f"evt_{i}", UPDATE)
+
+            sealing[suite].append(per_event_us(seal_one, EVENTS))
             sealed = [seal(public, USER, f"evt_{i}", UPDATE) for i in range(EVENTS // 4)]
-            opening[suite].append(
-                per_event_us(lambda i, k=private, s=sealed: open_sealed(k, USER, f"evt_{i}", s[i]), len(sealed))
-            )
+
+            def open_one(i: int, k: PrivateKey = private, s: list[str] = sealed) -> JSON:
+                return open_sealed(k, USER, f"evt_{i}", s[i])
+
+            opening[suite].append(per_event_us(open_one, len(sealed)))
     with RedisServer(appendonly=False) as server:
         redis = aioredis.Redis.from_url(server.url)
         try:

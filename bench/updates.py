@@ -93,9 +93,9 @@ async def run(results: Results, *, rounds: int = 3) -> None:
                 times.setdefault((step, case, "before"), []).append(per_update_us(before, data))
     for step in readers:
         for case in cases:
-            now, before = times[(step, case, "now")], times[(step, case, "before")]
-            row = Row("updates", f"{step}, {case}", median(now), "µs", rounds=now)
-            row.baseline, row.baseline_name = median(before), "python-telegram-bot Update.de_json + checks"
+            now_us, before_us = times[(step, case, "now")], times[(step, case, "before")]
+            row = Row("updates", f"{step}, {case}", median(now_us), "µs", rounds=now_us)
+            row.baseline, row.baseline_name = median(before_us), "python-telegram-bot Update.de_json + checks"
             results.add(row)
     results.note("updates", f"{N} updates per round and reader; CPU time of one thread")
 
