@@ -165,7 +165,15 @@ async def test_a_primary_killed_under_load_loses_nothing_acknowledged(cluster: R
         await promoted(replica)
         since = time.monotonic()
         recovered.append(await back_within(load, "ann", since, limit=20.0))
-        ready.append(await (await load.client.get("/readyz")).json())
+        # /readyz answers from the topology the refresh read last (every 5 s): it names the
+        # primary without replica from the first refresh after the promotion.
+        deadline = time.monotonic() + 12.0
+        while True:
+            answer = await (await load.client.get("/readyz")).json()
+            if "primaries_without_replica" in answer or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        ready.append(answer)
         victim.start()  # rejoins as the new primary's replica
         await asyncio.sleep(1.0)
 
