@@ -2,13 +2,14 @@
 until the queue is empty, and give the lease up, or schedule the retry after a failed attempt.
 
 Per transaction two Redis round trips: the open script (which also takes the lease on the
-first call, with the due placeholder in the same round trip) and the acknowledgement (which
+first call; the due placeholder then goes out beside the first attempt) and the acknowledgement (which
 gives the lease up when nothing is left, after leaving `due` in the same round trip). The
 delivery worker (`routing/delivery.py`) decides whom to serve and when.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import enum
 import logging
@@ -63,15 +64,22 @@ class Courier:
         """Claim the user and deliver its queue while we hold the lease; on failure, schedule the
         retry."""
         released = False
+        marked: asyncio.Future[None] | None = None
         try:
-            # First call: take the lease and put the due time past it (unless the user left `due`).
-            claim: batching.Call | None = self._leases.placeholder_call(user_id, only_if_due=True)
+            claim: batching.Call | None = None
             queued = True
             while not self.closed:
                 # After an acknowledgement that left the queue empty there is nothing to open.
                 opened = await self._transactions.open(user_id, claim=True, before=claim) if queued else None
                 claim = None
+                if marked is None:
+                    # Claimed: the due time goes past the lease, so that other workers do not try
+                    # to claim the user while it is served. Sent beside the attempt, once the
+                    # claim succeeded: a failed claim must not push back the due time of a user
+                    # another worker holds (or held, and died: its takeover would wait longer).
+                    marked = asyncio.ensure_future(self._leases.mark_served(user_id))
                 if opened is None:
+                    await marked
                     # Out of `due`, then the last look (see `Leases.release_if_idle`).
                     busy = await self._leases.release_if_idle(user_id)
                     if not busy:
@@ -81,6 +89,7 @@ class Courier:
                     queued = True
                     continue
                 outcome = await self._sender.send(opened.txn_id, opened.body, opened.target)
+                await marked
                 if outcome.ok:
                     # Out of `due` first, then acknowledged and the lease given up if nothing is left.
                     done = await self._transactions.acknowledge(

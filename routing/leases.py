@@ -6,11 +6,13 @@ gives it up when nothing is left, through the Lua functions defined here.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Sequence
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from foundation import batching
 from foundation.redis_keys import Keys
@@ -78,6 +80,12 @@ class Leases:
         other worker looks at the user before then; `only_if_due`: unless it left `due` meanwhile."""
         xx = ("XX",) if only_if_due else ()
         return batching.command("ZADD", self._keys.due, *xx, self.placeholder_due(), user_id)
+
+    async def mark_served(self, user_id: str) -> None:
+        """`placeholder_call` for a user this worker just claimed, unless it left `due`. Only spares
+        other workers futile claims, so a failure is not an error."""
+        with contextlib.suppress(RedisError, OSError):
+            await self._batch.call(self.placeholder_call(user_id, only_if_due=True))
 
     def leave_due_call(self, user_id: str) -> batching.Call:
         """Out of `due`: sent before a last look that may give the lease up (see `release_if_idle`)."""
