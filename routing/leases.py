@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Sequence
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -64,16 +63,6 @@ class Leases:
         self._release = redis.register_script(_RELEASE)
         self._release_if_idle = redis.register_script(_RELEASE_IF_IDLE)
         self._batch = batching.shared(redis)
-
-    async def claim(self, user_ids: Sequence[str]) -> list[bool]:
-        """Try to take each user's lease; all in one round trip, not one after another: under load
-        a serial claim loop, not the CPU, bounded how many users could start a delivery per second."""
-        if not user_ids:
-            return []
-        pipe = self._redis.pipeline(transaction=False)
-        for user_id in user_ids:
-            pipe.set(self._keys.lease(user_id), self.owner, nx=True, px=self.ms)
-        return [bool(ok) for ok in await pipe.execute()]
 
     def placeholder_call(self, user_id: str, *, only_if_due: bool) -> batching.Call:
         """Set the user's due time to when this lease could lapse (`placeholder_due`), so that no

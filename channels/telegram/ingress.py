@@ -103,7 +103,6 @@ class Ingress:
         if cached is not None and await self._routed(update, chat, cached, raw):
             return
         owner = await self.chats.routed_owner(chat.chat_id)
-        uid = update.update_id
         items: list[Item] = []
         linked_before = owner is not None
         if owner is None:
@@ -111,18 +110,10 @@ class Ingress:
         if owner is None:
             await self._unlinked(update, chat)
             return
-        items.append(Item(Event("telegram.update", "telegram", raw), dedup=str(uid)))
+        items.append(self._update_item(update, raw))
         items += await self._after(update, chat, owner)
         await self._remember(update, owner, raw)
-        origin = self.tg.notices.origin(chat, update)
-        try:
-            done = await self.tg.services.handoff.hand_over(owner, items, dedup_scope=self._scope, origin=origin)
-        except NotFound:
-            await self._gone(owner, chat)
-            return
-        if done.tell:
-            self.tg.notices.tell(owner, chat)
-        if linked_before:
+        if await self._hand_over(update, chat, owner, items) and linked_before:
             await self._readopt(update, chat, owner)
 
     async def _routed(self, update: TelegramUpdate, chat: ChatInfo, owner: str, raw: dict[str, Any]) -> bool:
@@ -139,19 +130,32 @@ class Ingress:
             # What a server may name is recorded for the chat's owner as read now, never for a
             # cached one that the chat may have left.
             return False
-        item = Item(Event("telegram.update", "telegram", raw), dedup=str(update.update_id))
-        origin = self.tg.notices.origin(chat, update)
-        linked = self.chats.linked(chat.chat_id)
         try:
-            done = await self.tg.services.handoff.hand_over(
-                owner, [item], dedup_scope=self._scope, linked=linked, origin=origin
-            )
+            await self._hand_over(update, chat, owner, [self._update_item(update, raw)], linked=True)
         except NotLinked:
             self.chats.forget_route(chat.chat_id)
             return False
+        return True
+
+    @staticmethod
+    def _update_item(update: TelegramUpdate, raw: dict[str, Any]) -> Item:
+        return Item(Event("telegram.update", "telegram", raw), dedup=str(update.update_id))
+
+    async def _hand_over(
+        self, update: TelegramUpdate, chat: ChatInfo, owner: str, items: list[Item], *, linked: bool = False
+    ) -> bool:
+        """Queue `items` for `owner`, recorded as written from `chat` when `update` is writing; with
+        `linked`, only while the chat is still the owner's (else `NotLinked`). False when the
+        owner is gone (the chat is then unlinked)."""
+        origin = self.tg.notices.origin(chat, update)
+        condition = self.chats.linked(chat.chat_id) if linked else None
+        try:
+            done = await self.tg.services.handoff.hand_over(
+                owner, items, dedup_scope=self._scope, linked=condition, origin=origin
+            )
         except NotFound:
             await self._gone(owner, chat)
-            return True
+            return False
         if done.tell:
             self.tg.notices.tell(owner, chat)
         return True
