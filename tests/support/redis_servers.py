@@ -96,8 +96,18 @@ class RedisServer:
             time.sleep(0.05)
 
     def persisted(self) -> bytes:
-        """Everything Redis wrote to disk (AOF files, wherever this version keeps them)."""
-        return b"".join(p.read_bytes() for p in sorted(self.dir.rglob("*")) if p.is_file() and p.suffix != ".log")
+        """Everything Redis wrote to disk (AOF files, wherever this version keeps them).
+
+        An AOF rewrite renames and deletes files while this reads them; a file that vanished
+        between listing and reading means a new set, so the whole read starts again.
+        """
+        while True:
+            try:
+                return b"".join(
+                    p.read_bytes() for p in sorted(self.dir.rglob("*")) if p.is_file() and p.suffix != ".log"
+                )
+            except FileNotFoundError:
+                continue
 
     def stop(self, *, crash: bool = False) -> None:
         """SIGTERM (Redis flushes and exits) or, with `crash`, SIGKILL."""
