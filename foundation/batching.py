@@ -106,6 +106,23 @@ def script(script: AsyncScript, keys: Sequence[Any], args: Sequence[Any], *, dur
     return Call(("EVALSHA", script.sha, len(keys), *keys, *args), script, tuple(keys), durable)
 
 
+@dataclass(frozen=True, slots=True)
+class Rider:
+    """A call that goes out in someone else's round trip: whoever sends it hands its reply (or
+    its error) to `reply`, and fails it when the round trip does not happen."""
+
+    call: Call
+    reply: asyncio.Future[Any]
+
+    def settle(self, reply: Any) -> None:
+        if self.reply.done():
+            return
+        if isinstance(reply, BaseException):
+            self.reply.set_exception(reply)
+        else:
+            self.reply.set_result(reply)
+
+
 Run = tuple[Sequence[Call], "asyncio.Future[list[Any]]"]
 """The calls of one `run`, and where their replies go."""
 
@@ -158,19 +175,23 @@ class Batcher:
 
     async def run(self, *calls: Call) -> list[Any]:
         """Run `calls` in order in the next batch; return their replies, or raise the first error."""
-        replies = await self._run(calls)
+        replies = await self.run_each(*calls)
         for reply in replies:
             if isinstance(reply, Exception):
-                if isinstance(reply, NoScriptError):
-                    return await self._reloaded(calls, replies)
                 raise reply
         return replies
 
+    async def run_each(self, *calls: Call) -> list[Any]:
+        """As `run`, with each call's error in its reply's place: for calls whose callers differ
+        (one of them may fail without failing the others)."""
+        replies = await self._run(calls)
+        if any(isinstance(reply, NoScriptError) for reply in replies):
+            return await self._reloaded(calls, replies)
+        return replies
+
     async def call(self, call: Call) -> Any:
-        (reply,) = await self._run((call,))
+        (reply,) = await self.run_each(call)
         if isinstance(reply, Exception):
-            if isinstance(reply, NoScriptError):
-                return (await self._reloaded((call,), [reply]))[0]
             raise reply
         return reply
 
@@ -182,9 +203,6 @@ class Batcher:
             if call.script is not None:
                 await self._redis.script_load(call.script.script)
         replies[i:] = await self._run(calls[i:])
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
         return replies
 
     def _run(self, calls: Sequence[Call]) -> Awaitable[list[Any]]:

@@ -189,7 +189,7 @@ def _services(
     # A process that runs a delivery worker delivers what it queues itself; one that does not
     # (web role, operator commands) wakes the others.
     delivers = role in ("all", "worker")
-    handoff = Handoff(redis, keys, registry, worker.wake, caps, outages, wake_others=not delivers)
+    handoff = Handoff(redis, keys, registry, worker.wake, caps, outages, wake_others=not delivers, adopt=worker.adopt)
     compactor = Compactor(
         redis, keys.global_key("aof"), keys.global_key("aof:gate"), interval=settings.aof_rewrite_interval
     )

@@ -1,10 +1,13 @@
 """Serving one user (contract §4): claim the user's lease, send its transactions one at a time
 until the queue is empty, and give the lease up, or schedule the retry after a failed attempt.
 
-Per transaction two Redis round trips: the open script (which also takes the lease on the
-first call; the due placeholder then goes out beside the first attempt) and the acknowledgement (which
-gives the lease up when nothing is left, after leaving `due` in the same round trip). The
-delivery worker (`routing/delivery.py`) decides whom to serve and when.
+Per transaction at most two Redis round trips: the open script (which also takes the lease on
+the first call) and the acknowledgement (which gives the lease up when nothing is left, after
+leaving `due` in the same round trip). When this process queued the event that found the user
+idle, the first open went out in the hand-over's own round trip (`Transactions.fresh_open`), and
+the event costs the worker one. The user's due time is moved past the lease only when an attempt
+takes longer than `MARK_AFTER`. The delivery worker (`routing/delivery.py`) decides whom to
+serve and when.
 """
 
 from __future__ import annotations
@@ -25,9 +28,12 @@ from foundation.redis_keys import Keys
 from routing.leases import Leases
 from routing.outage import Outages
 from routing.sender import Outcome, Sender, backoff
-from routing.transactions import LeaseLost, Transactions
+from routing.transactions import Declined, FreshOpen, LeaseLost, Transactions
 
 log = logging.getLogger(__name__)
+
+MARK_AFTER = 1.0
+"""Seconds an attempt may take before the user's due time is moved past the lease."""
 
 
 class Served(enum.Enum):
@@ -60,26 +66,27 @@ class Courier:
         self._wake = wake
         self.closed = False
 
-    async def serve(self, user_id: str) -> Served:
+    async def serve(self, user_id: str, first: FreshOpen | None = None) -> Served:
         """Claim the user and deliver its queue while we hold the lease; on failure, schedule the
-        retry."""
+        retry. `first`: the claim went out already, in the hand-over's round trip."""
         released = False
-        marked: asyncio.Future[None] | None = None
+        loop = asyncio.get_running_loop()
+        marking: list[asyncio.Future[None]] = []
+
+        def mark() -> None:
+            marking.append(asyncio.ensure_future(self._leases.mark_served(user_id)))
+
+        timer: asyncio.TimerHandle | None = None
         try:
             claim: batching.Call | None = None
             queued = True
             while not self.closed:
                 # After an acknowledgement that left the queue empty there is nothing to open.
-                opened = await self._transactions.open(user_id, claim=True, before=claim) if queued else None
-                claim = None
-                if marked is None:
-                    # Claimed: the due time goes past the lease, so that other workers do not try
-                    # to claim the user while it is served. Sent beside the attempt, once the
-                    # claim succeeded: a failed claim must not push back the due time of a user
-                    # another worker holds (or held, and died: its takeover would wait longer).
-                    marked = asyncio.ensure_future(self._leases.mark_served(user_id))
+                opened = (
+                    await self._transactions.open(user_id, claim=True, before=claim, first=first) if queued else None
+                )
+                claim, first = None, None
                 if opened is None:
-                    await marked
                     # Out of `due`, then the last look (see `Leases.release_if_idle`).
                     busy = await self._leases.release_if_idle(user_id)
                     if not busy:
@@ -88,8 +95,15 @@ class Courier:
                     claim = self._leases.placeholder_call(user_id, only_if_due=False)
                     queued = True
                     continue
+                # An attempt that takes long moves the user's due time past the lease, so that
+                # other workers stop trying to claim it meanwhile. Most attempts end well before:
+                # they leave `due` with their acknowledgement and need no such write.
+                timer = loop.call_later(MARK_AFTER, mark)
                 outcome = await self._sender.send(opened.txn_id, opened.body, opened.target)
-                await marked
+                timer.cancel()
+                # The mark goes before the next write to `due` (a retry time must not be pushed back).
+                while marking:
+                    await marking.pop()
                 if outcome.ok:
                     # Out of `due` first, then acknowledged and the lease given up if nothing is left.
                     done = await self._transactions.acknowledge(
@@ -106,6 +120,10 @@ class Courier:
                         await self._outages.failed(user_id)
                     await self._schedule_retry(user_id, outcome)
                     return Served.SETTLED
+        except Declined:
+            # A transaction awaits its retry time (in `due`), and nobody holds the lease for it.
+            released = True
+            return Served.SETTLED
         except LeaseLost:
             # Another worker serves the user; look again when its lease could have lapsed.
             released = True  # not ours to give up
@@ -119,6 +137,8 @@ class Courier:
             with contextlib.suppress(RedisError):
                 await self._redis.zadd(self._keys.due, {user_id: time.time() + 5.0})
         finally:
+            if timer is not None:
+                timer.cancel()
             if not released:
                 with contextlib.suppress(RedisError, OSError):
                     done_release = await self._leases.release(user_id)

@@ -16,7 +16,8 @@ attempt checks and extends the lease in the same atomic step, and an attempt tim
 at most half the lease, so a worker that stalled or lost Redis cannot overlap with the one
 that took over. A transaction costs the worker two round trips: open (the first also claims)
 and acknowledge (leaving `due` and releasing when nothing is left). A user scheduled by this
-process is served at once, without reading `due`. Every script touches the keys of one user
+process is served at once, without reading `due`: its first open goes out in the hand-over's
+own round trip (`adopt`). Every script touches the keys of one user
 only (one hash slot), so all of this works on Redis Cluster; the global `due` set is written
 with plain commands, and a periodic sweep (`routing/sweep.py`) re-schedules any user whose queue is not empty but who
 fell out of `due` (a crash between queueing and scheduling, or a Redis that lost writes).
@@ -34,6 +35,7 @@ import aiohttp
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from foundation import batching
 from foundation.errors import ClosedError
 from foundation.redis_keys import Keys
 from routing.courier import Courier, Served
@@ -43,7 +45,7 @@ from routing.outage import Outages
 from routing.registry import Registry
 from routing.sender import Sender
 from routing.sweep import sweep
-from routing.transactions import Transactions
+from routing.transactions import FreshOpen, Transactions
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +108,17 @@ class DeliveryWorker:
         elif self._running:
             self._local.add(user_id)
         self._wakeup.set()
+
+    def adopt(self, user_id: str) -> batching.Rider | None:
+        """Serve `user_id` from a first open that the caller sends in its own round trip, right
+        after queueing an event for the user (the returned rider; the caller must settle it).
+        None when this process does not deliver now, is full, or serves the user already: the
+        caller then schedules it as usual."""
+        if not self._running or self._closed or user_id in self._active or len(self._active) >= self._concurrency:
+            return None
+        first = self._transactions.fresh_open(user_id)
+        self._serve(user_id, first)
+        return first.rider
 
     async def run(self) -> None:
         if self._closed:
@@ -234,9 +247,12 @@ class DeliveryWorker:
             self._look = True  # the rest stay in `due` for a later round
             user_ids = user_ids[:room]
         for user_id in user_ids:
-            task = asyncio.create_task(self._courier.serve(user_id), name=f"deliver-{user_id}")
-            self._active[user_id] = task
-            task.add_done_callback(functools.partial(self._finished, user_id))
+            self._serve(user_id)
+
+    def _serve(self, user_id: str, first: FreshOpen | None = None) -> None:
+        task = asyncio.create_task(self._courier.serve(user_id, first), name=f"deliver-{user_id}")
+        self._active[user_id] = task
+        task.add_done_callback(functools.partial(self._finished, user_id))
 
     def _finished(self, user_id: str, task: asyncio.Task[Served]) -> None:
         self._active.pop(user_id, None)

@@ -174,11 +174,15 @@ class Handoff:
         outages: Outages | None = None,
         *,
         wake_others: bool = True,
+        adopt: Callable[[str], batching.Rider | None] | None = None,
     ) -> None:
         """`wake`: this process's delivery worker, told of each user this hand-over scheduled.
         `wake_others`: also wake every other process's worker (pub/sub); needed only when this
-        process runs no delivery worker (the others then find the user in `due` within a poll)."""
+        process runs no delivery worker (the others then find the user in `due` within a poll).
+        `adopt`: this process's delivery worker, asked to serve the user from a first open sent
+        in the hand-over's own round trip (`DeliveryWorker.adopt`)."""
         self._wake_others = "1" if wake_others else "0"
+        self._adopt = adopt
         self._redis = redis
         self._keys = keys
         self._registry = registry
@@ -249,7 +253,7 @@ class Handoff:
         keys = self._script_keys(user_id, dedup_scope, linked)
         caps = self._caps
         key = self._registry.cached_sealing_key(user_id)
-        for _ in range(3):
+        for attempt in range(3):
             if key is None:
                 key = await self._registry.sealing_key(user_id)
             raw, public_key = key
@@ -283,10 +287,25 @@ class Handoff:
             # connection, so the schedule runs right after the write (also for duplicates: a retry
             # after a crash between the two must still schedule what the first attempt queued).
             # A refused write leaves a schedule that finds nothing to send.
-            reply, scheduled = await self._batch.run(
-                batching.script(self._enqueue, keys, args, durable=True), self._schedule_call(user_id, time.time())
-            )
-            self._woken(user_id, scheduled)
+            calls = [
+                batching.script(self._enqueue, keys, args, durable=True),
+                self._schedule_call(user_id, time.time()),
+            ]
+            # The user's first open rides in the same round trip when this process's worker can
+            # take the user now: the event costs no wake-up and no round trip of its own to start.
+            rider = self._adopt(user_id) if self._adopt is not None and attempt == 0 else None
+            replies: list[Any] = []
+            try:
+                replies = await self._batch.run_each(*calls, *([rider.call] if rider is not None else []))
+            finally:
+                if rider is not None:
+                    rider.settle(replies[2] if replies else StorageError("the hand-over was interrupted"))
+            reply, scheduled = replies[0], replies[1]
+            for answer in (reply, scheduled):
+                if isinstance(answer, Exception):
+                    raise answer
+            if rider is None:
+                self._woken(user_id, scheduled)
             status = int(reply[0])
             if status == -1:
                 raise NotFound("user_not_found", "no such user")

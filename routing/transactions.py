@@ -9,6 +9,7 @@ lease is extended past the attempt in the same atomic step.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -38,12 +39,15 @@ MAX_TXN_BYTES = 4 * 1024 * 1024
 # ARGV: owner, lease ms, hold cutoff ms, max events, a new txn_id, optionally a sealed
 # `gateway.expired` event with the count it reports, now ms, the largest body in bytes
 # (MAX_TXN_BYTES), optionally a sealed `gateway.overflow` event with the count it reports, the
-# queue's caps (events, bytes), '1' to take the lease when it is free (a claim).
+# queue's caps (events, bytes), '1' to take the lease when it is free (a claim), '2' to take it
+# only when no transaction is in flight either (a fresh claim, made in the hand-over's round trip:
+# a transaction awaiting its retry waits for its time in `due`).
 # Fences first: only the lease holder gets anything, and its lease is extended past the attempt.
 # The attempt about to be made answers every ping made before it, so their flag goes: a ping
 # counts for the next retry only when it arrives while this attempt is in flight.
 # Returns {kind, trimmed, ...}:
 #   {0, 0}                    lease lost: stop;
+#   {5, 0}                    a fresh claim declined: a transaction awaits its retry;
 #   {1, trimmed, txn_id, body, count, first_ms, channels, url, secret, old secret, old until}:
 #                             the transaction to send (the one in flight, or a new one);
 #   {2, trimmed}              nothing to send;
@@ -57,7 +61,12 @@ MAX_TXN_BYTES = 4 * 1024 * 1024
 _OPEN = user_fields.lua(
     LEASE_FUNCTIONS
     + """
-if not lease_hold(KEYS[1], ARGV[1], ARGV[2], ARGV[14]) then return {0, 0} end
+local take = ARGV[14]
+if take == '2' then
+  if redis.call('EXISTS', KEYS[2]) == 1 then return {5, 0} end
+  take = '1'
+end
+if not lease_hold(KEYS[1], ARGV[1], ARGV[2], take) then return {0, 0} end
 redis.call('DEL', KEYS[5])
 local function size(fields)
   for j = 1, #fields, 2 do
@@ -194,6 +203,19 @@ class LeaseLost(Exception):
     """The lease is no longer this worker's: another one serves the user now."""
 
 
+class Declined(LeaseLost):
+    """A fresh claim found a transaction awaiting its retry: `due` holds the user until then."""
+
+
+@dataclass(frozen=True, slots=True)
+class FreshOpen:
+    """A first open that goes out in another caller's round trip (the hand-over's): `rider` is
+    sent there, `Transactions.open(first=...)` reads its reply."""
+
+    rider: batching.Rider
+    cutoff_ms: int
+
+
 @dataclass(frozen=True, slots=True)
 class _OpenReply:
     """The open script's answer, by name (see its comment for the kinds)."""
@@ -202,7 +224,7 @@ class _OpenReply:
     trimmed: int
     rest: list[Any]
 
-    LEASE_LOST, TO_SEND, NOTHING, EXPIRED, OVERFLOWED = 0, 1, 2, 3, 4
+    LEASE_LOST, TO_SEND, NOTHING, EXPIRED, OVERFLOWED, DECLINED = 0, 1, 2, 3, 4, 5
 
     @classmethod
     def parse(cls, reply: list[Any]) -> _OpenReply:
@@ -246,10 +268,16 @@ class Transactions:
         self._ack = redis.register_script(_ACK)
         self._batch = batching.shared(redis)
 
-    async def open(self, user_id: str, *, claim: bool = False, before: batching.Call | None = None) -> Opened | None:
-        """The transaction to send now (the one in flight or a new one from the head of the
-        queue), None when there is nothing to send; `LeaseLost` when the lease is not ours.
-        `claim`: take the lease if it is free. `before`: a call sent first, in the same round trip."""
+    def fresh_open(self, user_id: str) -> FreshOpen:
+        """The first open of a user nobody serves, to be sent right after the hand-over that queued
+        its event, in the same round trip: it claims the lease unless a transaction is in flight
+        (then `Declined`: the retry keeps its time)."""
+        call, cutoff_ms = self._open_call(user_id, "2", (b"", 0), (b"", ""))
+        return FreshOpen(batching.Rider(call, asyncio.get_running_loop().create_future()), cutoff_ms)
+
+    def _open_call(
+        self, user_id: str, take: str, prefix: tuple[bytes, int], overflow: tuple[bytes, str]
+    ) -> tuple[batching.Call, int]:
         keys = [
             self._keys.lease(user_id),
             self._keys.txn(user_id),
@@ -260,24 +288,45 @@ class Transactions:
             self._keys.overflow(user_id),
             self._keys.counters(user_id),
         ]
+        now_ms = int(time.time() * 1000)
+        cutoff_ms = now_ms - int(self._hold_ttl * 1000)
+        caps = self._caps
+        args = [self._owner, self._lease_ms, cutoff_ms, MAX_BATCH, new_id("txn"), *prefix, now_ms, MAX_TXN_BYTES]
+        args += [*overflow, caps.events, caps.bytes, take]
+        return batching.script(self._open, keys, args), cutoff_ms
+
+    async def open(
+        self,
+        user_id: str,
+        *,
+        claim: bool = False,
+        before: batching.Call | None = None,
+        first: FreshOpen | None = None,
+    ) -> Opened | None:
+        """The transaction to send now (the one in flight or a new one from the head of the
+        queue), None when there is nothing to send; `LeaseLost` when the lease is not ours.
+        `claim`: take the lease if it is free. `before`: a call sent first, in the same round trip.
+        `first`: the first open was sent already (`fresh_open`); its reply is read from there."""
         prefix: tuple[bytes, int] = (b"", 0)
         overflow: tuple[bytes, str] = (b"", "")
         for _ in range(5):
-            now_ms = int(time.time() * 1000)
-            cutoff_ms = now_ms - int(self._hold_ttl * 1000)
-            caps = self._caps
-            args = [self._owner, self._lease_ms, cutoff_ms, MAX_BATCH, new_id("txn"), *prefix, now_ms, MAX_TXN_BYTES]
-            args += [*overflow, caps.events, caps.bytes, "1" if claim else "0"]
-            call = batching.script(self._open, keys, args)
-            if before is not None:
-                reply = _OpenReply.parse((await self._batch.run(before, call))[1])
-                before = None
+            if first is not None:
+                raw, cutoff_ms = await first.rider.reply, first.cutoff_ms
+                first, claim = None, True
             else:
-                reply = _OpenReply.parse(await self._batch.call(call))
+                call, cutoff_ms = self._open_call(user_id, "1" if claim else "0", prefix, overflow)
+                if before is not None:
+                    raw = (await self._batch.run(before, call))[1]
+                    before = None
+                else:
+                    raw = await self._batch.call(call)
+            reply = _OpenReply.parse(raw)
             if reply.trimmed:
                 metrics.EVENTS_EXPIRED.inc(reply.trimmed)
                 if self._outages is not None:
                     await self._outages.expired(user_id, reply.trimmed, cutoff_ms)
+            if reply.kind == _OpenReply.DECLINED:
+                raise Declined
             if reply.kind == _OpenReply.LEASE_LOST:
                 raise LeaseLost
             if reply.kind == _OpenReply.NOTHING:
