@@ -145,9 +145,9 @@ class _Lane:
 class _Batch:
     """Runs sent together: their calls packed in one write, then a WAIT when one is durable."""
 
-    __slots__ = ("ack", "answered", "calls", "count", "data", "lane", "patience", "runs")
+    __slots__ = ("ack", "calls", "count", "data", "lane", "patience", "runs")
 
-    def __init__(self, lane: _Lane, runs: list[Run], ack: Ack, answered: Callable[[_Batch, Any], None]) -> None:
+    def __init__(self, lane: _Lane, runs: list[Run], ack: Ack) -> None:
         self.lane = lane
         self.runs = runs
         self.calls = [call for calls, _ in runs for call in calls]
@@ -159,7 +159,6 @@ class _Batch:
         self.data, self.count = b"".join(wire), len(wire)
         # A WAIT may leave Redis silent for its own timeout.
         self.patience = self.ack.timeout_ms / 1000 if self.ack.replicas else 0.0
-        self.answered = functools.partial(answered, self)
 
 
 class Batcher:
@@ -243,10 +242,13 @@ class Batcher:
             return
         lane.out += 1
         self.batches += 1
-        batch = _Batch(lane, runs, self.ack, self._answered)
+        batch = _Batch(lane, runs, self.ack)
         # Connected (nearly always): written now, the replies handed over as they are parsed.
         # Else, or when that write's connection fails, a task connects and retries.
-        if not lane.connection.send_nowait(batch.data, batch.count, batch.patience, batch.answered):
+        # The callback is not kept on the batch: a batch and its callback holding each other would
+        # leave every batch, its calls and their futures to the cycle collector.
+        answered = functools.partial(self._answered, batch)
+        if not lane.connection.send_nowait(batch.data, batch.count, batch.patience, answered):
             self._retry(batch, None)
 
     def _retry(self, batch: _Batch, failed: Exception | None) -> None:
