@@ -130,10 +130,12 @@ Run = tuple[Sequence[Call], "asyncio.Future[list[Any]]"]
 class _Lane:
     """The runs queued for one connection. A grouped lane has one batch out at a time."""
 
-    __slots__ = ("connection", "grouped", "out", "pending", "size")
+    __slots__ = ("connection", "grouped", "loop", "out", "pending", "size")
 
     def __init__(self, connection: PipelinedConnection, *, grouped: bool) -> None:
         self.connection = connection
+        self.loop = asyncio.get_running_loop()
+        """The loop its connection belongs to (asked once: on Python 3.11 each ask is a getpid)."""
         self.grouped = grouped
         self.pending: list[Run] = []
         self.size = 0
@@ -211,7 +213,7 @@ class Batcher:
         lane = self._lane(self.ack.replicas > 0 and any(call.durable for call in calls))
         if lane.pending and lane.size + len(calls) > MAX_BATCH:
             self._flush(lane)
-        loop = asyncio.get_running_loop()
+        loop = lane.loop
         future: asyncio.Future[list[Any]] = loop.create_future()
         if not lane.pending:
             loop.call_soon(self._flush_when_ready, lane)

@@ -5,11 +5,18 @@ from __future__ import annotations
 
 import time
 
+_second = (-1, "")
+"""The last whole second formatted, and its text: most timestamps fall in the same second."""
+
 
 def iso(ts: float) -> str:
     """`ts` (seconds since the epoch) as `YYYY-MM-DDTHH:MM:SS.mmmZ`."""
+    global _second
     ms = int(ts * 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
+    second = ms // 1000
+    if _second[0] != second:
+        _second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{_second[1]}.{ms % 1000:03d}Z"
 
 
 def iso_now() -> str:

@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 
 from foundation.clock import iso
+from foundation.randomness import hex_token
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
@@ -122,7 +123,7 @@ def _clean(value: Any) -> Any:
 
 
 def new_request_id(prefix: str = "req") -> str:
-    return f"{prefix}_{os.urandom(8).hex()}"
+    return f"{prefix}_{hex_token(8)}"
 
 
 def accept_request_id(offered: str | None) -> str:

@@ -87,6 +87,19 @@ TELEGRAM_NOTICES = Counter(
 )
 
 
+_children: dict[tuple[Counter, tuple[str, ...]], Counter] = {}
+
+
+def child(counter: Counter, *labels: str) -> Counter:
+    """`counter.labels(*labels)`, looked up once per process: for counts made per event. Label
+    values are the code's own (channels, reasons, outcomes), so the set stays small."""
+    key = (counter, labels)
+    found = _children.get(key)
+    if found is None:
+        found = _children[key] = counter.labels(*labels)
+    return found
+
+
 def exposition() -> bytes:
     """The text a scrape answers: this process's registry, or the sum over every process's files
     (then without the `process_*` and `python_*` collectors, which describe one process only)."""

@@ -8,7 +8,6 @@ provider as soon as it returns. Plaintext never leaves this function.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from redis.exceptions import RedisError
 from foundation import batching, metrics, user_fields
 from foundation.clock import iso_now
 from foundation.errors import NotFound, StorageError
+from foundation.randomness import hex_token
 from foundation.redis_keys import Keys
 from foundation.types import Event, SealedEvent
 from routing.outage import WROTE_FUNCTION, Origin, Outages
@@ -117,7 +117,7 @@ return 0
 
 def new_id(prefix: str) -> str:
     """Time-ordered, unguessable id: prefix + 10 hex of ms time + 14 hex random (under 32 chars)."""
-    return f"{prefix}_{int(time.time() * 1000):010x}{os.urandom(7).hex()}"
+    return f"{prefix}_{int(time.time() * 1000):010x}{hex_token(7)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,9 +220,9 @@ class Handoff:
         for item, code in zip(items, codes, strict=True):
             channel = item.event.channel
             if code == QUEUED:
-                metrics.EVENTS_IN.labels(channel).inc()
+                metrics.child(metrics.EVENTS_IN, channel).inc()
             elif code == DUPLICATE:
-                metrics.DROPPED.labels(channel, "duplicate").inc()
+                metrics.child(metrics.DROPPED, channel, "duplicate").inc()
                 log.debug("duplicate dropped", extra={"channel": channel, "scope": dedup_scope})
             else:
                 metrics.DROPPED.labels(channel, "queue_full").inc()

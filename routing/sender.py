@@ -91,12 +91,14 @@ class Sender:
                 metrics.DELIVERIES.labels("refused_url").inc()
                 log.warning("delivery refused: server_url is not allowed in production")
                 return Outcome(False, None)
-        text = body.decode()
-        headers = signing.headers(target.secrets[0], txn_id, text)
-        if len(target.secrets) > 1:
-            extra = [signing.headers(s, txn_id, text)["webhook-signature"] for s in target.secrets[1:]]
-            headers["webhook-signature"] = " ".join([headers["webhook-signature"], *extra])
-        headers["content-type"] = "application/json"
+        stamp = int(time.time())
+        headers = {
+            "webhook-id": txn_id,
+            "webhook-timestamp": str(stamp),
+            # Every valid secret signs (one while a rotation's old secret lasts, else one).
+            "webhook-signature": " ".join(signing.signature(s, txn_id, stamp, body) for s in target.secrets),
+            "content-type": "application/json",
+        }
         url = f"{target.server_url}/ally/v1/transactions/{txn_id}"
         started = time.monotonic()
         try:
@@ -119,7 +121,7 @@ class Sender:
             )
             return Outcome(False, None)
         if 200 <= status < 300:
-            metrics.DELIVERIES.labels("acknowledged").inc()
+            metrics.child(metrics.DELIVERIES, "acknowledged").inc()
             return Outcome(True, status)
         metrics.DELIVERIES.labels("refused").inc()
         log.info("delivery refused", extra={"txn_id": txn_id, "status": status})

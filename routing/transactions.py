@@ -381,7 +381,7 @@ class Transactions:
         if done.count > 0:
             # Counted by channel when the transaction was built (a txn from before that: "unknown").
             for channel, count in (txn.channels or {"unknown": done.count}).items():
-                metrics.EVENTS_OUT.labels(channel).inc(count)
+                metrics.child(metrics.EVENTS_OUT, channel).inc(count)
             metrics.DELIVERY_LATENCY.observe(max(0.0, time.time() - txn.first_ms / 1000))
         return done
 
