@@ -84,7 +84,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             response = error_response(
                 ApiError("internal_error", "the gateway failed to handle this request", status=500)
             )
-        metrics.HTTP_REQUESTS.labels(route, str(response.status)).inc()
+        metrics.child(metrics.HTTP_REQUESTS, route, str(response.status)).inc()
         return response
     finally:
         request_id.reset(token)

@@ -125,8 +125,12 @@ async def _core(app: web.Application, assembly: Assembly) -> AsyncIterator[None]
     topology = asyncio.create_task(replication.watch(), name="redis-topology")
     # In production every outbound connection (delivery, providers) goes to public addresses only.
     make_connector = public_only_connector if settings.production else aiohttp.TCPConnector
+    # No cookie jar: nothing a server or provider answers is carried into a later request (of
+    # another user, to the same host), and no request pays for looking cookies up.
     session = aiohttp.ClientSession(
-        connector=make_connector(limit=1000, ttl_dns_cache=60, ssl=client_context()), trust_env=False
+        connector=make_connector(limit=1000, ttl_dns_cache=60, ssl=client_context()),
+        trust_env=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
     )
     services = _services(settings, app[ROLE], redis, session, replication, assembly)
     app[SERVICES] = services

@@ -330,6 +330,9 @@ class Handoff:
 
     def _schedule_call(self, user_id: str, score: float) -> batching.Call:
         """Schedule unless already scheduled; the reply says whether it was added (then wake)."""
+        if self._wake_others == "0":
+            # Nobody to wake: a plain ZADD NX answers the same (1 when added).
+            return batching.command("ZADD", self._keys.due, "NX", score, user_id)
         args = [score, user_id, self._keys.wake_channel, self._wake_others]
         return batching.script(self._schedule, [self._keys.due], args)
 

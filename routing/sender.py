@@ -27,6 +27,7 @@ BACKOFF_CAP = 300.0
 RETRY_AFTER_MIN = 1.0
 RETRY_AFTER_MAX = 3600.0
 MAX_ANSWER_BYTES = 64 * 1024
+_SKIPPED = frozenset({"Accept-Encoding"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +104,14 @@ class Sender:
         started = time.monotonic()
         try:
             async with self._session.put(
-                url, data=_payload(body), headers=headers, timeout=self._timeout, allow_redirects=False
+                url,
+                data=_payload(body),
+                headers=headers,
+                timeout=self._timeout,
+                allow_redirects=False,
+                # The answer's body is never used: no decompression, no Accept-Encoding asking for one.
+                auto_decompress=False,
+                skip_auto_headers=_SKIPPED,
             ) as resp:
                 # The answer is not used; a hostile server must not make us buffer it all.
                 await resp.content.read(MAX_ANSWER_BYTES)
