@@ -27,6 +27,10 @@ transaction ids, NX); after the last retry each call of the batch gets the error
 On Redis Cluster every call is sent on its own (in order, one after the other) through the
 cluster client: same results, no batching; its replies are brought to the same raw shapes.
 
+A lazy run (`lazy=True`: a call whose caller can wait a little, such as the acknowledgement of
+a delivered transaction) waits up to `LAZY_WAIT` for company: the next call that is not lazy
+takes it along in its batch, and at moderate load most lazy calls cost no round trip of their own.
+
 Durable calls (`durable=True`: a write someone is told is stored) are followed, when replicas
 are required (`Batcher.ack`, from ALLY_ACK_REPLICAS), by one Redis `WAIT` per flush, on the
 same connection and after every write of the batch: one wait for the whole batch, not one per
@@ -61,6 +65,8 @@ from foundation.errors import NotReplicated
 from foundation.pipelined import Arg, PipelinedConnection, pack
 
 MAX_BATCH = 256
+LAZY_WAIT = 0.002
+"""Seconds a lazy call waits for company before it goes out alone."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,10 +136,12 @@ Run = tuple[Sequence[Call], "asyncio.Future[list[Any]]"]
 class _Lane:
     """The runs queued for one connection. A grouped lane has one batch out at a time."""
 
-    __slots__ = ("connection", "grouped", "loop", "out", "pending", "size")
+    __slots__ = ("connection", "grouped", "loop", "out", "pending", "size", "waiting")
 
     def __init__(self, connection: PipelinedConnection, *, grouped: bool) -> None:
         self.connection = connection
+        self.waiting: asyncio.TimerHandle | None = None
+        """Armed while only lazy calls are pending: their flush at the end of their wait."""
         self.loop = asyncio.get_running_loop()
         """The loop its connection belongs to (asked once: on Python 3.11 each ask is a getpid)."""
         self.grouped = grouped
@@ -174,18 +182,20 @@ class Batcher:
         self.batches = 0
         """Batches sent so far (each one write on its connection, retries aside)."""
 
-    async def run(self, *calls: Call) -> list[Any]:
-        """Run `calls` in order in the next batch; return their replies, or raise the first error."""
-        replies = await self.run_each(*calls)
+    async def run(self, *calls: Call, lazy: bool = False) -> list[Any]:
+        """Run `calls` in order in the next batch; return their replies, or raise the first error.
+        `lazy`: for calls nobody waits on (an acknowledgement), which may wait up to `LAZY_WAIT`
+        for other calls to share their round trip; any other call sends them at once."""
+        replies = await self.run_each(*calls, lazy=lazy)
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
         return replies
 
-    async def run_each(self, *calls: Call) -> list[Any]:
+    async def run_each(self, *calls: Call, lazy: bool = False) -> list[Any]:
         """As `run`, with each call's error in its reply's place: for calls whose callers differ
-        (one of them may fail without failing the others)."""
-        replies = await self._run(calls)
+        (one of them may fail without failing the others). `lazy`: see `run`."""
+        replies = await self._run(calls, lazy=lazy)
         if any(isinstance(reply, NoScriptError) for reply in replies):
             return await self._reloaded(calls, replies)
         return replies
@@ -206,8 +216,9 @@ class Batcher:
         replies[i:] = await self._run(calls[i:])
         return replies
 
-    def _run(self, calls: Sequence[Call]) -> Awaitable[list[Any]]:
-        """The replies of `calls`, errors in their place (a future: one coroutine less per call)."""
+    def _run(self, calls: Sequence[Call], *, lazy: bool = False) -> Awaitable[list[Any]]:
+        """The replies of `calls`, errors in their place (a future: one coroutine less per call).
+        `lazy`: the calls may wait up to `LAZY_WAIT` for other calls to go out with."""
         if self._cluster:
             return self._each_alone(calls)
         lane = self._lane(self.ack.replicas > 0 and any(call.durable for call in calls))
@@ -216,6 +227,14 @@ class Batcher:
         loop = lane.loop
         future: asyncio.Future[list[Any]] = loop.create_future()
         if not lane.pending:
+            if lazy:
+                lane.waiting = loop.call_later(LAZY_WAIT, self._flush_when_ready, lane)
+            else:
+                loop.call_soon(self._flush_when_ready, lane)
+        elif not lazy and lane.waiting is not None:
+            # Company for the lazy calls: they go out now, with these.
+            lane.waiting.cancel()
+            lane.waiting = None
             loop.call_soon(self._flush_when_ready, lane)
         lane.pending.append((calls, future))
         lane.size += len(calls)
@@ -239,6 +258,9 @@ class Batcher:
             self._flush(lane)
 
     def _flush(self, lane: _Lane) -> None:
+        if lane.waiting is not None:
+            lane.waiting.cancel()
+            lane.waiting = None
         runs, lane.pending, lane.size = lane.pending, [], 0
         if not runs:
             return

@@ -13,7 +13,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from foundation.batching import MAX_BATCH, Batcher, command, script, shared
+from foundation.batching import LAZY_WAIT, MAX_BATCH, Batcher, command, script, shared
 from foundation.storage import connect
 from tests.support.gateway import REDIS_URL, wipe
 from tests.support.redis_servers import RedisCluster, RedisServer
@@ -246,3 +246,28 @@ async def test_a_cluster_answers_in_the_same_raw_shapes_as_one_redis(redis_clust
         await single.aclose()
         await cluster.aclose()
         await wipe(prefix, redis_cluster.url, cluster=True)
+
+
+async def test_a_lazy_call_waits_for_company_and_goes_with_the_next_call(redis: Redis, prefix: str):
+    batch = Batcher(redis)
+    lazy = asyncio.ensure_future(batch.run(command("INCR", f"{prefix}lazy"), lazy=True))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert batch.batches == 0 and not lazy.done()  # still waiting for company
+    # A call that is not lazy takes it along, in order before it: one round trip for both.
+    assert await batch.call(command("GET", f"{prefix}lazy")) == b"1"
+    assert await lazy == [1]
+    assert batch.batches == 1
+
+
+async def test_a_lazy_call_alone_goes_out_within_its_wait(redis: Redis, prefix: str):
+    batch = Batcher(redis)
+    started = time.monotonic()
+    assert await batch.run(command("INCR", f"{prefix}alone"), lazy=True) == [1]
+    assert batch.batches == 1
+    assert time.monotonic() - started < LAZY_WAIT + 1.0  # the wait, and no more than a round trip
+    # Two lazy calls keep each other waiting no longer than the first one's wait.
+    replies = await asyncio.gather(
+        batch.run(command("INCR", f"{prefix}alone"), lazy=True), batch.run(command("INCR", f"{prefix}alone"), lazy=True)
+    )
+    assert replies == [[2], [3]] and batch.batches == 2
