@@ -270,4 +270,4 @@ async def test_a_lazy_call_alone_goes_out_within_its_wait(redis: Redis, prefix: 
     replies = await asyncio.gather(
         batch.run(command("INCR", f"{prefix}alone"), lazy=True), batch.run(command("INCR", f"{prefix}alone"), lazy=True)
     )
-    assert replies == [[2], [3]] and batch.batches == 2
+    assert list(replies) == [[2], [3]] and batch.batches == 2
