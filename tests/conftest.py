@@ -35,13 +35,19 @@ async def redis() -> AsyncIterator[Redis]:
 
 
 @pytest.fixture
-async def keys() -> AsyncIterator[Keys]:
-    """A key layout under a prefix of the test's own, wiped afterwards."""
-    prefix = f"t{uuid.uuid4().hex[:12]}:"
+async def prefix() -> AsyncIterator[str]:
+    """A key prefix of the test's own on the shared Redis, wiped afterwards."""
+    value = f"t{uuid.uuid4().hex[:12]}:"
     try:
-        yield Keys(prefix)
+        yield value
     finally:
-        await wipe(prefix)
+        await wipe(value)
+
+
+@pytest.fixture
+def keys(prefix: str) -> Keys:
+    """A key layout under a prefix of the test's own, wiped afterwards."""
+    return Keys(prefix)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -22,6 +21,7 @@ from routing.handoff import Item
 from routing.sealing import unb64url
 from tests.support.example import EXAMPLES, ExampleProcess, example_server, print_key, stop
 from tests.support.gateway import Gateway, make_settings, wipe
+from tests.support.ports import free_port
 
 STANDIN = EXAMPLES / "telegram_standin.py"
 pytestmark = pytest.mark.slow
@@ -168,13 +168,6 @@ async def telegram_standin() -> AsyncIterator[ExampleProcess]:
     finally:
         await stop(proc)
         await pump
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.mark.parametrize("mode", ["webhook", "polling"])

@@ -3,8 +3,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -18,24 +16,6 @@ from foundation.storage import connect
 from tests.support.gateway import REDIS_URL, wipe
 from tests.support.redis_servers import RedisCluster, RedisServer
 from tests.support.waiting import eventually
-
-
-@pytest.fixture
-async def redis() -> AsyncIterator[Redis]:
-    client = connect(REDIS_URL)
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
-@pytest.fixture
-async def prefix() -> AsyncIterator[str]:
-    value = f"t{uuid.uuid4().hex[:12]}:"
-    try:
-        yield value
-    finally:
-        await wipe(value)
 
 
 async def test_concurrent_calls_share_round_trips_and_each_gets_its_own_reply(redis: Redis, prefix: str):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,19 +25,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from foundation.pipelined import PipelinedConnection
 from foundation.storage import connect, pipelined
-from tests.support.gateway import REDIS_URL, wipe
-from tests.support.redis_servers import RedisServer, free_port
+from tests.support.gateway import REDIS_URL
+from tests.support.ports import free_port
+from tests.support.redis_servers import RedisServer
 from tests.support.tlsca import mint
 from tests.support.waiting import eventually
-
-
-@pytest.fixture
-async def prefix() -> AsyncIterator[str]:
-    value = f"t{uuid.uuid4().hex[:12]}:"
-    try:
-        yield value
-    finally:
-        await wipe(value)
 
 
 @pytest.fixture

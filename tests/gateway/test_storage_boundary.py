@@ -20,7 +20,8 @@ from tests.support.dedicated import DedicatedServer
 from tests.support.gateway import ADMIN_TOKEN, random_public_key, register_user
 from tests.support.google import Google
 from tests.support.graph import Graph
-from tests.support.mail import free_port, mail_settings
+from tests.support.mail import mail_settings
+from tests.support.ports import free_port
 from tests.support.redis_servers import RedisServer
 from tests.support.telegram import FakeTelegram
 

@@ -31,7 +31,8 @@ from tests.support.dedicated import DedicatedServer
 from tests.support.gateway import wipe
 from tests.support.google import Google
 from tests.support.graph import Graph
-from tests.support.mail import FAST, connect_gmail, connect_outlook, free_port, mail_settings
+from tests.support.mail import FAST, connect_gmail, connect_outlook, mail_settings
+from tests.support.ports import free_port
 from tests.support.telegram import FakeTelegram
 from tests.support.telegram_gateway import SECRET, TgGateway
 

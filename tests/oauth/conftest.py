@@ -17,7 +17,8 @@ from tests.support.authserver import Client
 from tests.support.dedicated import DedicatedServer
 from tests.support.gateway import Gateway
 from tests.support.mailapis import MailApis
-from tests.support.oauth_world import ACCESS_TOKEN_TTL, Browser, World, free_port
+from tests.support.oauth_world import ACCESS_TOKEN_TTL, Browser, World
+from tests.support.ports import free_port
 from tests.support.tlsca import Pki, mint
 
 

@@ -21,7 +21,8 @@ from foundation.vault import Vault
 from oauth.store import ConnectionStore
 from tests.support.dedicated import DedicatedServer
 from tests.support.gateway import register_user, wipe
-from tests.support.oauth_world import RETURN_ORIGIN, Browser, World, free_port
+from tests.support.oauth_world import RETURN_ORIGIN, Browser, World
+from tests.support.ports import free_port
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
 

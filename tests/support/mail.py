@@ -4,7 +4,6 @@ stand-ins, gateways wired to them, and connections made through the real token b
 from __future__ import annotations
 
 import dataclasses
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -26,6 +25,7 @@ from tests.support.dedicated import DedicatedServer
 from tests.support.gateway import Gateway, make_settings, wipe
 from tests.support.google import Google
 from tests.support.graph import Graph
+from tests.support.ports import free_port
 from tests.support.running import running
 
 FAST = Timing(poll=0.05, lease=2.0, concurrency=8)
@@ -33,13 +33,6 @@ GMAIL_SCOPES = ("https://www.googleapis.com/auth/gmail.readonly",)
 GRAPH_SCOPES = ("Mail.Read", "offline_access")
 
 GatewayFactory = Callable[..., Awaitable[Gateway]]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def mail_settings(tmp_path: Path, google: Google, graph: Graph, port: int, **overrides: Any) -> Settings:

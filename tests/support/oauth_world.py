@@ -3,7 +3,6 @@ its tokens, and a browser that follows redirects."""
 
 from __future__ import annotations
 
-import socket
 import ssl
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -24,13 +23,6 @@ from tests.support.tlsca import Pki
 
 RETURN_ORIGIN = "https://app.example"
 ACCESS_TOKEN_TTL = 900
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass

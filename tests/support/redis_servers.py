@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from pathlib import Path
 import redis
 
 from foundation.embedded import redis_server_binary
+from tests.support.ports import free_port
 
 CLUSTER_SLOTS = 16384
 EMBEDDED = redis_server_binary()
@@ -26,25 +26,6 @@ EMBEDDED = redis_server_binary()
 
 def binary() -> str:
     return shutil.which("redis-server") or EMBEDDED
-
-
-def free_port(*, with_bus: bool = False) -> int:
-    """A loopback port that is free now (and, for cluster nodes, whose bus port +10000 is too)."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if not with_bus or port + 10000 > 65535:
-            if not with_bus:
-                return port
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port pair found")
 
 
 def _answers(port: int) -> bool:
