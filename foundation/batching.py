@@ -29,7 +29,8 @@ cluster client: same results, no batching; its replies are brought to the same r
 
 A lazy run (`lazy=True`: a call whose caller can wait a little, such as the acknowledgement of
 a delivered transaction) waits up to `LAZY_WAIT` for company: the next call that is not lazy
-takes it along in its batch, and at moderate load most lazy calls cost no round trip of their own.
+takes it along in its batch, so under steady traffic a lazy call often costs no round trip of
+its own.
 
 Durable calls (`durable=True`: a write someone is told is stored) are followed, when replicas
 are required (`Batcher.ack`, from ALLY_ACK_REPLICAS), by one Redis `WAIT` per flush, on the
