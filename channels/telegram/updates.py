@@ -362,12 +362,15 @@ def removed(update: TelegramUpdate, bot_id: int) -> str | None:
 
 
 def file_ids(value: Any) -> Iterator[str]:
+    """Every string under a `file_id` key anywhere in `value`, in document order (only objects
+    and arrays are walked into: a leaf costs no generator of its own)."""
     if isinstance(value, dict):
         for key, item in value.items():
             if key == "file_id" and isinstance(item, str):
                 yield item
-            else:
+            elif isinstance(item, dict | list):
                 yield from file_ids(item)
     elif isinstance(value, list):
         for item in value:
-            yield from file_ids(item)
+            if isinstance(item, dict | list):
+                yield from file_ids(item)
