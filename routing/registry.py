@@ -106,6 +106,11 @@ def _text(value: bytes | None) -> str:
     return value.decode() if value is not None else ""
 
 
+def _named(names: Sequence[str], values: Sequence[bytes | None]) -> dict[str, bytes | None]:
+    """An `HMGET`'s reply by field name (the reply is in the order the names were asked)."""
+    return dict(zip(names, values, strict=True))
+
+
 class Registry:
     def __init__(self, redis: Redis, keys: Keys, vault: Vault) -> None:
         self._redis = redis
@@ -173,14 +178,16 @@ class Registry:
         return Credentials(f"ast.{user_id}.{secrets.token_urlsafe(32)}", new_secret())
 
     async def get(self, user_id: str) -> User | None:
-        values = await self._redis.hmget(
-            self._keys.user(user_id),
-            [record.SERVER_URL, record.SERVER_PUBLIC_KEY, record.CREATED_AT, record.UPDATED_AT],
-        )
-        if values[0] is None:
+        names = (record.SERVER_URL, record.SERVER_PUBLIC_KEY, record.CREATED_AT, record.UPDATED_AT)
+        found = _named(names, await self._redis.hmget(self._keys.user(user_id), names))
+        if found[record.SERVER_URL] is None:
             return None
         return User(
-            user_id, _text(values[0]), _text(values[1]), float(_text(values[2]) or 0), float(_text(values[3]) or 0)
+            user_id,
+            _text(found[record.SERVER_URL]),
+            _text(found[record.SERVER_PUBLIC_KEY]),
+            float(_text(found[record.CREATED_AT]) or 0),
+            float(_text(found[record.UPDATED_AT]) or 0),
         )
 
     async def require(self, user_id: str) -> User:
@@ -217,8 +224,9 @@ class Registry:
     async def rotate(self, user_id: str, overlap: float = OVERLAP) -> Credentials:
         """New credentials; the current ones stay valid `overlap` more seconds (0: not at all)."""
         key = self._keys.user(user_id)
-        current = await self._redis.hmget(key, [record.SERVER_URL, record.TOKEN_HASH, record.SECRET])
-        if current[0] is None:
+        names = (record.SERVER_URL, record.TOKEN_HASH, record.SECRET)
+        current = _named(names, await self._redis.hmget(key, names))
+        if current[record.SERVER_URL] is None:
             raise NotFound("user_not_found", "no such user")
         credentials = self._new_credentials(user_id)
         # Revoked at once: the old hash and secret are not even kept.
@@ -228,8 +236,8 @@ class Registry:
             mapping={
                 record.TOKEN_HASH: _hash(credentials.server_token),
                 record.SECRET: await self._vault.encrypt(user_id, _SECRET_CONTEXT, credentials.webhook_secret.encode()),
-                record.OLD_TOKEN_HASH: (current[1] or b"") if keep else b"",
-                record.OLD_SECRET: (current[2] or b"") if keep else b"",
+                record.OLD_TOKEN_HASH: (current[record.TOKEN_HASH] or b"") if keep else b"",
+                record.OLD_SECRET: (current[record.SECRET] or b"") if keep else b"",
                 record.OLD_UNTIL: repr(time.time() + overlap),
             },
         )
@@ -259,12 +267,14 @@ class Registry:
     async def target_from(self, user_id: str, values: Sequence[bytes | None]) -> Target | None:
         """The target from the user record's `TARGET_FIELDS`, read by the caller (delivery reads
         them in the same script that opens a transaction)."""
-        if values[0] is None or values[1] is None:
+        fields = _named(TARGET_FIELDS, values)
+        url, secret, old_secret = fields[record.SERVER_URL], fields[record.SECRET], fields[record.OLD_SECRET]
+        if url is None or secret is None:
             return None
-        found = [await self._secret(user_id, values[1])]
-        if values[2] and float(_text(values[3]) or 0) > time.time():
-            found.append(await self._secret(user_id, values[2]))
-        return Target(_text(values[0]), tuple(found))
+        found = [await self._secret(user_id, secret)]
+        if old_secret and float(_text(fields[record.OLD_UNTIL]) or 0) > time.time():
+            found.append(await self._secret(user_id, old_secret))
+        return Target(_text(url), tuple(found))
 
     async def _secret(self, user_id: str, sealed: bytes) -> str:
         """The webhook secret in `sealed`, opened once per process: every delivery needs it, and
