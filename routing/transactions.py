@@ -194,6 +194,8 @@ class Opened:
 
     txn_id: str
     body: bytes
+    count: int
+    """Events in the transaction."""
     first_ms: int
     channels: dict[str, int]
     target: Target | None
@@ -348,10 +350,11 @@ class Transactions:
         raise GatewayError("events kept expiring while a transaction was opened")
 
     async def _opened(self, user_id: str, rest: list[Any]) -> Opened:
-        txn_id, body, _count, first_ms, channels, *target = rest
+        txn_id, body, count, first_ms, channels, *target = rest
         return Opened(
             txn_id.decode(),
             body,
+            int(count),
             int(first_ms),
             orjson.loads(channels) if channels else {},
             await self._registry.target_from(user_id, [v or None for v in target]),
@@ -379,7 +382,7 @@ class Transactions:
         # The server has its events; the acknowledgement of a one-event transaction (the common
         # case of a user writing now and then) may wait a moment to share another call's round
         # trip. One that drains a backlog goes at once: the next transaction waits for it.
-        lazy = sum(txn.channels.values()) == 1
+        lazy = txn.count == 1
         calls = (before, call) if before is not None else (call,)
         reply = (await self._batch.run(*calls, lazy=lazy))[-1]
         done = Acknowledged(int(reply[0]), int(reply[1]), bool(int(reply[2])))
