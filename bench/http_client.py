@@ -23,6 +23,8 @@ import aiohttp
 import uvloop
 
 from bench.common import free_port
+from foundation.tls import client_context
+from routing import http1
 from routing.sender import MAX_ANSWER_BYTES
 
 SERVER = """
@@ -82,7 +84,21 @@ async def main(requests: int, rounds: int) -> None:
             )
             await reader.readexactly(length)
 
-        clients: dict[str, Callable[[int], Awaitable[None]]] = {"aiohttp": with_aiohttp, "bare": bare}
+        lean = http1.Client(production=False, tls=client_context())
+        lean_headers = list(HEADERS.items())
+        base_url = f"http://127.0.0.1:{port}/u/u1"
+
+        async def delivery_client(i: int) -> None:
+            answer = await lean.put(
+                base_url, f"/ally/v1/transactions/txn_{i}", lean_headers, BODY, limit=MAX_ANSWER_BYTES
+            )
+            _ = answer.status, answer.retry_after
+
+        clients: dict[str, Callable[[int], Awaitable[None]]] = {
+            "aiohttp": with_aiohttp,
+            "delivery": delivery_client,
+            "bare": bare,
+        }
         for client in clients.values():  # warm: connections open, code paths hot
             for i in range(200):
                 await client(i)
@@ -95,14 +111,18 @@ async def main(requests: int, rounds: int) -> None:
                 cpu[name].append((time.process_time() - started) / requests * 1e6)
         writer.close()
         await session.close()
+        await lean.close()
         a, b = statistics.median(cpu["aiohttp"]), statistics.median(cpu["bare"])
+        d = statistics.median(cpu["delivery"])
         for label, name in (
-            ("aiohttp client, as the sender calls it:", "aiohttp"),
+            ("aiohttp client, as it was called:", "aiohttp"),
+            ("the delivery client (routing/http1.py):", "delivery"),
             ("bare keep-alive stream:", "bare"),
         ):
             rounds_text = ", ".join(f"{x:.0f}" for x in cpu[name])
             print(f"{label:40} {statistics.median(cpu[name]):.0f} µs CPU per request ({rounds_text})")
-        print(f"difference: {a - b:.0f} µs per request ({a / b:.2f}×)")
+        print(f"aiohttp against bare: {a - b:.0f} µs per request ({a / b:.2f}×)")
+        print(f"delivery client against aiohttp: {d - a:+.0f} µs per request ({d / a:.2f}×)")
     finally:
         server.terminate()
         await server.wait()

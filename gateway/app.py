@@ -182,7 +182,6 @@ def _services(
         redis,
         keys,
         registry,
-        session,
         hold_ttl=settings.hold_ttl,
         timeout=settings.delivery_timeout,
         lease=settings.delivery_lease,

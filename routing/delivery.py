@@ -29,15 +29,17 @@ import asyncio
 import contextlib
 import functools
 import logging
+import ssl
 import time
 
-import aiohttp
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from foundation import batching
 from foundation.errors import ClosedError
 from foundation.redis_keys import Keys
+from foundation.tls import client_context
+from routing import http1
 from routing.courier import Courier, Served
 from routing.handoff import DEFAULT_CAPS, Caps
 from routing.leases import Leases
@@ -58,8 +60,8 @@ class DeliveryWorker:
         redis: Redis,
         keys: Keys,
         registry: Registry,
-        session: aiohttp.ClientSession,
         *,
+        tls: ssl.SSLContext | None = None,
         hold_ttl: float,
         timeout: float = 10.0,
         lease: float = 20.0,
@@ -88,7 +90,8 @@ class DeliveryWorker:
             outages=outages,
         )
         # An attempt never outlives half the lease, so a takeover cannot overlap with it.
-        self._sender = Sender(session, timeout=min(timeout, lease / 2), production=production)
+        self._client = http1.Client(production=production, tls=tls or client_context())
+        self._sender = Sender(self._client, timeout=min(timeout, lease / 2), production=production)
         self._active: dict[str, asyncio.Task[Served]] = {}
         self._skip_until: dict[str, float] = {}
         self._wakeup = asyncio.Event()
@@ -281,3 +284,4 @@ class DeliveryWorker:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self._client.close()

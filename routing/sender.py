@@ -5,18 +5,16 @@ back, never following a redirect.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
-import io
 import logging
 import random
 import time
 from dataclasses import dataclass
 
-import aiohttp
-
 from foundation import metrics
 from foundation.errors import ApiError, ClosedError
-from routing import signing
+from routing import http1, signing
 from routing.registry import Target
 from routing.urls import validate_server_url
 
@@ -27,7 +25,6 @@ BACKOFF_CAP = 300.0
 RETRY_AFTER_MIN = 1.0
 RETRY_AFTER_MAX = 3600.0
 MAX_ANSWER_BYTES = 64 * 1024
-_SKIPPED = frozenset({"Accept-Encoding"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,17 +57,12 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return float(min(RETRY_AFTER_MAX, max(RETRY_AFTER_MIN, seconds)))
 
 
-def _payload(body: bytes) -> bytes | io.BytesIO:
-    # aiohttp writes a bytes body of over 1 MiB in one go (and warns); a stream goes in chunks.
-    return io.BytesIO(body) if len(body) > 1 << 20 else body
-
-
 class Sender:
     """PUTs transactions; `timeout` is the whole attempt's (the worker keeps it under half its lease)."""
 
-    def __init__(self, session: aiohttp.ClientSession, *, timeout: float, production: bool) -> None:
-        self._session = session
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+    def __init__(self, client: http1.Client, *, timeout: float, production: bool) -> None:
+        self._client = client
+        self._timeout = timeout
         self._production = production
         self._closed = False
 
@@ -83,7 +75,7 @@ class Sender:
         if self._closed:
             raise ClosedError("delivery worker is closed")
         if self._production:
-            # The connector checks the address of every socket it opens (names and literals);
+            # The client checks the address of every socket it opens (names and literals);
             # the URL itself (scheme, host spelling) is checked here, at every attempt, so a
             # record stored under older rules is never sent to.
             try:
@@ -93,31 +85,23 @@ class Sender:
                 log.warning("delivery refused: server_url is not allowed in production")
                 return Outcome(False, None)
         stamp = int(time.time())
-        headers = {
-            "webhook-id": txn_id,
-            "webhook-timestamp": str(stamp),
+        headers = [
+            ("webhook-id", txn_id),
+            ("webhook-timestamp", str(stamp)),
             # Every valid secret signs (one while a rotation's old secret lasts, else one).
-            "webhook-signature": " ".join(signing.signature(s, txn_id, stamp, body) for s in target.secrets),
-            "content-type": "application/json",
-        }
-        url = f"{target.server_url}/ally/v1/transactions/{txn_id}"
+            ("webhook-signature", " ".join(signing.signature(s, txn_id, stamp, body) for s in target.secrets)),
+            ("Content-Type", "application/json"),
+        ]
         started = time.monotonic()
         try:
-            async with self._session.put(
-                url,
-                data=_payload(body),
-                headers=headers,
-                timeout=self._timeout,
-                allow_redirects=False,
-                # The answer's body is never used: no decompression, no Accept-Encoding asking for one.
-                auto_decompress=False,
-                skip_auto_headers=_SKIPPED,
-            ) as resp:
-                # The answer is not used; a hostile server must not make us buffer it all.
-                await resp.content.read(MAX_ANSWER_BYTES)
-                status = resp.status
-                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            async with asyncio.timeout(self._timeout):
+                # The answer's body is not used: a hostile server must not make us buffer it all.
+                answer = await self._client.put(
+                    target.server_url, f"/ally/v1/transactions/{txn_id}", headers, body, limit=MAX_ANSWER_BYTES
+                )
+            status = answer.status
+            retry_after = parse_retry_after(answer.retry_after)
+        except (TimeoutError, OSError) as exc:
             metrics.DELIVERIES.labels("unreachable").inc()
             log.info(
                 "delivery attempt failed",

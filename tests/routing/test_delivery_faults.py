@@ -166,8 +166,7 @@ async def test_several_workers_on_one_redis_keep_order_and_one_txn_in_flight(
 ):
     services = gateway.services
     extra = [
-        DeliveryWorker(services.redis, services.keys, services.registry, services.session, hold_ttl=3600, lease=3.0)
-        for _ in range(3)
+        DeliveryWorker(services.redis, services.keys, services.registry, hold_ttl=3600, lease=3.0) for _ in range(3)
     ]
     runs = [asyncio.create_task(w.run()) for w in extra]
     try:

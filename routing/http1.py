@@ -1,0 +1,397 @@
+"""The delivery's HTTP client: one `PUT` at a time per connection, HTTP/1.1 kept alive, a pool of
+idle connections per origin.
+
+Deliveries are the one request the gateway makes per event; aiohttp's client spent about
+170 µs of CPU on each beyond what the exchange itself needs (`python -m bench.http_client`).
+This client does only what a delivery needs, with the same guards:
+
+- **Parsing** is llhttp's (through `httptools`, the C parser Node.js uses, strict by default):
+  status line, headers, framing by Content-Length, chunked or the connection's end, interim
+  1xx answers skipped. At most `MAX_HEAD` bytes (plus one read) are taken before an answer's
+  head is complete, and at most `limit` bytes of its body. A connection whose answer was not
+  read to its end, that may not carry another (`Connection: close`, HTTP/1.0), or on which the
+  server sent anything more than its answer, is closed, never reused.
+- **Where it connects**: with `production`, names are resolved by `PublicOnlyResolver` and
+  every socket is made by `public_socket` with the very address it connects to: the checks the
+  production aiohttp connector makes (`routing/urls.py`). TLS with the gateway's client
+  context, the URL's host as the name checked.
+- **What it sends** is built here from checked parts: the URL's path percent-encoded where it
+  is not plain, header names and values refused if they could end a line. Redirects are
+  answers like any other (the caller does not follow them); no cookies, no compression asked
+  for, no proxy from the environment.
+- **A kept-alive connection the server had closed** fails the request before any byte of an
+  answer: the request is then sent once more on a new connection (a delivery is idempotent:
+  same transaction id, same body).
+- **Time**: the caller bounds the whole request (`asyncio.timeout`); a request cut short closes
+  its connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import re
+import socket
+import ssl
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+from urllib.parse import quote, urlsplit
+
+import httptools
+from aiohttp.abc import AbstractResolver
+from aiohttp.resolver import ThreadedResolver
+
+from routing.urls import PublicOnlyResolver, public_socket
+
+MAX_HEAD = 64 * 1024
+"""The most bytes taken before an answer's head (interim answers included) is complete."""
+IDLE_TIMEOUT = 15.0
+"""Seconds an idle connection is kept for its next request."""
+IDLE_PER_ORIGIN = 32
+IDLE_TOTAL = 1000
+_LINE_SAFE = re.compile(r"[!-~][ -~]*")
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_PATH_SAFE = "/%:@!$&'()*+,;=-._~"
+
+
+class AnswerError(OSError):
+    """The server's answer could not be read (malformed, too large a head, or cut short)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status: int
+    retry_after: str | None
+    """The `Retry-After` header as sent, if any."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Origin:
+    tls: bool
+    host: str
+    port: int
+    host_header: str
+
+
+class _Stale(Exception):
+    """A reused connection ended before any byte of the answer: the server had closed it."""
+
+
+class _Connection(asyncio.Protocol):
+    """One connection and the parse of the answer in progress; `httptools` calls the `on_*`."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.waiter: asyncio.Future[Answer] | None = None
+        self.closed = False
+        self.spoiled = False
+        """Set when the connection may not carry another request (whatever its state)."""
+        self.idle_since = 0.0
+        self.reused = False
+        self.received = 0
+        self.head_done = False
+        self.framed = False
+        self.status = 0
+        self.retry_after: str | None = None
+        self.taken = 0
+        self.limit = 0
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not subclasses of asyncio's, only alike.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            # Bytes nobody asked for: whatever they are, they must not answer the next request.
+            self.close()
+            return
+        self.received += len(data)
+        if not self.head_done and self.received > MAX_HEAD + len(data):
+            self._fail(AnswerError("the answer's head is too large"))
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(AnswerError("the server switched protocols"))
+        except httptools.HttpParserError:
+            self._fail(AnswerError("malformed answer"))
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            return
+        if self.head_done and not self.framed and self.status:
+            # An answer framed by the connection's end: it ended.
+            waiter.set_result(Answer(self.status, self.retry_after))
+        elif self.reused and self.received == 0:
+            waiter.set_exception(_Stale())
+        else:
+            waiter.set_exception(AnswerError("the connection ended inside the answer"))
+
+    # httptools' callbacks
+
+    def on_message_begin(self) -> None:
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            # A second answer in the same read as the first.
+            self.spoiled = True
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.waiter is None or self.waiter.done():
+            return
+        lowered = name.lower()
+        if lowered == b"retry-after":
+            self.retry_after = value.decode("latin-1")
+        elif lowered in (b"content-length", b"transfer-encoding"):
+            self.framed = True
+
+    def on_headers_complete(self) -> None:
+        if self.waiter is None or self.waiter.done():
+            return
+        status = self.parser.get_status_code()
+        if status < 200:
+            # An interim answer (100 Continue, 103 Early Hints): the real one follows.
+            self.retry_after = None
+            self.framed = False
+            return
+        self.status = status
+        self.head_done = True
+
+    def on_body(self, body: bytes) -> None:
+        waiter = self.waiter
+        if waiter is None or waiter.done() or not self.head_done:
+            return
+        self.taken += len(body)
+        if self.taken > self.limit:
+            # The rest is not read: the connection goes with it.
+            self.spoiled = True
+            waiter.set_result(Answer(self.status, self.retry_after))
+            self.close()
+
+    def on_message_complete(self) -> None:
+        waiter = self.waiter
+        if waiter is None or waiter.done() or not self.head_done:
+            return
+        if not self.parser.should_keep_alive():
+            self.spoiled = True
+        waiter.set_result(Answer(self.status, self.retry_after))
+
+    # The client's side
+
+    def usable(self) -> bool:
+        return not (self.closed or self.spoiled or self.transport is None or self.transport.is_closing())
+
+    async def exchange(self, head: bytes, body: bytes, limit: int, *, reused: bool) -> Answer:
+        transport = self.transport
+        if transport is None or not self.usable():
+            raise _Stale if reused else AnswerError("the connection is closed")
+        waiter: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self.waiter = waiter
+        self.reused = reused
+        self.received = self.taken = self.status = 0
+        self.head_done = self.framed = False
+        self.retry_after = None
+        self.limit = limit
+        if len(body) < 16 * 1024:
+            transport.write(head + body)
+        else:
+            transport.writelines((head, body))
+        try:
+            return await waiter
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            self.waiter = None
+
+    def close(self) -> None:
+        self.spoiled = True
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def _fail(self, exc: Exception) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(exc)
+        self.close()
+
+
+class Client:
+    """PUTs bodies to servers' URLs; `close()` ends every idle connection."""
+
+    def __init__(self, *, production: bool, tls: ssl.SSLContext, resolver: AbstractResolver | None = None) -> None:
+        self._production = production
+        self._tls = tls
+        self._resolver = resolver or (PublicOnlyResolver() if production else ThreadedResolver())
+        self._idle: dict[_Origin, list[_Connection]] = {}
+        self._idle_count = 0
+        self._last_sweep = time.monotonic()
+        self._closed = False
+
+    async def put(
+        self, base_url: str, path: str, headers: Sequence[tuple[str, str]], body: bytes, *, limit: int
+    ) -> Answer:
+        """Send `body` to `base_url` + `path` (a path of plain characters); read at most `limit`
+        bytes of the answer's body. Errors are `OSError`s (`AnswerError`, `ssl.SSLError`, ...)."""
+        if self._closed:
+            raise OSError("the delivery client is closed")
+        origin, base_path = _split(base_url)
+        head = _head(origin, base_path + path, headers, len(body))
+        if time.monotonic() - self._last_sweep >= IDLE_TIMEOUT / 3:
+            self._sweep()
+        for _ in range(2):
+            connection = self._take(origin)
+            reused = connection is not None
+            if connection is None:
+                connection = await self._connect(origin)
+            try:
+                answer = await connection.exchange(head, body, limit, reused=reused)
+            except _Stale:
+                continue
+            if connection.usable():
+                self._give_back(origin, connection)
+            else:
+                connection.close()
+            return answer
+        raise AnswerError("the server closed the connection before answering")
+
+    async def close(self) -> None:
+        self._closed = True
+        for connections in self._idle.values():
+            for connection in connections:
+                connection.close()
+        self._idle.clear()
+        self._idle_count = 0
+        with contextlib.suppress(Exception):
+            await self._resolver.close()
+
+    def _sweep(self) -> None:
+        """Close the idle connections past `IDLE_TIMEOUT` (the servers of users who went quiet)."""
+        now = self._last_sweep = time.monotonic()
+        for origin in list(self._idle):
+            connections = self._idle[origin]
+            kept = [c for c in connections if now - c.idle_since < IDLE_TIMEOUT and c.usable()]
+            for connection in connections:
+                if connection not in kept:
+                    connection.close()
+            self._idle_count -= len(connections) - len(kept)
+            if kept:
+                self._idle[origin] = kept
+            else:
+                del self._idle[origin]
+
+    def _take(self, origin: _Origin) -> _Connection | None:
+        connections = self._idle.get(origin)
+        now = time.monotonic()
+        while connections:
+            connection = connections.pop()
+            self._idle_count -= 1
+            if now - connection.idle_since < IDLE_TIMEOUT and connection.usable():
+                return connection
+            connection.close()
+        return None
+
+    def _give_back(self, origin: _Origin, connection: _Connection) -> None:
+        connections = self._idle.setdefault(origin, [])
+        if self._closed or len(connections) >= IDLE_PER_ORIGIN or self._idle_count >= IDLE_TOTAL:
+            connection.close()
+            return
+        connection.idle_since = time.monotonic()
+        connections.append(connection)
+        self._idle_count += 1
+
+    async def _connect(self, origin: _Origin) -> _Connection:
+        loop = asyncio.get_running_loop()
+        last: Exception | None = None
+        for family, proto, address in await self._addresses(origin):
+            try:
+                if self._production:
+                    sock = public_socket((family, socket.SOCK_STREAM, proto, "", address))
+                else:
+                    sock = socket.socket(family, socket.SOCK_STREAM, proto)
+            except OSError as exc:
+                last = exc
+                continue
+            try:
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                await loop.sock_connect(sock, address)
+                _, connection = await loop.create_connection(
+                    _Connection,
+                    sock=sock,
+                    ssl=self._tls if origin.tls else None,
+                    server_hostname=origin.host if origin.tls else None,
+                )
+            except BaseException as exc:
+                sock.close()
+                if not isinstance(exc, OSError):
+                    raise
+                last = exc
+                continue
+            return connection
+        raise last if last is not None else OSError("no address to connect to")
+
+    async def _addresses(self, origin: _Origin) -> list[tuple[int, int, tuple[Any, ...]]]:
+        """Where to connect, in order: an IP literal as it is (the socket's check still applies),
+        a name through the resolver (in production, public addresses only)."""
+        family = socket.AF_INET6 if ":" in origin.host else socket.AF_INET
+        try:
+            socket.inet_pton(family, origin.host)
+        except OSError:
+            pass
+        else:
+            if family == socket.AF_INET6:
+                return [(family, socket.IPPROTO_TCP, (origin.host, origin.port, 0, 0))]
+            return [(family, socket.IPPROTO_TCP, (origin.host, origin.port))]
+        found = await self._resolver.resolve(origin.host, origin.port, family=socket.AF_UNSPEC)
+        addresses: list[tuple[int, int, tuple[Any, ...]]] = []
+        for result in found:
+            if int(result["family"]) == socket.AF_INET6:
+                addresses.append((socket.AF_INET6, socket.IPPROTO_TCP, (result["host"], int(result["port"]), 0, 0)))
+            else:
+                addresses.append((socket.AF_INET, socket.IPPROTO_TCP, (result["host"], int(result["port"]))))
+        return addresses
+
+
+@functools.lru_cache(maxsize=4096)
+def _split(url: str) -> tuple[_Origin, str]:
+    """The origin and the path (percent-encoded where not plain) of a server's URL."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise OSError("not a valid URL") from None
+    host = parts.hostname
+    if parts.scheme not in ("http", "https") or not host or parts.query or parts.fragment or parts.username:
+        raise OSError("not an http(s) URL without credentials, query or fragment")
+    if not host.isascii() or not _LINE_SAFE.fullmatch(host) or " " in host:
+        raise OSError("the URL's host is not plain ASCII")
+    tls = parts.scheme == "https"
+    port = port or (443 if tls else 80)
+    shown = f"[{host}]" if ":" in host else host
+    host_header = shown if port == (443 if tls else 80) else f"{shown}:{port}"
+    return _Origin(tls, host, port, host_header), quote(parts.path, safe=_PATH_SAFE)
+
+
+def _head(origin: _Origin, target: str, headers: Sequence[tuple[str, str]], length: int) -> bytes:
+    if not target.startswith("/"):
+        target = "/" + target
+    if not _LINE_SAFE.fullmatch(target) or " " in target:
+        raise OSError("the request's path is not plain")
+    lines = [f"PUT {target} HTTP/1.1\r\nHost: {origin.host_header}\r\n"]
+    for name, value in headers:
+        if not _TOKEN.fullmatch(name) or not _LINE_SAFE.fullmatch(value):
+            raise OSError("a header that could end its line")
+        lines.append(f"{name}: {value}\r\n")
+    lines.append(f"Content-Length: {length}\r\n\r\n")
+    return "".join(lines).encode("ascii")
