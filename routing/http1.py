@@ -13,8 +13,9 @@ This client does only what a delivery needs, with the same guards:
   server sent anything more than its answer, is closed, never reused.
 - **Where it connects**: with `production`, names are resolved by `PublicOnlyResolver` and
   every socket is made by `public_socket` with the very address it connects to: the checks the
-  production aiohttp connector makes (`routing/urls.py`). TLS with the gateway's client
-  context, the URL's host as the name checked.
+  production aiohttp connector makes (`routing/urls.py`). A name's addresses serve new
+  connections for `DNS_TTL` seconds, until a connection to none of them succeeds. TLS with
+  the gateway's client context, the URL's host as the name checked.
 - **What it sends** is built here from checked parts: the URL's path percent-encoded where it
   is not plain, header names and values refused if they could end a line. Redirects are
   answers like any other (the caller does not follow them); no cookies, no compression asked
@@ -52,6 +53,9 @@ IDLE_TIMEOUT = 15.0
 """Seconds an idle connection is kept for its next request."""
 IDLE_PER_ORIGIN = 32
 IDLE_TOTAL = 1000
+DNS_TTL = 60.0
+"""Seconds a name's addresses are reused for new connections (aiohttp's connector did the same)."""
+DNS_CACHED = 1024
 _LINE_SAFE = re.compile(r"[!-~][ -~]*")
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _PATH_SAFE = "/%:@!$&'()*+,;=-._~"
@@ -237,6 +241,7 @@ class Client:
         self._idle_count = 0
         self._last_sweep = time.monotonic()
         self._closed = False
+        self._dns: dict[tuple[str, int], tuple[float, list[tuple[int, int, tuple[Any, ...]]]]] = {}
 
     async def put(
         self, base_url: str, path: str, headers: Sequence[tuple[str, str]], body: bytes, *, limit: int
@@ -339,6 +344,8 @@ class Client:
                 last = exc
                 continue
             return connection
+        # None of the addresses took the connection: the next attempt asks the resolver again.
+        self._dns.pop((origin.host, origin.port), None)
         raise last if last is not None else OSError("no address to connect to")
 
     async def _addresses(self, origin: _Origin) -> list[tuple[int, int, tuple[Any, ...]]]:
@@ -353,6 +360,10 @@ class Client:
             if family == socket.AF_INET6:
                 return [(family, socket.IPPROTO_TCP, (origin.host, origin.port, 0, 0))]
             return [(family, socket.IPPROTO_TCP, (origin.host, origin.port))]
+        now = time.monotonic()
+        cached = self._dns.get((origin.host, origin.port))
+        if cached is not None and cached[0] > now:
+            return cached[1]
         found = await self._resolver.resolve(origin.host, origin.port, family=socket.AF_UNSPEC)
         addresses: list[tuple[int, int, tuple[Any, ...]]] = []
         for result in found:
@@ -360,6 +371,9 @@ class Client:
                 addresses.append((socket.AF_INET6, socket.IPPROTO_TCP, (result["host"], int(result["port"]), 0, 0)))
             else:
                 addresses.append((socket.AF_INET, socket.IPPROTO_TCP, (result["host"], int(result["port"]))))
+        if len(self._dns) >= DNS_CACHED:
+            self._dns.clear()
+        self._dns[(origin.host, origin.port)] = (now + DNS_TTL, addresses)
         return addresses
 
 

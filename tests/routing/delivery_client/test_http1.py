@@ -408,3 +408,47 @@ async def test_a_head_that_never_ends_is_cut_at_max_head_not_at_the_timeout(
     async with serving(make) as server:
         with pytest.raises(AnswerError, match="head is too large"):
             await asyncio.wait_for(client.put(server.url(), PATH, HEADERS, b"{}", limit=1024), 10)
+
+
+class Counting(AbstractResolver):
+    """Resolves every name to 127.0.0.1 and counts the lookups."""
+
+    def __init__(self) -> None:
+        self.lookups = 0
+
+    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[ResolveResult]:
+        self.lookups += 1
+        return [{"hostname": host, "host": "127.0.0.1", "port": port, "family": socket.AF_INET, "proto": 0, "flags": 0}]
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_a_names_addresses_serve_new_connections_until_none_of_them_connects(monkeypatch: pytest.MonkeyPatch):
+    resolver = Counting()
+    client = Client(production=False, tls=ssl.create_default_context(), resolver=resolver)
+
+    async def one_connection_each(times: int) -> int:
+        async with serving(answering(OK, then_close=True)) as server:
+            for _ in range(times):
+                answer = await client.put(server.url("ally-user.example"), PATH, HEADERS, b"{}", limit=1024)
+                assert answer.status == 204
+                await asyncio.sleep(0.02)
+            assert server.connections == times
+            return server.port
+
+    try:
+        port = await one_connection_each(3)
+        assert resolver.lookups == 1
+        # The server is gone: the first attempt tries the addresses it has and forgets them, the
+        # next one asks again.
+        for _ in range(2):
+            with pytest.raises(OSError):
+                await client.put(f"http://ally-user.example:{port}", PATH, HEADERS, b"{}", limit=1024)
+        assert resolver.lookups == 2
+        # And what was looked up lasts DNS_TTL.
+        monkeypatch.setattr(http1, "DNS_TTL", 0.0)
+        await one_connection_each(2)
+        assert resolver.lookups == 4
+    finally:
+        await client.close()
