@@ -106,6 +106,8 @@ class RedisServer:
             "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", "everysec",
             "--save", "",
+            # Records its own stalls of 5 ms or more (fsync, fork, slow commands): `LATENCY LATEST`.
+            "--latency-monitor-threshold", "5",
             "--daemonize", "no",
             "--logfile", str(self.dir / "redis.log"),
             *COMPACT_HASHES,
@@ -217,6 +219,13 @@ class Child:
 
     def __exit__(self, *_exc: object) -> None:
         self.stop()
+
+
+def machine_jiffies() -> tuple[int, int, int]:
+    """The whole machine's CPU time so far (Linux /proc/stat): busy, stolen by the hypervisor, all."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return user + nice + system + irq + softirq, steal, sum(fields)
 
 
 def cpu_seconds(pid: int) -> float:

@@ -23,9 +23,21 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from redis.asyncio import Redis
 
 from bench import profile
-from bench.common import PYTHON, ROOT, Results, Row, log, median, percentile, process_tree, tree_cpu_seconds
+from bench.common import (
+    PYTHON,
+    ROOT,
+    Results,
+    Row,
+    log,
+    machine_jiffies,
+    median,
+    percentile,
+    process_tree,
+    tree_cpu_seconds,
+)
 from bench.fleet import Fleet, User, make_users
 
 STEP = 3.0
@@ -56,6 +68,9 @@ class Step:
     verified: int = 0
     mismatched: int = 0
     failures: list[str] = field(default_factory=list)
+    machine_busy: float = 0.0
+    """Share of the machine's CPU time (all cores) busy during the step, and stolen by the hypervisor."""
+    machine_steal: float = 0.0
 
     @property
     def p50(self) -> float:
@@ -83,6 +98,7 @@ class Step:
             f"e2e p50 {self.p50:6.1f} ms p99 {self.p99:7.1f} ms, ack p99 {percentile(self.ack_ms, 99):6.1f} ms, "
             f"gen late p99 {self.gen_late_p99_ms:5.1f} ms, CPU/event "
             + ", ".join(f"{n} {us:.0f} µs" for n, us in self.cpu_us.items())
+            + f", machine busy {self.machine_busy:.0%} steal {self.machine_steal:.1%}"
             + f" → {verdict}"
         )
 
@@ -155,11 +171,14 @@ class Routing:
         spec = self.spec(system, rate, duration)
         procs = self.processes(system)
         cpu_before = {name: tree_cpu_seconds(pids) for name, pids in procs.items()}
+        machine_before = machine_jiffies()
         out = await load(spec, duration)
+        busy, steal, total = (after - before for after, before in zip(machine_jiffies(), machine_before, strict=True))
         rows = out["rows"]
         result = Step(system, rate, sent=len(rows), ok=sum(1 for r in rows if 200 <= r[4] < 300))
         result.ack_ms = [(r[3] - r[2]) * 1000 for r in rows if r[3]]
         result.gen_late_p99_ms = percentile(out["late_ms"], 99)
+        result.machine_busy, result.machine_steal = busy / max(1, total), steal / max(1, total)
         ended = time.monotonic()
         in_time = await self._wait_for(result.ok, ended + DRAIN)
         # A system that fell behind still owes events; wait for them, so that they neither
@@ -312,6 +331,21 @@ async def loaded_with_users(fleet: Fleet, ingress: str) -> tuple[Routing, str]:
     return bench, "POST /telegram/webhook/<bot> (secret checked, update parsed, chat routed, sealed, queued)"
 
 
+async def log_redis_stalls(fleet: Fleet) -> None:
+    """What Redis itself recorded of its stalls over 5 ms so far (AOF fsync and writes, forks)."""
+    assert fleet.redis is not None
+    client = Redis.from_url(fleet.redis.url)
+    try:
+        latest = await client.execute_command("LATENCY", "LATEST")
+    finally:
+        await client.aclose()
+    if not latest:
+        log("redis: no stall of 5 ms or more recorded")
+    for event, _when, last_ms, max_ms in latest:
+        label = event.decode() if isinstance(event, bytes) else event
+        log(f"redis: stalls in {label}: latest {last_ms} ms, worst {max_ms} ms")
+
+
 async def run(results: Results, *, rounds: int, ingress: str = "telegram", profile_seconds: float = 6.0) -> None:
     name = "routing"
     telegram, env = await telegram_standin(ingress)
@@ -380,6 +414,7 @@ async def run(results: Results, *, rounds: int, ingress: str = "telegram", profi
                     lat["gateway"][q],
                 )
             )
+        await log_redis_stalls(fleet)
         results.add(
             Row(
                 name,
