@@ -157,7 +157,7 @@ class HandedOver:
     new: int
     """Items that were not repeats (queued, or dropped at a cap and reported later)."""
     tell: bool = False
-    """The origin is to be told now that the user's server is away (`Outages.wrote`)."""
+    """The origin is to be told now that the user's server is away (`outage.WROTE_FUNCTION`)."""
 
 
 _NO_ORIGIN: list[str | int] = ["", "", "", "", "", ""]
@@ -210,7 +210,7 @@ class Handoff:
         origin: Origin | None = None,
     ) -> HandedOver:
         """As `__call__`, in the same one round trip: only while `linked` holds (else `NotLinked`),
-        and, when new items came from `origin`, recorded for the outage notices (`Outages.wrote`)."""
+        and, when new items came from `origin`, recorded for the outage notices (`outage.WROTE_FUNCTION`)."""
         if not items:
             return HandedOver(0)
         try:

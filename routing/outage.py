@@ -94,14 +94,6 @@ local function outage_wrote(outage, told, held, counters, now, after, told_membe
   return fresh
 end
 """
-# KEYS: outage, told, held, counters, user. ARGV: as `outage_wrote`'s arguments after its keys.
-_WROTE = (
-    WROTE_FUNCTION
-    + _ACTIVE
-    + """
-return outage_wrote(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
-"""
-)
 # KEYS: held, counters. ARGV: cutoff (ms), most. Takes the entries of events that expired.
 _EXPIRED = """
 local ok_ms = math.floor(tonumber(redis.call('HGET', KEYS[2], 'last_ok_at') or '0') * 1000)
@@ -122,7 +114,6 @@ class Outages:
         self._keep = int(hold_ttl) + 3600
         self._hooks = expired
         self._failed = redis.register_script(_FAILED)
-        self._wrote = redis.register_script(_WROTE)
         self._expired = redis.register_script(_EXPIRED)
 
     def _key(self, user_id: str, name: str) -> str:
@@ -155,16 +146,6 @@ class Outages:
         """The arguments `outage_wrote` takes after its keys, for an event from `origin`."""
         told = f"{origin.channel}|{origin.address}"
         return [repr(time.time()), repr(origin.notice_after), told, f"{told}|{origin.ref}", handed_ms, self._keep]
-
-    async def wrote(self, user_id: str, origin: Origin, *, handed_at: float) -> bool:
-        """An event from `origin` was handed over (starting at `handed_at`): remember where it came
-        from; True when the server has been failing for `notice_after` seconds or more and this
-        address has not been told of this outage yet (it counts as told from now on). The
-        hand-over does the same in its own atomic step when given the origin; this is for
-        events queued some other way."""
-        keys = [*self.wrote_keys(user_id), self._keys.user(user_id)]
-        args = self.wrote_args(origin, int(handed_at * 1000))
-        return bool(int(await self._wrote(keys=keys, args=args)))
 
     async def expired(self, user_id: str, count: int, cutoff_ms: int) -> None:
         """`count` held events older than `cutoff_ms` were dropped: tell each channel where the
