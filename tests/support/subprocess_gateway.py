@@ -36,6 +36,23 @@ def environment(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
+def spawn_gateway(
+    args: tuple[str, ...], env: dict[str, str], log_path: Path, *, own_session: bool = False
+) -> subprocess.Popen[bytes]:
+    """`python -m gateway *args`, its output appended to `log_path`; `own_session` puts it (and
+    whatever it forks) in a process group of its own, to be signalled as a whole."""
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "gateway", *args],
+            env=env,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=own_session,
+        )
+
+
 class GatewayProcess:
     def __init__(self, env: dict[str, str], log_path: Path, *args: str) -> None:
         self.port = free_port()
@@ -49,15 +66,7 @@ class GatewayProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def spawn(self) -> None:
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway", *self.args],
-                env=self.env,
-                cwd=ROOT,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-            )
+        self.proc = spawn_gateway(self.args, self.env, self.log_path)
 
     async def start(self, timeout: float = 20.0) -> None:
         """Spawn the process and wait until it answers /readyz."""

@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from tests.support.subprocess_gateway import ROOT
+from tests.support.subprocess_gateway import spawn_gateway
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
@@ -134,16 +133,7 @@ class Supervised:
         return self.proc.pid
 
     def spawn(self) -> Supervised:
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway", *self.args],
-                env=self.env,
-                cwd=ROOT,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
+        self.proc = spawn_gateway(self.args, self.env, self.log_path, own_session=True)
         return self
 
     def start(self, message: str = "listening", timeout: float = 60.0) -> dict[str, Any]:
