@@ -194,7 +194,12 @@ class _Connection(asyncio.Protocol):
     # The client's side
 
     def usable(self) -> bool:
-        return not (self.closed or self.spoiled or self.transport is None or self.transport.is_closing())
+        transport = self.transport
+        return not (self.closed or self.spoiled or transport is None or transport.is_closing()) and (
+            # An answer that came before the whole body went out (a server refusing early): the
+            # rest of the body would precede the next request.
+            transport.get_write_buffer_size() == 0
+        )
 
     async def exchange(self, head: bytes, body: bytes, limit: int, *, reused: bool) -> Answer:
         transport = self.transport

@@ -452,3 +452,36 @@ async def test_a_names_addresses_serve_new_connections_until_none_of_them_connec
         assert resolver.lookups == 4
     finally:
         await client.close()
+
+
+async def test_an_answer_before_the_whole_body_went_out_does_not_leave_its_connection_for_the_next(client: Client):
+    def make(server: Server) -> Handler:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            if server.connections == 1:
+                await reader.readuntil(b"\r\n\r\n")
+                # Refused on its head alone; the body is neither read nor waited for.
+                writer.write(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\n\r\n")
+                await writer.drain()
+                # What comes next on this connection is the rest of the body, then whatever the
+                # client sends after it: a next request here would get a wrong answer.
+                seen = b""
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(3):
+                        while b"PUT /" not in seen:
+                            chunk = await reader.read(1 << 20)
+                            if not chunk:
+                                return
+                            seen = seen[-8:] + chunk
+                        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+                        await writer.drain()
+                return
+            await server.read_request(reader)
+            writer.write(OK)
+
+        return handler
+
+    async with serving(make) as server:
+        big = b"x" * (64 << 20)
+        assert (await client.put(server.url(), PATH, HEADERS, big, limit=1024)).status == 413
+        assert (await client.put(server.url(), PATH, HEADERS, b"{}", limit=1024)).status == 204
+        assert server.connections == 2
