@@ -1,13 +1,14 @@
 """CPU time per delivery request on the client side: aiohttp's client, called exactly as the
-sender calls it, against a bare keep-alive HTTP/1.1 exchange on an asyncio stream (what any
-HTTP client must do at the least: write the request, read the head and the body).
+sender called it before it had a client of its own; the delivery client (`routing/http1.py`),
+as the sender calls it now; and a bare keep-alive HTTP/1.1 exchange on an asyncio stream (what
+any HTTP client must do at the least: write the request, read the head and the body).
 
     .venv/bin/python -m bench.http_client [--requests 3000] [--rounds 3]
 
 The server (aiohttp, answering `{"ok":true}`) runs in its own process, so each figure is this
 process's CPU time (`time.process_time`) divided by the requests made: the client's cost alone,
-the median of `--rounds` interleaved rounds. It prints and saves nothing. The difference is
-what a leaner delivery client could save per event (`bench/README.md`).
+the median of `--rounds` interleaved rounds. It prints and saves nothing (`bench/README.md`
+has the figures).
 """
 
 from __future__ import annotations
