@@ -59,6 +59,7 @@ DNS_CACHED = 1024
 _LINE_SAFE = re.compile(r"[!-~][ -~]*")
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _PATH_SAFE = "/%:@!$&'()*+,;=-._~"
+_BARE_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
 class AnswerError(OSError):
@@ -194,12 +195,12 @@ class _Connection(asyncio.Protocol):
     # The client's side
 
     def usable(self) -> bool:
-        transport = self.transport
-        return not (self.closed or self.spoiled or transport is None or transport.is_closing()) and (
-            # An answer that came before the whole body went out (a server refusing early): the
-            # rest of the body would precede the next request.
-            transport.get_write_buffer_size() == 0
-        )
+        return not (self.closed or self.spoiled or self.transport is None or self.transport.is_closing())
+
+    def reusable(self) -> bool:
+        """Usable, and the request's bytes all sent: an answer that came before the whole body
+        went out (a server refusing early) would leave the rest of it before the next request."""
+        return self.usable() and self.transport is not None and self.transport.get_write_buffer_size() == 0
 
     async def exchange(self, head: bytes, body: bytes, limit: int, *, reused: bool) -> Answer:
         transport = self.transport
@@ -268,7 +269,7 @@ class Client:
                 answer = await connection.exchange(head, body, limit, reused=reused)
             except _Stale:
                 continue
-            if connection.usable():
+            if connection.reusable():
                 self._give_back(origin, connection)
             else:
                 connection.close()
@@ -399,7 +400,9 @@ def _split(url: str) -> tuple[_Origin, str]:
     port = port or (443 if tls else 80)
     shown = f"[{host}]" if ":" in host else host
     host_header = shown if port == (443 if tls else 80) else f"{shown}:{port}"
-    return _Origin(tls, host, port, host_header), quote(parts.path, safe=_PATH_SAFE)
+    # Escapes already in the path stay as they are; a `%` that starts none is a character.
+    path = _BARE_PERCENT.sub("%25", parts.path)
+    return _Origin(tls, host, port, host_header), quote(path, safe=_PATH_SAFE)
 
 
 def _head(origin: _Origin, target: str, headers: Sequence[tuple[str, str]], length: int) -> bytes:

@@ -243,7 +243,9 @@ async def test_tls_checks_the_servers_name(tmp_path: Path):
     client = Client(production=False, tls=client_tls)
     try:
         async with serving(answering(OK), host="0.0.0.0", tls=server_tls) as server:
-            assert (await client.put(server.url(scheme="https"), PATH, HEADERS, b"{}", limit=1024)).status == 204
+            for _ in range(3):
+                assert (await client.put(server.url(scheme="https"), PATH, HEADERS, b"{}", limit=1024)).status == 204
+            assert server.connections == 1  # kept alive over TLS too
             # The same server under an address its certificate does not name.
             with pytest.raises(ssl.SSLError):
                 await client.put(server.url("127.0.0.2", scheme="https"), PATH, HEADERS, b"{}", limit=1024)
@@ -343,6 +345,8 @@ async def test_what_is_sent_is_built_from_checked_parts(client: Client):
         base = server.url() + "/bots/ü ser"
         assert (await client.put(base, PATH, HEADERS, b"{}", limit=1024)).status == 204
         assert server.requests[-1].startswith(b"PUT /bots/%C3%BC%20ser/ally/v1/transactions/txn_1 HTTP/1.1\r\n")
+        assert (await client.put(server.url() + "/a%2Fb%zz%", PATH, HEADERS, b"{}", limit=1024)).status == 204
+        assert server.requests[-1].startswith(b"PUT /a%2Fb%25zz%25/ally/v1/transactions/txn_1 HTTP/1.1\r\n")
         sent = len(server.requests)
         for headers in (
             [("webhook-id", "txn_1\r\nX-Injected: 1")],
