@@ -38,17 +38,15 @@ import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 from urllib.parse import quote, urlsplit
 
-import httptools
 from aiohttp.abc import AbstractResolver
 from aiohttp.resolver import ThreadedResolver
 
+from routing.http1_connection import MAX_HEAD, Answer, AnswerError, Connection, Stale
 from routing.urls import PublicOnlyResolver, public_socket
 
-MAX_HEAD = 64 * 1024
-"""The most bytes taken before an answer's head (interim answers included) is complete."""
 IDLE_TIMEOUT = 15.0
 """Seconds an idle connection is kept for its next request."""
 IDLE_PER_ORIGIN = 32
@@ -61,16 +59,7 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _PATH_SAFE = "/%:@!$&'()*+,;=-._~"
 _BARE_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
-
-class AnswerError(OSError):
-    """The server's answer could not be read (malformed, too large a head, or cut short)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    status: int
-    retry_after: str | None
-    """The `Retry-After` header as sent, if any."""
+__all__ = ["MAX_HEAD", "Answer", "AnswerError", "Client"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,161 +70,6 @@ class _Origin:
     host_header: str
 
 
-class _Stale(Exception):
-    """A reused connection ended before any byte of the answer: the server had closed it."""
-
-
-class _Connection(asyncio.Protocol):
-    """One connection and the parse of the answer in progress; `httptools` calls the `on_*`."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
-        self.waiter: asyncio.Future[Answer] | None = None
-        self.closed = False
-        self.spoiled = False
-        """Set when the connection may not carry another request (whatever its state)."""
-        self.idle_since = 0.0
-        self.reused = False
-        self.received = 0
-        self.head_done = False
-        self.framed = False
-        self.status = 0
-        self.retry_after: str | None = None
-        self.taken = 0
-        self.limit = 0
-
-    # asyncio.Protocol
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not subclasses of asyncio's, only alike.
-        self.transport = cast(asyncio.Transport, transport)
-
-    def data_received(self, data: bytes) -> None:
-        waiter = self.waiter
-        if waiter is None or waiter.done():
-            # Bytes nobody asked for: whatever they are, they must not answer the next request.
-            self.close()
-            return
-        self.received += len(data)
-        if not self.head_done and self.received > MAX_HEAD + len(data):
-            self._fail(AnswerError("the answer's head is too large"))
-            return
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._fail(AnswerError("the server switched protocols"))
-        except httptools.HttpParserError:
-            self._fail(AnswerError("malformed answer"))
-
-    def eof_received(self) -> bool:
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        waiter = self.waiter
-        if waiter is None or waiter.done():
-            return
-        if self.head_done and not self.framed and self.status:
-            # An answer framed by the connection's end: it ended.
-            waiter.set_result(Answer(self.status, self.retry_after))
-        elif self.reused and self.received == 0:
-            waiter.set_exception(_Stale())
-        else:
-            waiter.set_exception(AnswerError("the connection ended inside the answer"))
-
-    # httptools' callbacks
-
-    def on_message_begin(self) -> None:
-        waiter = self.waiter
-        if waiter is None or waiter.done():
-            # A second answer in the same read as the first.
-            self.spoiled = True
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self.waiter is None or self.waiter.done():
-            return
-        lowered = name.lower()
-        if lowered == b"retry-after":
-            self.retry_after = value.decode("latin-1")
-        elif lowered in (b"content-length", b"transfer-encoding"):
-            self.framed = True
-
-    def on_headers_complete(self) -> None:
-        if self.waiter is None or self.waiter.done():
-            return
-        status = self.parser.get_status_code()
-        if status < 200:
-            # An interim answer (100 Continue, 103 Early Hints): the real one follows.
-            self.retry_after = None
-            self.framed = False
-            return
-        self.status = status
-        self.head_done = True
-
-    def on_body(self, body: bytes) -> None:
-        waiter = self.waiter
-        if waiter is None or waiter.done() or not self.head_done:
-            return
-        self.taken += len(body)
-        if self.taken > self.limit:
-            # The rest is not read: the connection goes with it.
-            self.spoiled = True
-            waiter.set_result(Answer(self.status, self.retry_after))
-            self.close()
-
-    def on_message_complete(self) -> None:
-        waiter = self.waiter
-        if waiter is None or waiter.done() or not self.head_done:
-            return
-        if not self.parser.should_keep_alive():
-            self.spoiled = True
-        waiter.set_result(Answer(self.status, self.retry_after))
-
-    # The client's side
-
-    def usable(self) -> bool:
-        return not (self.closed or self.spoiled or self.transport is None or self.transport.is_closing())
-
-    def reusable(self) -> bool:
-        """Usable, and the request's bytes all sent: an answer that came before the whole body
-        went out (a server refusing early) would leave the rest of it before the next request."""
-        return self.usable() and self.transport is not None and self.transport.get_write_buffer_size() == 0
-
-    async def exchange(self, head: bytes, body: bytes, limit: int, *, reused: bool) -> Answer:
-        transport = self.transport
-        if transport is None or not self.usable():
-            raise _Stale if reused else AnswerError("the connection is closed")
-        waiter: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-        self.waiter = waiter
-        self.reused = reused
-        self.received = self.taken = self.status = 0
-        self.head_done = self.framed = False
-        self.retry_after = None
-        self.limit = limit
-        if len(body) < 16 * 1024:
-            transport.write(head + body)
-        else:
-            transport.writelines((head, body))
-        try:
-            return await waiter
-        except BaseException:
-            self.close()
-            raise
-        finally:
-            self.waiter = None
-
-    def close(self) -> None:
-        self.spoiled = True
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
-
-    def _fail(self, exc: Exception) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(exc)
-        self.close()
-
-
 class Client:
     """PUTs bodies to servers' URLs; `close()` ends every idle connection."""
 
@@ -243,7 +77,7 @@ class Client:
         self._production = production
         self._tls = tls
         self._resolver = resolver or (PublicOnlyResolver() if production else ThreadedResolver())
-        self._idle: dict[_Origin, list[_Connection]] = {}
+        self._idle: dict[_Origin, list[Connection]] = {}
         self._idle_count = 0
         self._last_sweep = time.monotonic()
         self._closed = False
@@ -267,7 +101,7 @@ class Client:
                 connection = await self._connect(origin)
             try:
                 answer = await connection.exchange(head, body, limit, reused=reused)
-            except _Stale:
+            except Stale:
                 continue
             if connection.reusable():
                 self._give_back(origin, connection)
@@ -301,7 +135,7 @@ class Client:
             else:
                 del self._idle[origin]
 
-    def _take(self, origin: _Origin) -> _Connection | None:
+    def _take(self, origin: _Origin) -> Connection | None:
         connections = self._idle.get(origin)
         now = time.monotonic()
         while connections:
@@ -312,7 +146,7 @@ class Client:
             connection.close()
         return None
 
-    def _give_back(self, origin: _Origin, connection: _Connection) -> None:
+    def _give_back(self, origin: _Origin, connection: Connection) -> None:
         connections = self._idle.setdefault(origin, [])
         if self._closed or len(connections) >= IDLE_PER_ORIGIN or self._idle_count >= IDLE_TOTAL:
             connection.close()
@@ -321,7 +155,7 @@ class Client:
         connections.append(connection)
         self._idle_count += 1
 
-    async def _connect(self, origin: _Origin) -> _Connection:
+    async def _connect(self, origin: _Origin) -> Connection:
         loop = asyncio.get_running_loop()
         last: Exception | None = None
         for family, proto, address in await self._addresses(origin):
@@ -338,7 +172,7 @@ class Client:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 await loop.sock_connect(sock, address)
                 _, connection = await loop.create_connection(
-                    _Connection,
+                    Connection,
                     sock=sock,
                     ssl=self._tls if origin.tls else None,
                     server_hostname=origin.host if origin.tls else None,
