@@ -49,7 +49,9 @@ from routing.urls import PublicOnlyResolver, public_socket
 
 IDLE_TIMEOUT = 15.0
 """Seconds an idle connection is kept for its next request."""
-IDLE_PER_ORIGIN = 32
+IDLE_PER_ORIGIN = 256
+"""Idle connections kept per origin: one host may serve many users (a path per user), and each
+delivery in flight to it holds a connection; beyond this, a busy origin's are closed after use."""
 IDLE_TOTAL = 1000
 DNS_TTL = 60.0
 """Seconds a name's addresses are reused for new connections (aiohttp's connector did the same)."""

@@ -489,3 +489,13 @@ async def test_an_answer_before_the_whole_body_went_out_does_not_leave_its_conne
         assert (await client.put(server.url(), PATH, HEADERS, big, limit=1024)).status == 413
         assert (await client.put(server.url(), PATH, HEADERS, b"{}", limit=1024)).status == 204
         assert server.connections == 2
+
+
+async def test_a_host_serving_many_users_keeps_its_concurrent_connections_between_waves(client: Client):
+    async with serving(answering(OK)) as server:
+        for _ in range(3):
+            answers = await asyncio.gather(
+                *(client.put(server.url() + f"/users/u{n}", PATH, HEADERS, b"{}", limit=1024) for n in range(100))
+            )
+            assert {a.status for a in answers} == {204}
+        assert server.connections == 100 and len(server.requests) == 300
