@@ -28,7 +28,12 @@ def add(sub: Any) -> None:
     create = actions.add_parser("create", help="register a user's dedicated server (or update it)")
     create.add_argument("user_id")
     create.add_argument("--server-url", required=True)
-    create.add_argument("--public-key", required=True, help="the server's X25519 public key, base64url")
+    create.add_argument(
+        "--public-key",
+        required=True,
+        help="the server's public key (X25519 or ML-KEM-768+X25519), base64url; "
+        "write --public-key=KEY when it starts with '-'",
+    )
     for name, text in (
         ("show", "status: server health, queue, channels (or erasure progress)"),
         ("export", "everything the gateway holds about the user, as JSON"),

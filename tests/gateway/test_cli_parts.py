@@ -65,8 +65,8 @@ async def test_help_imports_no_part_of_the_gateway(gateway: Gateway, tmp_path: P
 @pytest.mark.parametrize("action", ["create", "rotate"])
 async def test_create_and_rotate_start_the_core_alone(gateway: Gateway, tmp_path: Path, action: str):
     key = random_public_key()
-    await cli(gateway, tmp_path, "user", "create", "lean", "--server-url", "https://srv.example", "--public-key", key)
-    args = ["--server-url", "https://srv.example", "--public-key", key] if action == "create" else []
+    await cli(gateway, tmp_path, "user", "create", "lean", "--server-url", "https://srv.example", f"--public-key={key}")
+    args = ["--server-url", "https://srv.example", f"--public-key={key}"] if action == "create" else []
     status, out, err, modules = await cli(gateway, tmp_path, "user", action, "lean", *args)
     assert status == 0, err
     assert out["user_id"] == "lean"

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -50,7 +52,7 @@ async def test_operator_commands_create_show_export_and_erase_a_user(tmp_path: P
     key = random_public_key()
     try:
         status, created, _ = await cli(
-            settings, "create", "op-user", "--server-url", "https://srv.example/ally", "--public-key", key
+            settings, "create", "op-user", "--server-url", "https://srv.example/ally", f"--public-key={key}"
         )
         assert status == 0
         assert created["created"] is True
@@ -58,7 +60,7 @@ async def test_operator_commands_create_show_export_and_erase_a_user(tmp_path: P
         assert created["webhook_secret"].startswith("whsec_")
 
         status, updated, _ = await cli(
-            settings, "create", "op-user", "--server-url", "https://other.example", "--public-key", key
+            settings, "create", "op-user", "--server-url", "https://other.example", f"--public-key={key}"
         )
         assert status == 0
         assert updated == {"user_id": "op-user", "server_url": "https://other.example", "created": False}
@@ -117,7 +119,7 @@ async def test_user_link_gives_a_telegram_deep_link(tmp_path: Path):
     )
     try:
         status, _, _ = await cli(
-            settings, "create", "linker", "--server-url", "https://srv.example", "--public-key", random_public_key()
+            settings, "create", "linker", "--server-url", "https://srv.example", f"--public-key={random_public_key()}"
         )
         assert status == 0
         status, link, err = await cli(settings, "link", "linker")
@@ -127,4 +129,25 @@ async def test_user_link_gives_a_telegram_deep_link(tmp_path: Path):
         assert fake.sent("setWebhook") == []
     finally:
         await fake.close()
+        await wipe(settings.key_prefix)
+
+
+async def test_a_public_key_that_starts_with_a_dash_is_taken_in_the_equals_form(tmp_path: Path):
+    settings = make_settings(tmp_path)
+    key = base64.urlsafe_b64encode(b"\xf8" + os.urandom(31)).rstrip(b"=").decode()
+    assert key.startswith("-")
+    try:
+        status, created, err = await cli(
+            settings, "create", "dash-key", "--server-url", "https://srv.example", f"--public-key={key}"
+        )
+        assert status == 0, err
+        assert created["created"] is True
+        # The spaced form reads the key as an option: refused with argparse's message, nothing stored.
+        status, _, err = await cli(
+            settings, "create", "dash-key-2", "--server-url", "https://srv.example", "--public-key", key
+        )
+        assert status == 2 and "--public-key" in err
+        status, _, _ = await cli(settings, "show", "dash-key-2")
+        assert status != 0
+    finally:
         await wipe(settings.key_prefix)
