@@ -57,6 +57,9 @@ DNS_TTL = 60.0
 """Seconds a name's addresses are reused for new connections (aiohttp's connector did the same)."""
 DNS_CACHED = 1024
 _LINE_SAFE = re.compile(r"[!-~][ -~]*")
+"""A header value: printable ASCII, no line end."""
+_VISIBLE = re.compile(r"[!-~]+")
+"""A host or a request target: printable ASCII without spaces."""
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _PATH_SAFE = "/%:@!$&'()*+,;=-._~"
 _BARE_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
@@ -127,7 +130,7 @@ class Client:
         now = self._last_sweep = time.monotonic()
         for origin in list(self._idle):
             connections = self._idle[origin]
-            kept = [c for c in connections if now - c.idle_since < IDLE_TIMEOUT and c.usable()]
+            kept = [c for c in connections if _kept(c, now)]
             for connection in connections:
                 if connection not in kept:
                     connection.close()
@@ -143,7 +146,7 @@ class Client:
         while connections:
             connection = connections.pop()
             self._idle_count -= 1
-            if now - connection.idle_since < IDLE_TIMEOUT and connection.usable():
+            if _kept(connection, now):
                 return connection
             connection.close()
         return None
@@ -199,24 +202,29 @@ class Client:
         except OSError:
             pass
         else:
-            if family == socket.AF_INET6:
-                return [(family, socket.IPPROTO_TCP, (origin.host, origin.port, 0, 0))]
-            return [(family, socket.IPPROTO_TCP, (origin.host, origin.port))]
+            return [_address(family, origin.host, origin.port)]
         now = time.monotonic()
         cached = self._dns.get((origin.host, origin.port))
         if cached is not None and cached[0] > now:
             return cached[1]
         found = await self._resolver.resolve(origin.host, origin.port, family=socket.AF_UNSPEC)
-        addresses: list[tuple[int, int, tuple[Any, ...]]] = []
-        for result in found:
-            if int(result["family"]) == socket.AF_INET6:
-                addresses.append((socket.AF_INET6, socket.IPPROTO_TCP, (result["host"], int(result["port"]), 0, 0)))
-            else:
-                addresses.append((socket.AF_INET, socket.IPPROTO_TCP, (result["host"], int(result["port"]))))
+        addresses = [_address(int(r["family"]), r["host"], int(r["port"])) for r in found]
         if len(self._dns) >= DNS_CACHED:
             self._dns.clear()
         self._dns[(origin.host, origin.port)] = (now + DNS_TTL, addresses)
         return addresses
+
+
+def _kept(connection: Connection, now: float) -> bool:
+    """An idle connection may still carry a request: not idle too long, nothing wrong with it."""
+    return now - connection.idle_since < IDLE_TIMEOUT and connection.usable()
+
+
+def _address(family: int, host: str, port: int) -> tuple[int, int, tuple[Any, ...]]:
+    """Family, protocol and socket address, as `sock_connect` takes them."""
+    if family == socket.AF_INET6:
+        return (socket.AF_INET6, socket.IPPROTO_TCP, (host, port, 0, 0))
+    return (socket.AF_INET, socket.IPPROTO_TCP, (host, port))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -230,7 +238,7 @@ def _split(url: str) -> tuple[_Origin, str]:
     host = parts.hostname
     if parts.scheme not in ("http", "https") or not host or parts.query or parts.fragment or parts.username:
         raise OSError("not an http(s) URL without credentials, query or fragment")
-    if not host.isascii() or not _LINE_SAFE.fullmatch(host) or " " in host:
+    if not _VISIBLE.fullmatch(host):
         raise OSError("the URL's host is not plain ASCII")
     tls = parts.scheme == "https"
     port = port or (443 if tls else 80)
@@ -244,7 +252,7 @@ def _split(url: str) -> tuple[_Origin, str]:
 def _head(origin: _Origin, target: str, headers: Sequence[tuple[str, str]], length: int) -> bytes:
     if not target.startswith("/"):
         target = "/" + target
-    if not _LINE_SAFE.fullmatch(target) or " " in target:
+    if not _VISIBLE.fullmatch(target):
         raise OSError("the request's path is not plain")
     lines = [f"PUT {target} HTTP/1.1\r\nHost: {origin.host_header}\r\n"]
     for name, value in headers:

@@ -55,9 +55,13 @@ class Connection(asyncio.Protocol):
         # uvloop's transports are not subclasses of asyncio's, only alike.
         self.transport = cast(asyncio.Transport, transport)
 
+    @property
+    def _answering(self) -> bool:
+        """A request is waiting for this answer (its future not yet resolved)."""
+        return self.waiter is not None and not self.waiter.done()
+
     def data_received(self, data: bytes) -> None:
-        waiter = self.waiter
-        if waiter is None or waiter.done():
+        if not self._answering:
             # Bytes nobody asked for: whatever they are, they must not answer the next request.
             self.close()
             return
@@ -77,27 +81,25 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        waiter = self.waiter
-        if waiter is None or waiter.done():
+        if not self._answering:
             return
         if self.head_done and not self.framed and self.status:
             # An answer framed by the connection's end: it ended.
-            waiter.set_result(Answer(self.status, self.retry_after))
+            self._answered()
         elif self.reused and self.received == 0:
-            waiter.set_exception(Stale())
+            self._fail(Stale())
         else:
-            waiter.set_exception(AnswerError("the connection ended inside the answer"))
+            self._fail(AnswerError("the connection ended inside the answer"))
 
     # httptools' callbacks
 
     def on_message_begin(self) -> None:
-        waiter = self.waiter
-        if waiter is None or waiter.done():
+        if not self._answering:
             # A second answer in the same read as the first.
             self.spoiled = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self.waiter is None or self.waiter.done():
+        if not self._answering:
             return
         lowered = name.lower()
         if lowered == b"retry-after":
@@ -106,7 +108,7 @@ class Connection(asyncio.Protocol):
             self.framed = True
 
     def on_headers_complete(self) -> None:
-        if self.waiter is None or self.waiter.done():
+        if not self._answering:
             return
         status = self.parser.get_status_code()
         if status < 200:
@@ -118,23 +120,21 @@ class Connection(asyncio.Protocol):
         self.head_done = True
 
     def on_body(self, body: bytes) -> None:
-        waiter = self.waiter
-        if waiter is None or waiter.done() or not self.head_done:
+        if not (self._answering and self.head_done):
             return
         self.taken += len(body)
         if self.taken > self.limit:
             # The rest is not read: the connection goes with it.
             self.spoiled = True
-            waiter.set_result(Answer(self.status, self.retry_after))
+            self._answered()
             self.close()
 
     def on_message_complete(self) -> None:
-        waiter = self.waiter
-        if waiter is None or waiter.done() or not self.head_done:
+        if not (self._answering and self.head_done):
             return
         if not self.parser.should_keep_alive():
             self.spoiled = True
-        waiter.set_result(Answer(self.status, self.retry_after))
+        self._answered()
 
     # The client's side
 
@@ -173,6 +173,10 @@ class Connection(asyncio.Protocol):
         self.spoiled = True
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
+
+    def _answered(self) -> None:
+        assert self.waiter is not None
+        self.waiter.set_result(Answer(self.status, self.retry_after))
 
     def _fail(self, exc: Exception) -> None:
         if self.waiter is not None and not self.waiter.done():

@@ -414,7 +414,7 @@ async def test_a_head_that_never_ends_is_cut_at_max_head_not_at_the_timeout(
             await asyncio.wait_for(client.put(server.url(), PATH, HEADERS, b"{}", limit=1024), 10)
 
 
-class Counting(AbstractResolver):
+class Counting(Rebinding):
     """Resolves every name to 127.0.0.1 and counts the lookups."""
 
     def __init__(self) -> None:
@@ -422,10 +422,7 @@ class Counting(AbstractResolver):
 
     async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[ResolveResult]:
         self.lookups += 1
-        return [{"hostname": host, "host": "127.0.0.1", "port": port, "family": socket.AF_INET, "proto": 0, "flags": 0}]
-
-    async def close(self) -> None:
-        return None
+        return await super().resolve(host, port, family)
 
 
 async def test_a_names_addresses_serve_new_connections_until_none_of_them_connects(monkeypatch: pytest.MonkeyPatch):
