@@ -71,6 +71,9 @@ class Step:
     machine_busy: float = 0.0
     """Share of the machine's CPU time (all cores) busy during the step, and stolen by the hypervisor."""
     machine_steal: float = 0.0
+    instruments_us: dict[str, float] = field(default_factory=dict)
+    """CPU time per delivered event of the generator and the sink (µs): not the measured system's,
+    but they share its cores."""
 
     @property
     def p50(self) -> float:
@@ -98,6 +101,7 @@ class Step:
             f"e2e p50 {self.p50:6.1f} ms p99 {self.p99:7.1f} ms, ack p99 {percentile(self.ack_ms, 99):6.1f} ms, "
             f"gen late p99 {self.gen_late_p99_ms:5.1f} ms, CPU/event "
             + ", ".join(f"{n} {us:.0f} µs" for n, us in self.cpu_us.items())
+            + "".join(f", {n} {us:.0f} µs" for n, us in self.instruments_us.items())
             + f", machine busy {self.machine_busy:.0%} steal {self.machine_steal:.1%}"
             + f" → {verdict}"
         )
@@ -171,6 +175,8 @@ class Routing:
         spec = self.spec(system, rate, duration)
         procs = self.processes(system)
         cpu_before = {name: tree_cpu_seconds(pids) for name, pids in procs.items()}
+        assert self.fleet.sink is not None
+        sink_before = tree_cpu_seconds([self.fleet.sink.pid])
         machine_before = machine_jiffies()
         out = await load(spec, duration)
         busy, steal, total = (after - before for after, before in zip(machine_jiffies(), machine_before, strict=True))
@@ -185,9 +191,15 @@ class Routing:
         # count here as on time nor arrive during the next step.
         await self._wait_for(result.ok, ended + SETTLE)
         dump = await self.fleet.sink_call("GET", "/_dump")
-        # Polling above costs the measured processes nothing; the sink and generator are not counted.
+        # Polling above costs the measured processes nothing; the sink and generator are not counted
+        # in the system's figures.
         delivered = max(1, in_time + max(0, result.ok - in_time))
         result.cpu_us = {n: (tree_cpu_seconds(p) - cpu_before[n]) * 1e6 / delivered for n, p in procs.items()}
+        # The sink's figure includes the polling above (a few requests a step).
+        result.instruments_us = {
+            "generator": float(out.get("cpu_s", 0.0)) * 1e6 / delivered,
+            "sink": (tree_cpu_seconds([self.fleet.sink.pid]) - sink_before) * 1e6 / delivered,
+        }
         result.failures = dump["failures"]
         result.late = max(0, result.ok - in_time)
         if system == "baseline":
