@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bench.common import Results, fmt, log, machine
 
-BENCHES = ("routing", "scaling", "state", "broker", "fairness", "backlog", "sealing", "updates")
+BENCHES = ("routing", "tail", "scaling", "state", "broker", "fairness", "backlog", "sealing", "updates")
 OUT = Path(__file__).resolve().parent / "results"
 
 
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         "--ingress",
         choices=("telegram", "core"),
         default="telegram",
-        help="routing, scaling: through the Telegram webhook, or a bench-only route straight into services.handoff",
+        help="routing, tail, scaling: through the Telegram webhook, or a bench-only route into services.handoff",
     )
     parser.add_argument(
         "--workers",
@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
 def _options(name: str, args: argparse.Namespace) -> dict[str, object]:
     if name == "routing":
         return {"rounds": args.rounds, "ingress": args.ingress, "profile_seconds": 0.0 if args.no_profile else 6.0}
+    if name == "tail":
+        return {"rounds": args.rounds, "ingress": args.ingress}
     if name == "scaling":
         workers = tuple(int(n) for n in args.workers.split(",") if n.strip())
         return {"rounds": args.rounds, "ingress": args.ingress, "workers": workers}
