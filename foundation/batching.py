@@ -28,9 +28,10 @@ On Redis Cluster every call is sent on its own (in order, one after the other) t
 cluster client: same results, no batching; its replies are brought to the same raw shapes.
 
 A lazy run (`lazy=True`: a call whose caller can wait a little, such as the acknowledgement of
-a delivered transaction) waits up to `LAZY_WAIT` for company: the next call that is not lazy
-takes it along in its batch, so under steady traffic a lazy call often costs no round trip of
-its own.
+a delivered transaction) waits up to `LAZY_WAIT` for company while other calls come less than
+`LAZY_WAIT` apart on average (`_Lane.gap`): the next call that is not lazy takes it along in its
+batch, so under steady traffic a lazy call often costs no round trip of its own. On a quieter
+lane it goes out at the next turn of the loop (waiting would mostly cost a timer's wake-up).
 
 Durable calls (`durable=True`: a write someone is told is stored) are followed, when replicas
 are required (`Batcher.ack`, from ALLY_ACK_REPLICAS), by one Redis `WAIT` per flush, on the
@@ -68,6 +69,8 @@ from foundation.pipelined import Arg, PipelinedConnection, pack
 MAX_BATCH = 256
 LAZY_WAIT = 0.002
 """Seconds a lazy call waits for company before it goes out alone."""
+_GAP_WEIGHT = 0.25  # the newest gap's weight in `_Lane.gap`
+_GAP_CAP = 10 * LAZY_WAIT  # a longer gap counts as this: after a quiet spell a few close calls make a lane busy
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +140,7 @@ Run = tuple[Sequence[Call], "asyncio.Future[list[Any]]"]
 class _Lane:
     """The runs queued for one connection. A grouped lane has one batch out at a time."""
 
-    __slots__ = ("connection", "grouped", "loop", "out", "pending", "size", "waiting")
+    __slots__ = ("connection", "gap", "grouped", "last", "loop", "out", "pending", "size", "waiting")
 
     def __init__(self, connection: PipelinedConnection, *, grouped: bool) -> None:
         self.connection = connection
@@ -151,6 +154,14 @@ class _Lane:
         """Calls pending."""
         self.out = 0
         """Batches sent and not answered yet."""
+        self.gap = _GAP_CAP  # moving average of the seconds between runs that are not lazy
+        self.last = self.loop.time()
+
+    def eager(self) -> None:
+        """A run that is not lazy arrived: fold its gap from the last one into the average."""
+        now = self.loop.time()
+        self.gap += (min(now - self.last, _GAP_CAP) - self.gap) * _GAP_WEIGHT
+        self.last = now
 
 
 class _Batch:
@@ -186,7 +197,7 @@ class Batcher:
     async def run(self, *calls: Call, lazy: bool = False) -> list[Any]:
         """Run `calls` in order in the next batch; return their replies, or raise the first error.
         `lazy`: for calls nobody waits on (an acknowledgement), which may wait up to `LAZY_WAIT`
-        for other calls to share their round trip; any other call sends them at once."""
+        for other calls to share their round trip (module doc); any other call sends them at once."""
         replies = await self.run_each(*calls, lazy=lazy)
         for reply in replies:
             if isinstance(reply, Exception):
@@ -219,7 +230,7 @@ class Batcher:
 
     def _run(self, calls: Sequence[Call], *, lazy: bool = False) -> Awaitable[list[Any]]:
         """The replies of `calls`, errors in their place (a future: one coroutine less per call).
-        `lazy`: the calls may wait up to `LAZY_WAIT` for other calls to go out with."""
+        `lazy`: the calls may wait up to `LAZY_WAIT` for other calls to go out with (on a busy lane)."""
         if self._cluster:
             return self._each_alone(calls)
         lane = self._lane(self.ack.replicas > 0 and any(call.durable for call in calls))
@@ -227,8 +238,10 @@ class Batcher:
             self._flush(lane)
         loop = lane.loop
         future: asyncio.Future[list[Any]] = loop.create_future()
+        if not lazy:
+            lane.eager()
         if not lane.pending:
-            if lazy:
+            if lazy and lane.gap < LAZY_WAIT:
                 lane.waiting = loop.call_later(LAZY_WAIT, self._flush_when_ready, lane)
             else:
                 loop.call_soon(self._flush_when_ready, lane)

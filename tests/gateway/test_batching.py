@@ -228,16 +228,40 @@ async def test_a_cluster_answers_in_the_same_raw_shapes_as_one_redis(redis_clust
         await wipe(prefix, redis_cluster.url, cluster=True)
 
 
-async def test_a_lazy_call_waits_for_company_and_goes_with_the_next_call(redis: Redis, prefix: str):
+async def _busy(batch: Batcher, prefix: str) -> None:
+    """Calls that are not lazy, close together (16 in one turn of the loop): a busy lane."""
+    await asyncio.gather(*(batch.call(command("GET", f"{prefix}busy")) for _ in range(16)))
+
+
+async def test_a_lazy_call_on_a_busy_lane_waits_for_company_and_goes_with_the_next_call(redis: Redis, prefix: str):
     batch = Batcher(redis)
+    await _busy(batch, prefix)
+    sent = batch.batches
     lazy = asyncio.ensure_future(batch.run(command("INCR", f"{prefix}lazy"), lazy=True))
     await asyncio.sleep(0)
     await asyncio.sleep(0)
-    assert batch.batches == 0 and not lazy.done()  # still waiting for company
+    assert batch.batches == sent and not lazy.done()  # still waiting for company
     # A call that is not lazy takes it along, in order before it: one round trip for both.
     assert await batch.call(command("GET", f"{prefix}lazy")) == b"1"
     assert await lazy == [1]
-    assert batch.batches == 1
+    assert batch.batches == sent + 1
+
+
+async def test_a_lazy_call_on_a_quiet_lane_goes_out_at_the_next_turn_without_waiting(redis: Redis, prefix: str):
+    batch = Batcher(redis)
+    for lane_was_busy in (False, True):
+        if lane_was_busy:
+            await _busy(batch, prefix)
+            # A quiet spell: calls far apart (25 ms) bring the average gap back over the wait.
+            for _ in range(8):
+                await asyncio.sleep(0.025)
+                await batch.call(command("GET", f"{prefix}busy"))
+        sent = batch.batches
+        lazy = asyncio.ensure_future(batch.run(command("INCR", f"{prefix}quiet"), lazy=True))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert batch.batches == sent + 1, "sent at the next turn of the loop, not after a wait"
+        assert len(await lazy) == 1
 
 
 async def test_a_lazy_call_alone_goes_out_within_its_wait(redis: Redis, prefix: str):
