@@ -7,10 +7,11 @@ This client does only what a delivery needs, with the same guards:
 
 - **Parsing** is llhttp's (through `httptools`, the C parser Node.js uses, strict by default):
   status line, headers, framing by Content-Length, chunked or the connection's end, interim
-  1xx answers skipped. At most `MAX_HEAD` bytes (plus one read) are taken before an answer's
-  head is complete, and at most `limit` bytes of its body. A connection whose answer was not
-  read to its end, that may not carry another (`Connection: close`, HTTP/1.0), or on which the
-  server sent anything more than its answer, is closed, never reused.
+  1xx answers skipped. At most `MAX_HEAD` bytes are parsed before an answer's head (interim
+  answers included) is complete, however the reads bring them, and at most `limit` bytes of
+  its body. A connection whose answer was not read to its end, that may not carry another
+  (`Connection: close`, HTTP/1.0), or on which the server sent anything more than its answer,
+  is closed, never reused.
 - **Where it connects**: with `production`, names are resolved by `PublicOnlyResolver` and
   every socket is made by `public_socket` with the very address it connects to: the checks the
   production aiohttp connector makes (`routing/urls.py`). A name's addresses serve new

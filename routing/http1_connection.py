@@ -65,16 +65,30 @@ class Connection(asyncio.Protocol):
             # Bytes nobody asked for: whatever they are, they must not answer the next request.
             self.close()
             return
-        self.received += len(data)
-        if not self.head_done and self.received > MAX_HEAD + len(data):
-            self._fail(AnswerError("the answer's head is too large"))
-            return
+        before, self.received = self.received, self.received + len(data)
+        if not self.head_done and self.received > MAX_HEAD:
+            # Only the head's share of MAX_HEAD is parsed first: a read may bring far more than
+            # the bound at once (all of an endless head, with nothing after it to wait for).
+            room = MAX_HEAD - before
+            if not self._feed(data[:room]):
+                return
+            if not self.head_done:
+                self._fail(AnswerError("the answer's head is too large"))
+                return
+            data = data[room:]
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> bool:
+        """Parse `data`; False when the answer failed on it."""
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(AnswerError("the server switched protocols"))
         except httptools.HttpParserError:
             self._fail(AnswerError("malformed answer"))
+        else:
+            return True
+        return False
 
     def eof_received(self) -> bool:
         return False

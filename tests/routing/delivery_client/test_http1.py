@@ -394,17 +394,27 @@ async def test_a_large_body_arrives_whole_and_an_ipv6_host_is_named_in_brackets(
     ],
     ids=["header lines", "interim answers"],
 )
+@pytest.mark.parametrize("at_the_bound", [False, True], ids=["piece by piece", "the bound, then a little"])
 async def test_a_head_that_never_ends_is_cut_at_max_head_not_at_the_timeout(
-    client: Client, first: bytes, endless: bytes
+    client: Client, first: bytes, endless: bytes, at_the_bound: bool
 ):
     def make(server: Server) -> Handler:
         async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await server.read_request(reader)
             # The connection stays open: only the client's own bound ends this answer.
-            writer.write(first)
-            for _ in range(1 + 2 * http1.MAX_HEAD // len(endless)):
-                writer.write(endless)
+            head = first + endless * (1 + 2 * http1.MAX_HEAD // len(endless))
+            if at_the_bound:
+                # Exactly MAX_HEAD bytes, read before anything else comes; then a few bytes over
+                # the bound and nothing after them: no later read in which to notice the bound.
+                writer.write(head[: http1.MAX_HEAD])
                 await writer.drain()
+                await asyncio.sleep(0.3)
+                writer.write(head[http1.MAX_HEAD : http1.MAX_HEAD + 100])
+            else:
+                writer.write(first)
+                for start in range(len(first), len(head), len(endless)):
+                    writer.write(head[start : start + len(endless)])
+                    await writer.drain()
             await asyncio.sleep(30)
 
         return handler
