@@ -213,7 +213,9 @@ class DeliveryWorker:
         """Read `due` and start a delivery for each user due now; return the seconds until the
         next due time (at most `poll`)."""
         now = time.time()
-        self._local.clear()  # those are in `due` too
+        # Those are in `due` too; but a wake-up for a user being served here must outlive this
+        # read, or `_finished` would not look again for it (a ping while its attempt fails).
+        self._local = {u for u in self._local if u in self._active}
         free = self._concurrency - len(self._active)
         if free <= 0:
             return self._poll
