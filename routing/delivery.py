@@ -163,7 +163,7 @@ class DeliveryWorker:
                 await pubsub.subscribe(self._keys.wake_channel)
                 async for message in pubsub.listen():
                     if message.get("type") == "message":
-                        self.wake()
+                        self._heard(message.get("data"))
             except (RedisError, OSError):
                 await asyncio.sleep(1.0)
             except Exception:
@@ -172,6 +172,15 @@ class DeliveryWorker:
             finally:
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()
+
+    def _heard(self, data: object) -> None:
+        """Another process scheduled a user, or its server pinged (the message is the user's id):
+        read `due`. A user being served here right now is looked at again as its delivery ends:
+        a ping that came after the delivery read the ping flag would otherwise wait for the next
+        poll, since the read of `due` it causes skips a user being served."""
+        if isinstance(data, bytes) and (user_id := data.decode(errors="replace")) in self._active:
+            self._local.add(user_id)
+        self.wake()
 
     async def _maybe_sweep(self) -> None:
         now = time.monotonic()

@@ -17,7 +17,7 @@ from routing.delivery import DeliveryWorker
 from routing.sender import backoff, parse_retry_after
 from tests.support.dedicated import DedicatedServer
 from tests.support.delivery import ev, ping
-from tests.support.gateway import Gateway
+from tests.support.gateway import Gateway, serve
 
 
 def ids(server: DedicatedServer, user_id: str) -> list[int]:
@@ -221,3 +221,51 @@ async def test_every_key_of_a_user_shares_the_users_hash_slot(gateway: Gateway, 
     assert all("{u:tagged}" in k for k in mine)
     slots = {key_slot(k.encode()) for k in mine}
     assert len(slots) == 1
+
+
+async def test_a_ping_heard_from_another_process_while_its_user_is_being_settled_here_delivers_at_once(
+    settings: Settings, dedicated: DedicatedServer
+):
+    """The ping lands after this worker read the ping flag and before it gave the lease up: the
+    flag came too late for the worker, and the ping's own process cannot claim the user. The
+    wake-up the ping publishes must make this worker look again as the delivery ends, not at
+    its next poll (half a minute here) or the retry time (an hour)."""
+    async with serve(settings, "web") as web:
+        services = web.services
+        worker = DeliveryWorker(services.redis, services.keys, services.registry, hold_ttl=3600, lease=3.0, poll=30.0)
+        heard: list[float] = []
+        listening = worker.wake
+
+        def wake(user_id: str | None = None) -> None:
+            heard.append(time.monotonic())
+            listening(user_id)
+
+        worker.wake = wake  # type: ignore[method-assign]
+        pinged: list[float] = []
+        release = worker._leases.release
+
+        async def release_after_a_ping(user_id: str) -> bool:
+            if not pinged:
+                # The failed attempt's retry is scheduled and the flag read: the ping comes now.
+                dedicated.mode["late"] = "ok"
+                before = len(heard)
+                pinged.append(time.monotonic())
+                await ping(web, user["server_token"])
+                await dedicated.wait_for(lambda: len(heard) > before, timeout=5)
+            return await release(user_id)
+
+        worker._leases.release = release_after_a_ping  # type: ignore[method-assign]
+        run = asyncio.create_task(worker.run())
+        try:
+            user = await web.create_user(dedicated, "late")
+            dedicated.mode["late"] = "down"
+            dedicated.retry_after = "3600"
+            await services.handoff("late", [ev(1)], dedup_scope="tg")
+            await dedicated.wait_for(lambda: ids(dedicated, "late") == [1], timeout=10)
+            assert pinged, "the ping came between the flag's read and the lease's release"
+            assert time.monotonic() - pinged[0] < 3.0
+            assert len(dedicated.attempts) == 2
+        finally:
+            await worker.aclose()
+            run.cancel()
+            await asyncio.gather(run, return_exceptions=True)
