@@ -7,6 +7,7 @@ or a unix socket only.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import platform
@@ -226,6 +227,33 @@ def machine_jiffies() -> tuple[int, int, int]:
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
     user, nice, system, _idle, _iowait, irq, softirq, steal = fields
     return user + nice + system + irq + softirq, steal, sum(fields)
+
+
+STEAL_WINDOW = 0.1
+"""Seconds per sample of the hypervisor's steal (10 clock ticks of the two cores)."""
+
+
+async def watch_steal(into: list[tuple[float, float]]) -> None:
+    """Append to `into`, until cancelled, each `STEAL_WINDOW` in which the hypervisor took CPU time
+    from this machine (CLOCK_MONOTONIC, as the generator and sink stamp events). Steal comes in
+    bursts on a shared host, and a burst stalls every process of the fleet at once."""
+    before_t, before = time.monotonic(), machine_jiffies()
+    while True:
+        await asyncio.sleep(STEAL_WINDOW)
+        now_t, now = time.monotonic(), machine_jiffies()
+        if now[1] > before[1]:
+            into.append((before_t, now_t))
+        before_t, before = now_t, now
+
+
+def clear_of(samples: Iterable[tuple[float, float]], bursts: Sequence[tuple[float, float]]) -> list[float]:
+    """The latencies (ms) of `(sent at, ms)` samples whose whole way ran outside every burst."""
+    clear = []
+    for sent, ms in samples:
+        done = sent + ms / 1000
+        if not any(sent < end and done > start for start, end in bursts):
+            clear.append(ms)
+    return clear
 
 
 def cpu_seconds(pid: int) -> float:
