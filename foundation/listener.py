@@ -5,6 +5,10 @@ request head that has begun: a client sending a header byte every few seconds ho
 connection, a file descriptor and a task until the idle timeout, and a few thousand such
 clients exhaust the process. Every connection's protocol is therefore wrapped in a
 `HeadDeadline`, and `head_deadline_middleware` tells it when the app has a request in hand.
+
+The same wrapper offers a connection's bytes first to `foundation.fastpath`, which answers the
+plainest requests of the busiest route (the Telegram webhook) without aiohttp's request
+machinery and gives everything else to aiohttp.
 """
 
 from __future__ import annotations
@@ -12,10 +16,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import socket
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
+from foundation import fastpath
 from foundation.http import Handler
 
 IDLE_TIMEOUT = 75.0
@@ -24,6 +29,8 @@ HEADER_TIMEOUT = 15.0
 """Seconds a client gets to send a whole request head: from the connection opening, or from the
 first byte of a later request's head. Clients send a head in one go; a slower one is cut off."""
 BACKLOG = 1024
+SHUTDOWN_TIMEOUT = 5.0
+"""Seconds a clean stop waits for the requests in hand."""
 
 
 def server_options() -> dict[str, Any]:
@@ -32,7 +39,9 @@ def server_options() -> dict[str, Any]:
 
 
 def runner(app: web.Application) -> web.AppRunner:
-    return web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0, **server_options())
+    return web.AppRunner(
+        app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT, **server_options()
+    )
 
 
 async def start(app: web.Application) -> web.AppRunner:
@@ -59,14 +68,19 @@ class HeadDeadline(asyncio.Protocol):
     (`foundation.http.BODY_TIMEOUT`).
     """
 
-    __slots__ = ("_busy", "_inner", "_timeout", "_timer", "_transport")
+    __slots__ = ("_busy", "_fast", "_inner", "_lane", "_timeout", "_timer", "_transport")
 
-    def __init__(self, inner: web.RequestHandler, timeout: float) -> None:
+    def __init__(
+        self, inner: web.RequestHandler, timeout: float, fast: tuple[list[fastpath.Route], set[Any]] | None = None
+    ) -> None:
+        """`fast`: the routes `foundation.fastpath` serves, and the set of requests it is serving."""
         self._inner = inner
         self._timeout = timeout
         self._timer: asyncio.TimerHandle | None = None
         self._transport: asyncio.BaseTransport | None = None
         self._busy = False
+        self._fast = fast
+        self._lane: fastpath.Lane | None = None
 
     @classmethod
     def of(cls, request: web.BaseRequest) -> HeadDeadline | None:
@@ -85,11 +99,32 @@ class HeadDeadline(asyncio.Protocol):
         self._transport = transport
         self._inner.connection_made(transport)
         self._arm()
+        if self._fast is not None and self._fast[0]:
+            # A stream transport (uvloop's is not registered as asyncio.Transport's subclass).
+            routes, tasks = self._fast
+            stream = cast(asyncio.Transport, transport)
+            self._lane = fastpath.Lane(routes, stream, self._to_aiohttp, self._fast_request, tasks, IDLE_TIMEOUT)
 
     def data_received(self, data: bytes) -> None:
         if not self._busy and self._timer is None:
             self._arm()
+        if self._lane is not None:
+            self._lane.feed(data)
+        else:
+            self._inner.data_received(data)
+
+    def _to_aiohttp(self, data: bytes) -> None:
+        """From `data` on, the connection is aiohttp's (see `foundation.fastpath`)."""
+        if self._lane is not None:
+            self._lane.close()
+            self._lane = None
         self._inner.data_received(data)
+
+    def _fast_request(self, started: bool) -> None:
+        if started:
+            self.request_started()
+        else:
+            self.request_finished()
 
     def eof_received(self) -> None:
         # aiohttp's protocol answers None, so the transport closes once the client half-closes.
@@ -97,6 +132,8 @@ class HeadDeadline(asyncio.Protocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._disarm()
+        if self._lane is not None:
+            self._lane.close()
         self._inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
@@ -138,13 +175,14 @@ class Site(web.BaseSite):
     With `reuse_port`, several processes each listen on the same port (`SO_REUSEPORT`) and the
     kernel spreads new connections over them (`ally-gateway serve --workers N`)."""
 
-    __slots__ = ("_host", "_port", "_reuse_port")
+    __slots__ = ("_fast_requests", "_host", "_port", "_reuse_port")
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, *, reuse_port: bool = False) -> None:
         super().__init__(runner, backlog=BACKLOG)
         self._host = host
         self._port = port
         self._reuse_port = reuse_port
+        self._fast_requests: set[asyncio.Task[None]] = set()
 
     @property
     def name(self) -> str:
@@ -155,14 +193,23 @@ class Site(web.BaseSite):
         server = self._runner.server
         assert server is not None
         timeout = HEADER_TIMEOUT
+        app = self._runner.app if isinstance(self._runner, web.AppRunner) else None
+        fast = (app.get(fastpath.ROUTES, []), self._fast_requests) if app is not None else None
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: HeadDeadline(server(), timeout),
+            lambda: HeadDeadline(server(), timeout, fast),
             self._host,
             self._port,
             backlog=self._backlog,
             reuse_address=True,
             reuse_port=self._reuse_port or None,
         )
+
+    async def stop(self) -> None:
+        """Stop listening, then let the requests `foundation.fastpath` is serving finish (as
+        aiohttp's shutdown lets its own finish), within the runner's shutdown time."""
+        await super().stop()
+        if self._fast_requests:
+            await asyncio.wait(set(self._fast_requests), timeout=SHUTDOWN_TIMEOUT)
 
 
 def reserve_port(host: str, port: int) -> socket.socket:

@@ -26,7 +26,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from foundation import logs
+from foundation import fastpath, logs
 from foundation.app_keys import ROLE, SETTINGS
 from foundation.compaction import Compactor
 from foundation.config import Settings
@@ -91,6 +91,7 @@ def create_app(
     app.on_response_prepare.append(stamp_request_id)
     app[SETTINGS] = settings
     app[ROLE] = role
+    app[fastpath.ROUTES] = []
     modules = PLUGINS if parts is None else parts
     assembly = Assembly.of([_own(app), *(importlib.import_module(name).setup(app) for name in modules), *extra])
     for plugin in assembly.plugins:

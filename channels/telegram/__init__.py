@@ -28,6 +28,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from foundation import fastpath
 from foundation.app_keys import ROLE, SETTINGS
 from foundation.tls import client_context
 from routing.hooks import Hooks
@@ -87,6 +88,7 @@ async def _lifecycle(app: web.Application, services: Services) -> AsyncIterator[
     register = not polling and app[ROLE] in ("all", "web")
     channel = Telegram(services, identity, session, register_webhook=register)
     app[TELEGRAM] = channel
+    app[fastpath.ROUTES].append(ingress.fast_webhook(channel))
     channel.start()
     poller = None
     if polling and app[ROLE] in ("all", "web", "worker"):

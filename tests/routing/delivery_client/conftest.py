@@ -1,16 +1,6 @@
 """The delivery client's tests run on both event loops: asyncio's, and uvloop's, which the
 gateway runs on (their transports differ in more than speed)."""
 
-from __future__ import annotations
+from tests.support.loops import pytest_asyncio_loop_factories
 
-import asyncio
-from collections.abc import Callable, Mapping
-
-import pytest
-import uvloop
-
-
-def pytest_asyncio_loop_factories(
-    config: pytest.Config, item: pytest.Item
-) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
-    return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+__all__ = ["pytest_asyncio_loop_factories"]
