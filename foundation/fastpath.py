@@ -1,8 +1,8 @@
 """The busiest route's requests, answered without aiohttp's request machinery when they are plain.
 
-A Telegram webhook costs the gateway about a sixth of its CPU in aiohttp's request and response
-objects, middlewares, router and writer (measured: 15-17 % of the CPU per event at 300-800
-events/s, `bench/README.md`). The listener (`foundation/listener.py`) therefore offers every
+A Telegram webhook cost the gateway a sixth to a ninth of its CPU in aiohttp's request and
+response objects, middlewares, router and writer: serving it here took 11-17 % off the CPU per
+event at 300-800 events/s (`bench/README.md`). The listener (`foundation/listener.py`) therefore offers every
 connection's bytes here first. A request is taken only when all of it is in hand and it is as
 plain as HTTP/1.1 gets: the request line `POST <path> HTTP/1.1` with a path a registered
 `Route` claims (letters, digits and `/_-.:~` only), header lines of visible ASCII, exactly one
@@ -183,6 +183,11 @@ class Lane:
                 self._transport.pause_reading()
             return
         self._next()
+
+    @property
+    def pending(self) -> bool:
+        """Bytes of a request not yet taken are in hand."""
+        return bool(self._buffer)
 
     def close(self) -> None:
         self._still()

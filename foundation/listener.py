@@ -123,8 +123,10 @@ class HeadDeadline(asyncio.Protocol):
     def _fast_request(self, started: bool) -> None:
         if started:
             self.request_started()
-        else:
-            self.request_finished()
+            return
+        self.request_finished()
+        if self._lane is not None and self._lane.pending and self._timer is None:
+            self._arm()  # what came meanwhile begins the next head: its deadline runs from now
 
     def eof_received(self) -> None:
         # aiohttp's protocol answers None, so the transport closes once the client half-closes.

@@ -254,3 +254,18 @@ async def test_a_webhook_head_sent_a_byte_at_a_time_is_cut_off_at_the_head_deadl
     assert given < data.index(b"\r\n\r\n"), "the whole head got through"
     assert received == b"" and elapsed < 10.0, (elapsed, received)
     assert gateway.served_fast == []
+
+
+@pytest.mark.parametrize("rest", [b"GET /healthz HTTP/1.1\r\nHost: gat", b"POST /telegram/webhook/"])
+async def test_a_head_left_unfinished_behind_a_served_request_is_cut_at_the_head_deadline(
+    gateway: Listening, rest: bytes
+):
+    reader, writer = await asyncio.open_connection(gateway.host, gateway.port)
+    try:
+        writer.write(post(hello("before")) + rest)
+        assert (await asyncio.wait_for(rawhttp.read_answer(reader), 10)).status == 200
+        # Closed by the head deadline (2 s here), not left to the idle timeout (75 s).
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+    finally:
+        writer.close()
+    assert gateway.served_fast == [200]
