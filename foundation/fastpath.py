@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -38,6 +39,8 @@ from aiohttp import web
 from foundation import metrics
 from foundation.http import answer_for
 from foundation.logs import accept_request_id, request_id
+
+log = logging.getLogger(__name__)
 
 MAX_HEAD = 8192
 """Bytes of request head served here; a longer head goes to aiohttp (which allows more)."""
@@ -203,7 +206,11 @@ class Lane:
         work = None
         if isinstance(found, tuple):
             route, request, size = found
-            work = route.take(request)
+            try:
+                work = route.take(request)
+            except Exception:
+                # A bug in a route's checks must not cost the request: aiohttp's route answers it.
+                log.exception("fast path check failed", extra={"route": route.name})
         if work is None:
             data, self._buffer = self._buffer, b""
             self._handover(data)

@@ -269,3 +269,16 @@ async def test_a_head_left_unfinished_behind_a_served_request_is_cut_at_the_head
     finally:
         writer.close()
     assert gateway.served_fast == [200]
+
+
+async def test_a_check_that_fails_leaves_the_request_to_aiohttp_which_answers_it(
+    gateway: Listening, dedicated: DedicatedServer, monkeypatch: pytest.MonkeyPatch
+):
+    def broken(*_args: Any) -> Any:
+        raise RuntimeError("a bug in the check")
+
+    monkeypatch.setattr(ingress, "_received", broken)
+    answer = (await gateway.exchange(post(hello("rescued"))))[0]
+    assert (answer.status, answer.json()) == (200, {"ok": True})
+    assert gateway.served_fast == []
+    await dedicated.wait_for(lambda: texts(dedicated) == ["rescued"])
