@@ -1,8 +1,10 @@
 """Time as the gateway shows it: ISO 8601 in UTC with milliseconds and `Z`
-(`2026-11-27T10:00:00.123Z`), one format for every timestamp of every API, event and log."""
+(`2026-11-27T10:00:00.123Z`), one format for every timestamp of every API, event and log; and
+HTTP's own `Date` header, for the answers the listener writes itself (`foundation.fastpath`)."""
 
 from __future__ import annotations
 
+import email.utils
 import time
 
 _second = (-1, "")
@@ -21,3 +23,15 @@ def iso(ts: float) -> str:
 
 def iso_now() -> str:
     return iso(time.time())
+
+
+_http_second = (-1, b"")
+
+
+def http_date() -> bytes:
+    """Now as HTTP's `Date` header shows it (RFC 9110 IMF-fixdate), formatted once a second."""
+    global _http_second
+    second = int(time.time())
+    if _http_second[0] != second:
+        _http_second = (second, email.utils.formatdate(second, usegmt=True).encode())
+    return _http_second[1]

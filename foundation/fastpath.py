@@ -26,10 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import logging
 import re
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -37,6 +35,7 @@ from http import HTTPStatus
 from aiohttp import web
 
 from foundation import metrics
+from foundation.clock import http_date
 from foundation.http import answer_for
 from foundation.logs import accept_request_id, request_id
 
@@ -132,20 +131,6 @@ def _split(buffer: bytes, routes: Sequence[Route], seen: int = 0) -> tuple[Route
 def _could_be(buffer: bytes, route: Route) -> bool:
     start = b"POST " + route.prefix.encode()
     return buffer.startswith(start) or start.startswith(buffer)
-
-
-class _Date:
-    """The `Date` header, formatted once a second."""
-
-    second = -1
-    text = b""
-
-    @classmethod
-    def now(cls) -> bytes:
-        second = int(time.time())
-        if second != cls.second:
-            cls.second, cls.text = second, email.utils.formatdate(second, usegmt=True).encode()
-        return cls.text
 
 
 class Lane:
@@ -262,7 +247,7 @@ def _answer(status: int, body: bytes, rid: str, extra: bytes) -> bytes:
             b"Content-Type: application/json\r\nContent-Length: ",
             str(len(body)).encode(),
             b"\r\nDate: ",
-            _Date.now(),
+            http_date(),
             b"\r\nX-Request-Id: ",
             rid.encode(),
             b"\r\n",

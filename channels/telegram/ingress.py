@@ -37,7 +37,7 @@ __all__ = ["file_ids", "parse_update", "receive", "webhook"]
 log = logging.getLogger(__name__)
 
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
-SECRET = SECRET_HEADER.lower()
+SECRET_FIELD = SECRET_HEADER.lower()
 MAX_UPDATE = 1 << 20
 HINT_EVERY = 3600
 BAD_CODE_EVERY = 60
@@ -360,7 +360,7 @@ def fast_webhook(channel: Telegram) -> fastpath.Route:
     prefix = "/telegram/webhook/"
 
     def take(request: fastpath.Request) -> Awaitable[bytes] | None:
-        if request.path != prefix + channel.bot_id or not channel.identity.secret_ok(request.headers.get(SECRET)):
+        if request.path != prefix + channel.bot_id or not channel.identity.secret_ok(request.headers.get(SECRET_FIELD)):
             return None
         try:
             data = orjson.loads(request.body)
