@@ -119,8 +119,9 @@ class Step:
     def _bursts(self) -> str:
         if not self.steal_bursts:
             return ""
-        clear = len(clear_of(self.samples, self.steal_bursts))
-        return f" in {len(self.steal_bursts)} bursts (p99 {self.p99_clear:.1f} ms of the {clear} events clear of them)"
+        clear = clear_of(self.samples, self.steal_bursts)
+        p99 = percentile(clear, 99)
+        return f" in {len(self.steal_bursts)} bursts (p99 {p99:.1f} ms of the {len(clear)} events clear of them)"
 
 
 async def load(spec: dict[str, Any], duration: float) -> dict[str, Any]:
