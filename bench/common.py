@@ -246,6 +246,48 @@ async def watch_steal(into: list[tuple[float, float]]) -> None:
         before_t, before = now_t, now
 
 
+SCAN_POLL = 0.005
+"""Seconds between looks at the host's memory-scanning kernel threads (`watch_scans`)."""
+SCAN_MIN_NS = 500_000
+
+
+def scanning_threads() -> list[Path]:
+    """The schedstat files of the kernel's DAMON threads (`kdamond.N`), if this kernel runs any."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "comm").read_text().startswith("kdamond"):
+                    found.append(entry / "schedstat")
+    return found
+
+
+async def watch_scans(into: list[tuple[float, float]]) -> None:
+    """Append to `into`, until cancelled, each `SCAN_POLL` window in which a DAMON kernel thread
+    ran for over half a millisecond. Where the host monitors physical memory with DAMON (this
+    machine: a `pageout` scheme sampling every 0.5 s), each sample runs 2-3 ms in the kernel, and
+    an unrelated process sleeping 1 ms on an idle core wakes 2.5-4 ms late at the same moments."""
+    files = scanning_threads()
+    if not files:
+        return
+
+    def ran_ns() -> int:
+        total = 0
+        for f in files:
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                total += int(f.read_text().split()[0])
+        return total
+
+    before_t, before = time.monotonic(), ran_ns()
+    while True:
+        await asyncio.sleep(SCAN_POLL)
+        now_t, now = time.monotonic(), ran_ns()
+        if now - before >= SCAN_MIN_NS:
+            # The thread's clock is updated when it stops: its run may have begun a poll earlier.
+            into.append((before_t - SCAN_POLL, now_t))
+        before_t, before = now_t, now
+
+
 def clear_of(samples: Iterable[tuple[float, float]], bursts: Sequence[tuple[float, float]]) -> list[float]:
     """The latencies (ms) of `(sent at, ms)` samples whose whole way ran outside every burst."""
     clear = []

@@ -38,6 +38,7 @@ from bench.common import (
     percentile,
     process_tree,
     tree_cpu_seconds,
+    watch_scans,
     watch_steal,
 )
 from bench.fleet import Fleet, User, make_users
@@ -78,11 +79,13 @@ class Step:
     but they share its cores."""
     steal_bursts: list[tuple[float, float]] = field(default_factory=list)
     """The windows of the step in which the hypervisor took CPU time (`common.watch_steal`)."""
+    scans: list[tuple[float, float]] = field(default_factory=list)
+    """The windows in which the host's memory-scanning kernel thread ran (`common.watch_scans`)."""
 
     @property
     def p99_clear(self) -> float:
-        """p99 of the events whose whole way ran outside every steal burst."""
-        return percentile(clear_of(self.samples, self.steal_bursts), 99)
+        """p99 of the events whose whole way ran outside every steal burst and host memory scan."""
+        return percentile(clear_of(self.samples, self.steal_bursts + self.scans), 99)
 
     @property
     def p50(self) -> float:
@@ -117,11 +120,14 @@ class Step:
         )
 
     def _bursts(self) -> str:
-        if not self.steal_bursts:
+        if not self.steal_bursts and not self.scans:
             return ""
-        clear = clear_of(self.samples, self.steal_bursts)
+        clear = clear_of(self.samples, self.steal_bursts + self.scans)
         p99 = percentile(clear, 99)
-        return f" in {len(self.steal_bursts)} bursts (p99 {p99:.1f} ms of the {len(clear)} events clear of them)"
+        return (
+            f" in {len(self.steal_bursts)} bursts, {len(self.scans)} host memory scans "
+            f"(p99 {p99:.1f} ms of the {len(clear)} events clear of both)"
+        )
 
 
 async def load(spec: dict[str, Any], duration: float) -> dict[str, Any]:
@@ -196,15 +202,17 @@ class Routing:
         sink_before = tree_cpu_seconds([self.fleet.sink.pid])
         machine_before = machine_jiffies()
         bursts: list[tuple[float, float]] = []
-        watch = asyncio.create_task(watch_steal(bursts))
+        scans: list[tuple[float, float]] = []
+        watches = [asyncio.create_task(watch_steal(bursts)), asyncio.create_task(watch_scans(scans))]
         try:
             out = await load(spec, duration)
         finally:
-            watch.cancel()
+            for watch in watches:
+                watch.cancel()
         busy, steal, total = (after - before for after, before in zip(machine_jiffies(), machine_before, strict=True))
         rows = out["rows"]
         result = Step(system, rate, sent=len(rows), ok=sum(1 for r in rows if 200 <= r[4] < 300))
-        result.steal_bursts = bursts
+        result.steal_bursts, result.scans = bursts, scans
         result.ack_ms = [(r[3] - r[2]) * 1000 for r in rows if r[3]]
         result.gen_late_p99_ms = percentile(out["late_ms"], 99)
         result.machine_busy, result.machine_steal = busy / max(1, total), steal / max(1, total)
@@ -454,7 +462,7 @@ async def run(results: Results, *, rounds: int, ingress: str = "telegram", profi
         # Not targets: the tail of the events that met no steal burst (`Step.steal_bursts`: how much
         # of the tail the host makes), and how soon a webhook is answered.
         for key, what in (
-            ("clear99", "end-to-end p99 at half of own max rate, events clear of steal bursts"),
+            ("clear99", "end-to-end p99 at half of own max rate, events clear of steal bursts and host memory scans"),
             ("ack99", "webhook answer p99 at half load (durably queued)"),
         ):
             ours, theirs = lat["gateway"][key], lat["baseline"][key]

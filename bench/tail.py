@@ -59,7 +59,7 @@ async def _at(results: Results, bench: Routing, rate: float, label: str, rounds:
     results.add(
         Row(
             "tail",
-            f"end-to-end p99 {at}, events clear of steal bursts",
+            f"end-to-end p99 {at}, events clear of steal bursts and host memory scans",
             median(clear),
             "ms",
             median([s.p99_clear for s in forwarder]),
