@@ -65,8 +65,13 @@ async def run(results: Results, *, rounds: int, workers: tuple[int, ...] = (1, 2
 async def _at_one_rate(
     results: Results, benches: dict[int, Routing], workers: tuple[int, ...], rate: float, rounds: int
 ) -> None:
-    """CPU per event and latency of every process count at the same offered rate."""
+    """CPU per event and latency of every process count at the same offered rate; and of the first
+    count at the share of that rate each process of the others carries (`rate * first / N`): an
+    event loop's CPU per event grows as its own rate falls (fewer events share each wake-up, each
+    Redis round trip, each write), so this tells that effect from a cost of running N processes."""
+    base = workers[0]
     seen: dict[int, dict[str, list[float]]] = {n: {"gateway": [], "redis": [], "p99": []} for n in workers}
+    share: dict[int, list[float]] = {n: [] for n in workers[1:]}
     for r in range(rounds):
         for n in workers if r % 2 == 0 else tuple(reversed(workers)):
             s = await benches[n].step("gateway", rate, STEP * 2)
@@ -74,7 +79,10 @@ async def _at_one_rate(
             seen[n]["gateway"].append(s.cpu_us["gateway"])
             seen[n]["redis"].append(s.cpu_us["redis"])
             seen[n]["p99"].append(s.p99)
-    base = workers[0]
+            if n != base:
+                s = await benches[base].step("gateway", rate * base / n, STEP * 2)
+                log(f"  {_processes(base)} at the share of each of {n}: " + s.line())
+                share[n].append(s.cpu_us["gateway"])
     at = f"at {rate:,.0f} ev/s (half of {_processes(base)}'s max)"
     for key, metric, unit in (
         ("gateway", f"CPU time per event, every gateway process, {at}", "µs"),
@@ -87,3 +95,17 @@ async def _at_one_rate(
             row = Row("scaling", f"{metric}, {_processes(n)}", median(seen[n][key]), unit, value, _processes(base))
             row.rounds = seen[n][key]
             results.add(row)
+    for n, values in share.items():
+        each = rate * base / n
+        metric = f"CPU time per event, {_processes(base)} at {each:,.0f} ev/s (what each of {n} carries above)"
+        results.add(Row("scaling", metric, median(values), "µs", rounds=values))
+        row = Row(
+            "scaling",
+            f"CPU time per event, {_processes(n)} at {rate:,.0f} ev/s, against {_processes(base)} at {each:,.0f}",
+            median(seen[n]["gateway"]),
+            "µs",
+            median(values),
+            f"{_processes(base)} at the same rate per process",
+        )
+        row.rounds = seen[n]["gateway"]
+        results.add(row)
