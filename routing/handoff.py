@@ -30,6 +30,7 @@ from routing.sealing import seal
 log = logging.getLogger(__name__)
 
 SEEN_WINDOW_MS = 7 * 24 * 3600 * 1000
+"""How long a scope's dedup ids are kept unless its channel says less (`Handoff.keep_seen`)."""
 SEEN_PER_EVENT_CAP = 2
 """The dedup set of one scope keeps at most this many ids per event the queue may hold."""
 
@@ -189,9 +190,15 @@ class Handoff:
         self._wake = wake
         self._caps = caps
         self._outages = outages
+        self._windows: dict[str, int] = {}
         self._enqueue = redis.register_script(_ENQUEUE)
         self._schedule = redis.register_script(_SCHEDULE)
         self._batch = batching.shared(redis)
+
+    def keep_seen(self, scope: str, window_ms: int) -> None:
+        """Keep the dedup ids of `scope` (and of every `scope:...`) `window_ms` instead of
+        `SEEN_WINDOW_MS`: for a provider that never sends a message again after that long."""
+        self._windows[scope] = window_ms
 
     async def __call__(self, user_id: str, items: Sequence[Item], *, dedup_scope: str = "default") -> int:
         """Seal and durably queue `items` for `user_id`; return how many were new (not duplicates).
@@ -252,6 +259,7 @@ class Handoff:
     ) -> tuple[bool, list[int]]:
         keys = self._script_keys(user_id, dedup_scope, linked)
         caps = self._caps
+        window_ms = self._windows.get(dedup_scope.partition(":")[0], SEEN_WINDOW_MS)
         key = self._registry.cached_sealing_key(user_id)
         for attempt in range(3):
             if key is None:
@@ -264,7 +272,7 @@ class Handoff:
                 origin_args = self._outages.wrote_args(origin, now_ms)
             args: list[str | bytes | int] = [
                 now_ms,
-                SEEN_WINDOW_MS,
+                window_ms,
                 raw,
                 caps.events,
                 caps.bytes,

@@ -42,6 +42,12 @@ from .polling import Poller
 
 log = logging.getLogger(__name__)
 
+SEEN_WINDOW_MS = 25 * 3600 * 1000
+"""How long an `update_id` stays in the dedup set. Telegram keeps an update it could not deliver
+24 hours at most (Bot API, "Getting updates"), so it never sends one again later than that after
+the first attempt; an hour more for the clocks. A week, the default, made update ids most of what
+Redis holds at high traffic (`bench/README.md`, the Redis Cluster estimate)."""
+
 
 def setup(app: web.Application) -> Plugin:
     for category in inputs.MALFORMED_PARTS:
@@ -89,6 +95,7 @@ async def _lifecycle(app: web.Application, services: Services) -> AsyncIterator[
     channel = Telegram(services, identity, session, register_webhook=register)
     app[TELEGRAM] = channel
     app[fastpath.ROUTES].append(ingress.fast_webhook(channel))
+    services.handoff.keep_seen("tg", SEEN_WINDOW_MS)
     channel.start()
     poller = None
     if polling and app[ROLE] in ("all", "web", "worker"):

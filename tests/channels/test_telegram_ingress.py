@@ -14,7 +14,9 @@ from redis.asyncio import Redis
 
 from channels.telegram.identity import derive_secret
 from channels.telegram.ingress import HINT_BAD_CODE, HINT_GROUP, HINT_UNLINKED
+from foundation.types import Event
 from gateway.app import create_app
+from routing.handoff import Item
 from tests.support import telegram as tgs
 from tests.support.dedicated import DedicatedServer
 from tests.support.gateway import REDIS_URL, wipe
@@ -283,6 +285,34 @@ async def test_repeated_update_id_is_acknowledged_and_queued_once(tg: TgGateway,
     await dedicated.wait_for(lambda: len(updates(dedicated, "u1")) == 2)
     await asyncio.sleep(0.2)
     assert updates(dedicated, "u1") == [update, after]
+
+
+async def test_an_update_id_is_kept_a_day_not_a_week_while_other_channels_keep_a_week(
+    tg: TgGateway, dedicated: DedicatedServer
+):
+    """Telegram sends an update again at most 24 hours after its first attempt: its ids are kept
+    25 hours (an id older than that is trimmed and the update counts as new), Gmail's a week."""
+    r, keys = tg.services.redis, tg.services.keys
+    await tg.create_user(dedicated, "u1")
+    await tg.link_private(dedicated, "u1", ALICE)
+    seen = keys.seen("u1", f"tg:{tgs.BOT_ID}")
+    old, recent = (tgs.text(tgs.private_chat(ALICE), ALICE, t) for t in ("old", "recent"))
+    for update in (old, recent):
+        assert (await tg.post_update(update)).status == 200
+    await dedicated.wait_for(lambda: len(updates(dedicated, "u1")) == 2)
+    hour = 3600 * 1000
+    assert 24 * hour < await r.pttl(seen) <= 25 * hour
+    now = int(time.time() * 1000)
+    await r.zadd(seen, {str(old["update_id"]): now - 25 * hour - 60_000, str(recent["update_id"]): now - 24 * hour})
+    # Telegram's last retries (each hand-over trims what its window left behind, then the next
+    # finds the old id gone).
+    for update in (recent, old):
+        assert (await tg.post_update(update)).status == 200
+    await dedicated.wait_for(lambda: len(updates(dedicated, "u1")) == 3)
+    await asyncio.sleep(0.2)
+    assert updates(dedicated, "u1") == [old, recent, old]
+    await tg.services.handoff("u1", [Item(Event("gmail.message", "gmail", {"n": 1}), dedup="m1")], dedup_scope="gmail")
+    assert 6 * 24 * hour < await r.pttl(keys.seen("u1", "gmail")) <= 7 * 24 * hour
 
 
 async def test_unlinked_chat_gets_one_hint_an_hour_and_nothing_is_stored(tg: TgGateway, dedicated: DedicatedServer):
