@@ -81,6 +81,8 @@ class Step:
     """The windows of the step in which the hypervisor took CPU time (`common.watch_steal`)."""
     scans: list[tuple[float, float]] = field(default_factory=list)
     """The windows in which the host's memory-scanning kernel thread ran (`common.watch_scans`)."""
+    redis_forks: int = 0
+    """Times Redis forked during the step (an AOF rewrite: its copy-on-write slows the commands)."""
 
     @property
     def p99_clear(self) -> float:
@@ -116,6 +118,7 @@ class Step:
             + "".join(f", {n} {us:.0f} µs" for n, us in self.instruments_us.items())
             + f", machine busy {self.machine_busy:.0%} steal {self.machine_steal:.1%}"
             + self._bursts()
+            + (f", Redis forked {self.redis_forks}×" if self.redis_forks else "")
             + f" → {verdict}"
         )
 
@@ -200,6 +203,7 @@ class Routing:
         cpu_before = {name: tree_cpu_seconds(pids) for name, pids in procs.items()}
         assert self.fleet.sink is not None
         sink_before = tree_cpu_seconds([self.fleet.sink.pid])
+        forks_before = await self._redis_forks()
         machine_before = machine_jiffies()
         bursts: list[tuple[float, float]] = []
         scans: list[tuple[float, float]] = []
@@ -213,6 +217,7 @@ class Routing:
         rows = out["rows"]
         result = Step(system, rate, sent=len(rows), ok=sum(1 for r in rows if 200 <= r[4] < 300))
         result.steal_bursts, result.scans = bursts, scans
+        result.redis_forks = await self._redis_forks() - forks_before
         result.ack_ms = [(r[3] - r[2]) * 1000 for r in rows if r[3]]
         result.gen_late_p99_ms = percentile(out["late_ms"], 99)
         result.machine_busy, result.machine_steal = busy / max(1, total), steal / max(1, total)
@@ -290,6 +295,14 @@ class Routing:
             assert self.fleet.forwarder is not None
             return {"forwarder": [self.fleet.forwarder.pid]}
         return {"gateway": process_tree(self.fleet.gateway.pid), "redis": [self.fleet.redis.pid]}
+
+    async def _redis_forks(self) -> int:
+        assert self.fleet.redis is not None
+        client = Redis.from_url(self.fleet.redis.url)
+        try:
+            return int((await client.info("stats")).get("total_forks", 0))
+        finally:
+            await client.aclose()
 
     async def _wait_for(self, events: int, deadline: float) -> int:
         """Poll the sink until it holds `events` events or `deadline` passes; return its count."""
