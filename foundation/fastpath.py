@@ -138,8 +138,8 @@ class Lane:
     """One connection's requests while they are served here: one at a time, in order."""
 
     __slots__ = (
-        "_buffer", "_busy", "_done", "_handover", "_idle", "_idle_timeout", "_paused", "_routes", "_seen", "_tasks",
-        "_transport",
+        "_buffer", "_busy", "_done", "_handover", "_idle", "_idle_timeout", "_loop", "_paused", "_routes", "_seen",
+        "_tasks", "_transport",
     )  # fmt: skip
 
     def __init__(
@@ -162,6 +162,7 @@ class Lane:
         self._seen = 0
         """Bytes of `_buffer` known to be the beginning of a request that could be taken."""
         self._idle: asyncio.TimerHandle | None = None
+        self._loop = asyncio.get_running_loop()  # once a connection, not twice a request (a `getpid` each)
 
     def feed(self, data: bytes) -> None:
         self._still()
@@ -204,7 +205,7 @@ class Lane:
         self._buffer = self._buffer[size:]
         self._busy = True
         self._done(True)
-        task = asyncio.get_running_loop().create_task(self._serve(route, request, work))
+        task = self._loop.create_task(self._serve(route, request, work))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -233,7 +234,7 @@ class Lane:
         if self._buffer:
             self._next()
         elif not self._transport.is_closing():
-            self._idle = asyncio.get_running_loop().call_later(self._idle_timeout, self._transport.close)
+            self._idle = self._loop.call_later(self._idle_timeout, self._transport.close)
 
     def _still(self) -> None:
         if self._idle is not None:

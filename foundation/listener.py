@@ -68,7 +68,7 @@ class HeadDeadline(asyncio.Protocol):
     (`foundation.http.BODY_TIMEOUT`).
     """
 
-    __slots__ = ("_busy", "_fast", "_inner", "_lane", "_timeout", "_timer", "_transport")
+    __slots__ = ("_busy", "_fast", "_inner", "_lane", "_loop", "_timeout", "_timer", "_transport")
 
     def __init__(
         self, inner: web.RequestHandler, timeout: float, fast: tuple[list[fastpath.Route], set[Any]] | None = None
@@ -81,6 +81,9 @@ class HeadDeadline(asyncio.Protocol):
         self._busy = False
         self._fast = fast
         self._lane: fastpath.Lane | None = None
+        # Made by the server in its loop. Kept: each `asyncio.get_running_loop()` costs a
+        # `getpid` system call on CPython 3.11, and the deadline is armed once a request.
+        self._loop = asyncio.get_running_loop()
 
     @classmethod
     def of(cls, request: web.BaseRequest) -> HeadDeadline | None:
@@ -145,7 +148,7 @@ class HeadDeadline(asyncio.Protocol):
         self._inner.resume_writing()
 
     def _arm(self) -> None:
-        self._timer = asyncio.get_running_loop().call_later(self._timeout, self._overdue)
+        self._timer = self._loop.call_later(self._timeout, self._overdue)
 
     def _disarm(self) -> None:
         if self._timer is not None:

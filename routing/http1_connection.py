@@ -54,6 +54,7 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not subclasses of asyncio's, only alike.
         self.transport = cast(asyncio.Transport, transport)
+        self.loop = asyncio.get_running_loop()  # once a connection, not once a request (a `getpid` each)
 
     @property
     def _answering(self) -> bool:
@@ -164,7 +165,7 @@ class Connection(asyncio.Protocol):
         transport = self.transport
         if transport is None or not self.usable():
             raise Stale if reused else AnswerError("the connection is closed")
-        waiter: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[Answer] = self.loop.create_future()
         self.waiter = waiter
         self.reused = reused
         self.received = self.taken = self.status = 0
