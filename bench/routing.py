@@ -84,10 +84,13 @@ class Step:
     redis_forks: int = 0
     """Times Redis forked during the step (an AOF rewrite: its copy-on-write slows the commands)."""
 
+    def clear(self) -> list[float]:
+        """The latencies of the events whose whole way ran outside every steal burst and host memory scan."""
+        return clear_of(self.samples, self.steal_bursts + self.scans)
+
     @property
     def p99_clear(self) -> float:
-        """p99 of the events whose whole way ran outside every steal burst and host memory scan."""
-        return percentile(clear_of(self.samples, self.steal_bursts + self.scans), 99)
+        return percentile(self.clear(), 99)
 
     @property
     def p50(self) -> float:
@@ -125,7 +128,7 @@ class Step:
     def _bursts(self) -> str:
         if not self.steal_bursts and not self.scans:
             return ""
-        clear = clear_of(self.samples, self.steal_bursts + self.scans)
+        clear = self.clear()
         p99 = percentile(clear, 99)
         return (
             f" in {len(self.steal_bursts)} bursts, {len(self.scans)} host memory scans "
