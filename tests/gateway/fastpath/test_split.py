@@ -151,3 +151,15 @@ def test_a_request_aiohttp_refuses_or_reads_otherwise_is_not_taken(headers: list
 )
 def test_a_plain_request_is_taken_and_read_alike(data: bytes) -> None:
     assert _same_reading(data)
+
+
+@pytest.mark.parametrize(("extra", "taken"), [(0, True), (1, False)], ids=["head at the limit", "one byte over"])
+def test_a_head_over_max_head_is_left_to_aiohttp(extra: int, taken: bool) -> None:
+    def padded(pad: str) -> bytes:
+        headers = [("Host", " a"), ("Content-Length", " 2"), ("X-Pad", f" {pad}")]
+        return _request(f"POST {PATH} HTTP/1.1", headers, b"\r\n", b"{}")
+
+    head = padded("").index(b"\r\n\r\n")
+    data = padded("p" * (fastpath.MAX_HEAD - head + extra))
+    assert data.index(b"\r\n\r\n") == fastpath.MAX_HEAD + extra
+    assert _same_reading(data) is taken
